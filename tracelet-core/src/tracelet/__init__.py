@@ -1,0 +1,95 @@
+"""Tracelet: one tracking API for training code, delivered to every tool your team uses.
+
+``import tracelet`` stays cheap: names are imported when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "start_logging": "tracelet.interface",
+    "stop_logging": "tracelet.interface",
+    "get_active_experiment": "tracelet.interface",
+    "init": "tracelet.interface",
+    "log": "tracelet.interface",
+    "step": "tracelet.interface",
+    "watch": "tracelet.interface",
+    "finish": "tracelet.interface",
+    "Experiment": "tracelet.core.experiment",
+    "Orchestrator": "tracelet.core.orchestrator",
+    "TraceletSettings": "tracelet.settings",
+    "ExperimentConfig": "tracelet.settings",
+    "TraceletException": "tracelet.exceptions",
+    "ConfigurationError": "tracelet.exceptions",
+    "BackendError": "tracelet.exceptions",
+    "StoreError": "tracelet.exceptions",
+    "RunStatus": "tracelet.records",
+    "ArtifactType": "tracelet.artifacts",
+    "TraceletArtifact": "tracelet.artifacts",
+    "ArtifactResult": "tracelet.artifacts",
+    "PluginInterface": "tracelet.core.plugins",
+    "BackendPlugin": "tracelet.core.plugins",
+    "FrameworkPlugin": "tracelet.core.plugins",
+    "CollectorPlugin": "tracelet.core.plugins",
+    "PluginMetadata": "tracelet.core.plugins",
+    "PluginType": "tracelet.core.plugins",
+    "BackendRegistration": "tracelet.core.plugins",
+    "CollectorRegistration": "tracelet.core.plugins",
+    "FrameworkRegistration": "tracelet.core.plugins",
+    "hookimpl": "tracelet.hookspecs",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tracelet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
+    from tracelet.core.experiment import Experiment
+    from tracelet.core.orchestrator import Orchestrator
+    from tracelet.core.plugins import (
+        BackendPlugin,
+        BackendRegistration,
+        CollectorPlugin,
+        CollectorRegistration,
+        FrameworkPlugin,
+        FrameworkRegistration,
+        PluginInterface,
+        PluginMetadata,
+        PluginType,
+    )
+    from tracelet.exceptions import (
+        BackendError,
+        ConfigurationError,
+        StoreError,
+        TraceletException,
+    )
+    from tracelet.hookspecs import hookimpl
+    from tracelet.interface import (
+        finish,
+        get_active_experiment,
+        init,
+        log,
+        start_logging,
+        step,
+        stop_logging,
+        watch,
+    )
+    from tracelet.records import RunStatus
+    from tracelet.settings import ExperimentConfig, TraceletSettings

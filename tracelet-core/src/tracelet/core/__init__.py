@@ -1,0 +1,1 @@
+"""The kernel: experiment, orchestrator, sinks, plugin interfaces and registry."""

@@ -1,0 +1,512 @@
+"""``Experiment``: one run, and everything a training loop logs into it.
+
+Logging calls check their input at the call (so a mistake raises where it was made), then
+append one record to the orchestrator's buffer and return. ``log_metric`` is the hot path:
+a handful of class checks, one tuple, one append.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from tracelet.core.orchestrator import Orchestrator
+from tracelet.core.plugins import BackendPlugin
+from tracelet.core.registry import PluginRegistry, default_registry, logger, report_once
+from tracelet.exceptions import ConfigurationError
+from tracelet.media import PendingArtifact, PendingImage
+from tracelet.records import Params, RunInfo, RunStatus, Tags, Text
+from tracelet.redaction import redact
+from tracelet.settings import ExperimentConfig, TraceletSettings
+from tracelet.storage import LocalStore
+from tracelet.values import check_name, check_step, flatten_params, to_metric_value
+
+if TYPE_CHECKING:
+    from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
+    from tracelet.storage.locks import RunLock
+
+_time = time.time
+
+
+class Experiment:
+    """One tracked run: create it, ``start()`` it (or use ``with``), log, ``stop()``."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        config: ExperimentConfig | None = None,
+        backend: list[str] | str | None = None,
+        tags: list[str] | None = None,
+        automagic: bool = False,
+        automagic_config: Any = None,
+        artifacts: bool = False,
+        automagic_artifacts: bool = False,
+        *,
+        project: str | None = None,
+        settings: TraceletSettings | None = None,
+        backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+        run_id: str | None = None,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
+        self.settings = settings if settings is not None else TraceletSettings.load()
+        if backend is not None:
+            self.settings = self.settings.replace(backend=backend)
+        if project is not None:
+            self.settings = self.settings.replace(project=project)
+        self.config = config or ExperimentConfig(
+            enable_automagic=automagic,
+            enable_artifacts=artifacts,
+            automagic_artifacts=automagic_artifacts,
+        )
+        self.automagic_config = automagic_config
+        self._name = name or self.settings.experiment_name or _generated_name()
+        self._tags = list(tags or [])
+        self._run_tags: dict[str, str] = dict.fromkeys(self._tags, "")
+        self._backend_options = {k: dict(v) for k, v in (backend_options or {}).items()}
+        self._id = run_id or uuid.uuid4().hex
+        self._created_at = _time()
+        self._registry = registry
+        self._iteration = 0
+        self._status: RunStatus | None = None
+        self._plugins: list[BackendPlugin] = []
+        self._orchestrator: Orchestrator | None = None
+        self._store: LocalStore | None = None
+        self._lock: RunLock | None = None
+        self._on_stop: list[Callable[[Experiment], None]] = []
+        self._append: Callable[[Any], None] = self._not_running
+        self._buffer: Any = ()
+        self._capacity = 0
+        self._stop_lock = threading.Lock()
+        self._versions: dict[str, int] = {}
+        self._info: RunInfo | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Experiment:
+        """Create every backend and the run, and start accepting records."""
+        if self._status is not None:
+            raise RuntimeError(f"experiment {self._name!r} was already started")
+        registry = self._registry or default_registry(self.settings.disable_plugins)
+        registrations = registry.select_backends(self.settings.backend)
+        plugins = [
+            (r.name, _build(r.name, r.factory, self._backend_options.get(r.name, {})))
+            for r in registrations
+        ]
+        self._plugins = [plugin for _, plugin in plugins if plugin is not None]
+        self._store = LocalStore(self.settings.store_path)
+        self._lock = self._store.lock_run(self._id)
+        info, resumed = self._create_run(self._store)
+        self._info = info
+        orchestrator = Orchestrator(
+            self._store,
+            info,
+            flush_interval=self.settings.flush_interval,
+            buffer_size=self.settings.buffer_size,
+        )
+        for name, plugin in plugins:
+            if plugin is not None:
+                orchestrator.add_backend(plugin, name, resumed=resumed)
+        self._orchestrator = orchestrator
+        self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
+        self._append = orchestrator.put
+        orchestrator.start()
+        self._status = RunStatus.RUNNING
+        if self._run_tags:
+            self._append(Tags(dict(self._run_tags)))
+        _watch_exit()
+        _running.add(self)
+        registry.announce("tracelet_run_started", experiment=self)
+        return self
+
+    def _create_run(self, store: LocalStore) -> tuple[RunInfo, bool]:
+        stored = store.get_run(self._id)
+        if stored is not None:
+            self._name, self._created_at = stored.name, stored.created_at
+            self.settings = self.settings.replace(project=stored.project)
+        info = RunInfo(
+            id=self._id,
+            name=self._name,
+            project=self.settings.project,
+            created_at=self._created_at,
+            tags=tuple(self._tags),
+            store_path=str(store.path),
+        )
+        snapshot = redact(
+            {"settings": attrs.asdict(self.settings), "backends": self._backend_options}
+        )
+        resumed = store.create_run(info, backends=self.settings.backend, config=snapshot)
+        if resumed:
+            self._iteration = max((p[2] for p in store.metrics(self._id)), default=0)
+        return info, resumed
+
+    def stop(self, status: RunStatus | str = RunStatus.FINISHED) -> None:
+        """Flush everything, finish the run with ``status``, and release its resources.
+
+        Waits at most ``settings.flush_timeout`` seconds for backends; whatever a backend has
+        not accepted by then stays in the local store (and is reported). Calling ``stop`` on
+        a stopped experiment does nothing.
+        """
+        status = RunStatus.parse(status)
+        with self._stop_lock:
+            if self._status is not RunStatus.RUNNING:
+                return
+            self._append = self._not_running
+            assert self._orchestrator is not None
+            assert self._store is not None
+            undelivered = self._orchestrator.stop(status, timeout=self.settings.flush_timeout)
+            for backend, batches in undelivered.items():
+                report_once(
+                    f"tracelet run {self._id}",
+                    f"backend {backend!r} did not accept {batches} batch(es) before the "
+                    f"{self.settings.flush_timeout:g}s flush timeout; they are kept in the "
+                    f"local store at {self._store.path}",
+                )
+            self._store.finish_run(self._id, status)
+            if self._lock is not None:
+                self._lock.release(remove=True)
+            self._store.close()
+            self._status = status
+            _running.discard(self)
+        (self._registry or default_registry(self.settings.disable_plugins)).announce(
+            "tracelet_run_finished", experiment=self, status=status
+        )
+        for callback in self._on_stop:
+            callback(self)
+
+    def end(self) -> None:
+        """Alias of :meth:`stop`."""
+        self.stop()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Journal everything logged so far; wait up to ``timeout`` for every backend."""
+        if self._orchestrator is None:
+            return True
+        return self._orchestrator.flush(timeout)
+
+    def __enter__(self) -> Experiment:
+        if self._status is None:
+            self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
+        self.stop(_status_for(kind))
+
+    # -- logging -------------------------------------------------------------------------
+
+    def log_metric(
+        self, name: str, value: Any, iteration: int | None = None, *, step: int | None = None
+    ) -> None:
+        """Log one scalar. The step is ``iteration`` (or ``step=``), else the current iteration."""
+        if value.__class__ is not float:
+            value = to_metric_value(name, value)
+        if name.__class__ is not str:
+            name = check_name(name)
+        if iteration is None:
+            iteration = self._iteration if step is None else step
+        elif step is not None:
+            raise TypeError(f"metric {name!r}: give the step once, as iteration or as step=")
+        if iteration.__class__ is not int:
+            iteration = check_step(iteration, name)
+        if len(self._buffer) >= self._capacity:
+            self._full()
+        self._append((name, value, iteration, _time()))
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log several scalars at one step (the current iteration when ``step`` is None)."""
+        if not isinstance(metrics, Mapping):
+            raise TypeError(
+                f"metrics must be a dict of name to value, not {type(metrics).__name__}"
+            )
+        step = self._iteration if step is None else check_step(step)
+        points = [(check_name(n), to_metric_value(n, v), step, _time()) for n, v in metrics.items()]
+        for point in points:
+            self._put(point)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` -> ``opt/lr``)."""  # noqa: E501
+        self._put(Params(flatten_params(params)))
+
+    def log_hyperparameter(self, name: str, value: Any) -> None:
+        """Log one parameter."""
+        self.log_params({check_name(name, "parameter"): value})
+
+    def set_iteration(self, iteration: int) -> None:
+        """Set the step used by logging calls that give none."""
+        self._iteration = check_step(iteration)
+
+    def log_text(self, name: str, text: str, step: int | None = None) -> None:
+        """Log a piece of text at ``step`` (default: the current iteration)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text {name!r} must be a str, not {type(text).__name__}")
+        self._put(Text(check_name(name, "text"), text, self._step(step), _time()))
+
+    def log_image(self, name: str, image: Any, step: int | None = None) -> None:
+        """Log an image: a NumPy array (HW, HWC or CHW), a tensor, a PIL image, PNG bytes or
+        a path. The pixels are copied now and encoded off the training thread."""
+        check_name(name, "image")
+        self._put(PendingImage.snapshot(name, image, self._step(step), _time()))
+
+    def log_artifact(
+        self, artifact: str | os.PathLike[str] | TraceletArtifact, artifact_path: str | None = None
+    ) -> dict[str, ArtifactResult]:
+        """Log a file (a path) or a :class:`~tracelet.artifacts.TraceletArtifact`.
+
+        The file is copied into the local store off the training thread (within
+        ``flush_interval``), then delivered to every backend. Returns, per backend, where
+        the artifact will be found.
+        """
+        from tracelet.artifacts import TraceletArtifact, results_for
+
+        if not self.is_running:
+            self._not_running(artifact)
+        if isinstance(artifact, TraceletArtifact):
+            version = self._next_version(artifact.name)
+            staging = self.store.files_dir(self._id) / "staging" / f"{artifact.name}-v{version}"
+            for path, target in artifact.materialize(staging):
+                moved = Path(path).is_relative_to(staging)
+                self._put_file(path, target, artifact.name, artifact.type.value, version, moved)
+            return results_for(self, artifact.name, version)
+        if not isinstance(artifact, str | os.PathLike):
+            raise TypeError(
+                f"artifact must be a path or a TraceletArtifact, not {type(artifact).__name__}"
+            )
+        target = artifact_path or Path(artifact).name
+        version = self._next_version(target)
+        self._put_file(artifact, target, Path(artifact).name, "custom", version)
+        return results_for(self, target, version)
+
+    def log_file_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Log one file (the older name of :meth:`log_artifact` for paths)."""
+        self.log_artifact(local_path, artifact_path)
+
+    def create_artifact(
+        self,
+        name: str,
+        artifact_type: ArtifactType | str = "custom",
+        description: str | None = None,
+    ) -> TraceletArtifact:
+        """A new, empty :class:`~tracelet.artifacts.TraceletArtifact` to fill and log."""
+        from tracelet.artifacts import TraceletArtifact
+
+        return TraceletArtifact(name, artifact_type, description)
+
+    def list_artifacts(
+        self, type_filter: ArtifactType | str | None = None, backend: str | None = None
+    ) -> list[TraceletArtifact]:
+        """The run's logged artifacts (latest version of each), optionally of one type.
+
+        Read from the local store, which holds everything every backend was sent; naming a
+        ``backend`` only checks that it receives this run.
+        """
+        from tracelet.artifacts import list_stored
+
+        self._check_backend(backend)
+        return list_stored(self.store, self._id, type_filter)
+
+    def get_artifact(
+        self, name: str, version: str | int = "latest", backend: str | None = None
+    ) -> TraceletArtifact | None:
+        """A logged artifact by name (or artifact path) and version (``"latest"``, or n)."""
+        from tracelet.artifacts import find_stored
+
+        self._check_backend(backend)
+        return find_stored(self.store, self._id, name, version)
+
+    def _check_backend(self, backend: str | None) -> None:
+        names = [b.name for b in self._plugins]
+        if backend is not None and backend not in names:
+            raise ValueError(f"backend {backend!r} does not receive this run (it has: {names})")
+
+    def _next_version(self, key: str) -> int:
+        self._versions[key] = self._versions.get(key, 0) + 1
+        return self._versions[key]
+
+    def _put_file(
+        self,
+        path: str | os.PathLike[str],
+        artifact_path: str,
+        name: str,
+        kind: str,
+        version: int,
+        move: bool = False,
+    ) -> None:
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"artifact {str(path)!r} is not a file; check the path")
+        if (
+            not artifact_path
+            or Path(artifact_path).is_absolute()
+            or ".." in Path(artifact_path).parts
+        ):
+            raise ValueError(f"artifact_path {artifact_path!r} must be relative, without '..'")
+        record = PendingArtifact(
+            name, str(source.resolve()), artifact_path, kind, _time(), version, move
+        )
+        self._put(record)
+
+    def _put(self, record: Any) -> None:
+        if len(self._buffer) >= self._capacity:
+            self._full()
+        self._append(record)
+
+    def _full(self) -> None:
+        if self._orchestrator is not None:
+            self._orchestrator.wait_for_room()
+
+    def _step(self, step: int | None) -> int:
+        return self._iteration if step is None else check_step(step)
+
+    def _not_running(self, record: object) -> None:
+        state = "has not been started" if self._status is None else "has stopped"
+        raise RuntimeError(
+            f"experiment {self._name!r} {state}; call start() (or tracelet.start_logging) first"
+        )
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The run's unique id (32 hex digits)."""
+        return self._id
+
+    experiment_id = id
+
+    @property
+    def name(self) -> str:
+        """The run's name."""
+        return self._name
+
+    @property
+    def project(self) -> str:
+        """The project the run belongs to."""
+        return self.settings.project
+
+    @property
+    def iteration(self) -> int:
+        """The current step."""
+        return self._iteration
+
+    @property
+    def created_at(self) -> dt.datetime:
+        """When the run was created (UTC)."""
+        return dt.datetime.fromtimestamp(self._created_at, tz=dt.UTC)
+
+    @property
+    def tags(self) -> list[str]:
+        """The run's tags."""
+        return list(self._tags)
+
+    @property
+    def backends(self) -> list[BackendPlugin]:
+        """The backend plugins receiving this run (each has ``.name``)."""
+        return list(self._plugins)
+
+    @property
+    def run_info(self) -> RunInfo:
+        """What backends know about the run."""
+        if self._info is None:
+            raise RuntimeError(f"experiment {self._name!r} has not been started")
+        return self._info
+
+    @property
+    def status(self) -> RunStatus | None:
+        """The run's status; None before ``start``."""
+        return self._status
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the run accepts records."""
+        return self._status is RunStatus.RUNNING
+
+    @property
+    def store(self) -> LocalStore:
+        """The local store journaling this run (a fresh handle after ``stop``)."""
+        return (
+            self._store if self.is_running and self._store else LocalStore(self.settings.store_path)
+        )
+
+    def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
+        """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
+        values = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
+        for key, value in values.items():
+            check_name(key, "tag")
+            if not isinstance(value, str):
+                raise TypeError(f"tag {key!r}: value must be a str, not {type(value).__name__}")
+        self._tags.extend(k for k, v in values.items() if not v and k not in self._tags)
+        self._run_tags.update(values)
+        if self.is_running:
+            self._put(Tags(values))
+
+    def __repr__(self) -> str:
+        state = self._status.value if self._status else "not started"
+        return f"<Experiment {self._name!r} id={self._id[:8]} project={self.project!r} {state}>"
+
+
+def _build(
+    name: str, factory: Callable[[], BackendPlugin], options: Mapping[str, Any]
+) -> BackendPlugin | None:
+    """Build and configure one backend; a bad option raises, a broken plugin is skipped."""
+    try:
+        plugin = factory()
+        plugin.initialize(options)
+    except ConfigurationError:
+        raise
+    except Exception as error:
+        report_once(f"tracelet backend {name!r}", f"could not be created ({error!r}); skipped")
+        return None
+    return plugin
+
+
+def _status_for(kind: type[BaseException] | None) -> RunStatus:
+    if kind is None:
+        return RunStatus.FINISHED
+    if issubclass(kind, KeyboardInterrupt):
+        return RunStatus.KILLED
+    return RunStatus.FAILED
+
+
+def _generated_name() -> str:
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+# -- runs left running at exit -----------------------------------------------------------
+
+_running: set[Experiment] = set()
+_unhandled: list[type[BaseException]] = []
+_previous_excepthook: list[Callable[..., Any]] = []
+
+
+def _watch_exit() -> None:
+    """Once per process: stop forgotten runs at exit, failed if an exception ended it."""
+    if _previous_excepthook:
+        return
+    _previous_excepthook.append(sys.excepthook)
+    sys.excepthook = _remember_unhandled
+    atexit.register(_stop_all_at_exit)
+
+
+def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    _unhandled.append(kind)
+    _previous_excepthook[0](kind, error, tb)
+
+
+def _stop_all_at_exit() -> None:
+    """Stop every run still running when the interpreter exits (a forgotten ``stop``)."""
+    status = _status_for(_unhandled[-1] if _unhandled else None)
+    for experiment in list(_running):
+        try:
+            experiment.stop(status)
+        except Exception as error:  # pragma: no cover - last-chance reporting
+            logger.error("tracelet: could not stop %r at exit: %r", experiment, error)

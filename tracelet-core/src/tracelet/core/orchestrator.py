@@ -1,0 +1,242 @@
+"""The orchestrator: training thread -> buffer -> dispatcher -> journal -> one sink per backend.
+
+The training thread only appends to :attr:`Orchestrator.buffer` (a deque: appends are
+atomic, so any number of threads may log at once and each thread's records keep their
+order). One dispatcher thread wakes every ``flush_interval`` seconds, or sooner when the
+buffer is full, drains it in batches, journals each batch in one transaction, and offers it
+to every :class:`~tracelet.core.sink.BackendSink`. When the buffer is full the caller waits
+(back-pressure): nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tracelet.core.plugins import BackendPlugin
+from tracelet.core.registry import logger, report_once
+from tracelet.core.sink import BackendSink, RetryPolicy
+from tracelet.media import PendingArtifact, PendingImage
+from tracelet.records import Batch, MetricPoint, Params, RunInfo, RunStatus, Tags, Text
+from tracelet.storage import LocalStore
+from tracelet.values import check_name, check_step, to_metric_value
+
+MAX_BATCH = 50_000
+"""Most records journaled in one transaction."""
+
+
+class Orchestrator:
+    """Routes one run's records to the journal and on to every backend."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        run: RunInfo,
+        *,
+        flush_interval: float = 0.5,
+        buffer_size: int = 200_000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.run = run
+        self.buffer: deque[Any] = deque()
+        self.capacity = buffer_size
+        self.flush_interval = flush_interval
+        self.retry = retry or RetryPolicy()
+        self.sinks: dict[str, BackendSink] = {}
+        self.seq = store.last_seq(run.id)
+        self.unjournaled = 0
+        self._wake = threading.Event()
+        self._room = threading.Condition()
+        self._drain_lock = threading.Lock()
+        self._stopping = False
+        self._stop_deadline = float("inf")
+        self._thread = threading.Thread(
+            target=self._dispatch, name="tracelet-dispatcher", daemon=True
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the dispatcher thread is alive."""
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the dispatcher thread and every backend's sink."""
+        self._thread.start()
+        for sink in list(self.sinks.values()):
+            sink.start()
+
+    # -- the training thread's side ------------------------------------------------------
+
+    def route_metric(self, metric: MetricPoint | Any) -> None:
+        """Queue one metric: a ``(name, value, step, timestamp)`` tuple, or an object with
+        ``name``, ``value``, ``step`` and (optionally) ``timestamp`` attributes."""
+        if isinstance(metric, tuple):
+            name, value, step, timestamp = metric
+        else:
+            name, value, step = metric.name, metric.value, metric.step
+            timestamp = getattr(metric, "timestamp", None) or time.time()
+        name = check_name(name)
+        self.put((name, to_metric_value(name, value), check_step(step, name), float(timestamp)))
+
+    def put(self, record: Any) -> None:
+        """Queue any record (waiting while the buffer is full)."""
+        if len(self.buffer) >= self.capacity:
+            self.wait_for_room()
+        self.buffer.append(record)
+
+    def wait_for_room(self) -> None:
+        """Block until the dispatcher has made room in the buffer (back-pressure)."""
+        self._wake.set()
+        with self._room:
+            while len(self.buffer) >= self.capacity and self.running:
+                self._room.wait(0.5)
+
+    # -- backends ------------------------------------------------------------------------
+
+    def add_backend(
+        self, backend: BackendPlugin, name: str | None = None, *, resumed: bool = False
+    ) -> BackendSink:
+        """Attach a backend. Added mid-run, it first receives everything already journaled."""
+        name = name or backend.name
+        if name in self.sinks:
+            raise ValueError(f"a backend named {name!r} is already attached to this run")
+        sink = BackendSink(name, backend, self.store, self.run, resumed=resumed, retry=self.retry)
+        self.store.ensure_cursor(self.run.id, name)
+        self.sinks[name] = sink
+        if self.running:
+            sink.start()
+        return sink
+
+    def remove_backend(self, backend: BackendPlugin | str, timeout: float | None = 30.0) -> bool:
+        """Detach a backend after it has received what was logged so far (up to ``timeout``).
+
+        The backend's run is left open. Returns whether it caught up in time.
+        """
+        name = backend if isinstance(backend, str) else backend.name
+        sink = self.sinks.pop(name, None)
+        if sink is None:
+            raise ValueError(
+                f"no backend named {name!r} is attached (attached: {list(self.sinks)})"
+            )
+        self.flush(timeout=0)
+        wait = 0.0 if timeout is None else timeout
+        sink.close(None, time.monotonic() + wait)
+        return sink.join(timeout)
+
+    # -- flush and stop ------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Journal everything queued so far, then wait up to ``timeout`` seconds for every
+        backend to accept it. Returns True when all backends are up to date."""
+        with self._drain_lock:
+            self._drain()
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        target = self.seq
+        while any(s.cursor < target for s in self.sinks.values()):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, status: RunStatus = RunStatus.FINISHED, timeout: float = 30.0) -> dict[str, int]:
+        """Journal everything, give backends up to ``timeout`` seconds, and stop.
+
+        Returns, per backend, how many batches it has not accepted (they stay in the journal).
+        """
+        deadline = time.monotonic() + timeout
+        self._stop_deadline = deadline
+        self._stopping = True
+        self._wake.set()
+        if self.running:
+            self._thread.join()
+        with self._drain_lock:
+            self._drain()
+        for sink in self.sinks.values():
+            sink.close(status, deadline)
+        for sink in self.sinks.values():
+            sink.join(max(0.0, deadline - time.monotonic()))
+        return self.undelivered()
+
+    def undelivered(self) -> dict[str, int]:
+        """Batches each backend has not accepted yet."""
+        return {n: self.seq - s.cursor for n, s in self.sinks.items() if s.cursor < self.seq}
+
+    # -- the dispatcher thread -----------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            stopping = self._stopping
+            with self._drain_lock:
+                self._drain()
+            if stopping:
+                return
+
+    def _drain(self) -> None:
+        buffer = self.buffer
+        popleft = buffer.popleft
+        while buffer:
+            items = [popleft() for _ in range(min(len(buffer), MAX_BATCH))]
+            with self._room:
+                self._room.notify_all()
+            self._journal(items)
+
+    def _journal(self, items: list[Any]) -> None:
+        metrics = [r for r in items if r.__class__ is tuple]
+        events = [r for r in items if r.__class__ is not tuple] if len(metrics) < len(items) else []
+        batch = self._batch(self.seq + 1, metrics, events)
+        if not self._write(batch):
+            return
+        self.seq = batch.seq
+        for sink in list(self.sinks.values()):
+            sink.offer(batch)
+
+    def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:
+        params: dict[str, Any] = {}
+        tags: dict[str, str] = {}
+        texts, images, artifacts = [], [], []
+        files = self.store.files_dir(self.run.id)
+        for event in events:
+            try:
+                if isinstance(event, Params):
+                    params.update(event.values)
+                elif isinstance(event, Tags):
+                    tags.update(event.values)
+                elif isinstance(event, Text):
+                    texts.append(event)
+                elif isinstance(event, PendingImage):
+                    images.append(event.store(files / "images", seq, len(images)))
+                elif isinstance(event, PendingArtifact):
+                    artifacts.append(event.store(files / "artifacts"))
+                else:
+                    raise TypeError(f"unknown record type {type(event).__name__}")
+            except Exception as error:
+                report_once("tracelet", f"could not journal {event!r}: {error!r}; skipped")
+        return Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
+
+    def _write(self, batch: Batch) -> bool:
+        """Journal ``batch``, retrying while the store fails; False only if stop gave up."""
+        delays = RetryPolicy(initial=0.05, maximum=2.0).delays()
+        while True:
+            try:
+                self.store.write_batch(batch)
+                return True
+            except Exception as error:
+                report_once(
+                    "tracelet journal",
+                    f"cannot write to {self.store.db_path} ({error!r}); retrying, "
+                    "records are held in memory and the caller waits when the buffer is full",
+                )
+                if self._stopping and time.monotonic() > self._stop_deadline:
+                    self.unjournaled += len(batch)
+                    logger.error(
+                        "tracelet: %d records could not be journaled before the stop timeout",
+                        len(batch),
+                    )
+                    return False
+                time.sleep(next(delays))

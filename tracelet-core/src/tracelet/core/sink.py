@@ -1,0 +1,192 @@
+"""One backend's delivery line: its own thread, bounded queue, retries and journal cursor.
+
+The dispatcher offers every journaled batch to each sink. A sink whose queue is full simply
+lets the batch go: it is in the journal, and the sink reads it back from there when it sees
+a gap between its cursor and the next batch it is offered. So memory stays bounded, a slow
+or failing backend delays nobody, and nothing is lost. After each accepted batch the sink
+persists its cursor in the journal; a later ``sync`` starts from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import attrs
+
+from tracelet.core.plugins import BackendPlugin
+from tracelet.core.registry import logger
+from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.storage import LocalStore
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff: ``initial`` seconds, doubling up to ``maximum``, with jitter."""
+
+    initial: float = 0.2
+    maximum: float = 30.0
+    jitter: float = 0.1
+
+    def delays(self) -> DelayIterator:
+        """A fresh sequence of delays."""
+        return DelayIterator(self)
+
+
+class DelayIterator:
+    """The delays of one failure episode."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.next_delay = policy.initial
+
+    def __next__(self) -> float:
+        delay = self.next_delay
+        self.next_delay = min(delay * 2, self.policy.maximum)
+        return delay * (1 + random.uniform(-self.policy.jitter, self.policy.jitter))
+
+
+class BackendSink:
+    """Delivers one run's batches to one backend on a dedicated thread."""
+
+    def __init__(
+        self,
+        name: str,
+        backend: BackendPlugin,
+        store: LocalStore,
+        run: RunInfo,
+        *,
+        resumed: bool = False,
+        queue_size: int = 64,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.backend = backend
+        self.store = store
+        self.run = run
+        self.resumed = resumed
+        self.retry = retry or RetryPolicy()
+        self.cursor = 0
+        self.error: str | None = None
+        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=queue_size)
+        self._closing = threading.Event()
+        self._abort = threading.Event()
+        self._final_status: RunStatus | None = None
+        self._deadline = float("inf")
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=f"tracelet-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Start the sink's thread."""
+        self._thread.start()
+
+    def offer(self, batch: Batch) -> None:
+        """Queue ``batch`` if there is room; otherwise it is replayed from the journal later."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(batch)
+
+    def close(self, status: RunStatus | None, deadline: float) -> None:
+        """Deliver what is left, finish the run with ``status`` (None: leave it open), stop.
+
+        Retries go on until ``deadline`` (a ``time.monotonic()`` value), then the sink gives
+        up; what it did not deliver stays in the journal behind its cursor.
+        """
+        self._final_status = status
+        self._deadline = deadline
+        self._closing.set()
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait for the sink to finish; True if it did (False: still busy or hanging)."""
+        finished = self._done.wait(timeout)
+        if not finished:
+            self._abort.set()
+        return finished
+
+    # -- the sink thread -----------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self.cursor = self.store.get_cursor(self.run.id, self.name)
+            if self._attempt("start", self._open):
+                self._deliver_until_closed()
+        except Exception as error:  # the thread must never die silently
+            logger.exception("tracelet backend %r stopped unexpectedly: %r", self.name, error)
+        finally:
+            self._done.set()
+
+    def _open(self) -> None:
+        self.backend.start()
+        self.backend.start_run(self.run, self.resumed)
+
+    def _deliver_until_closed(self) -> None:
+        while not self._abort.is_set():
+            try:
+                batch = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._closing.is_set():
+                    self._finish()
+                    return
+                continue
+            if batch.seq > self.cursor and not (
+                self._catch_up(batch.seq - 1) and self._deliver(batch)
+            ):
+                return
+
+    def _finish(self) -> None:
+        if not self._catch_up(self.store.last_seq(self.run.id)):
+            return
+        status = self._final_status
+        if status is not None and not self._attempt(
+            "finish", lambda: self.backend.finish_run(status)
+        ):
+            return
+        self._attempt("stop", self.backend.stop)
+
+    def _catch_up(self, upto: int) -> bool:
+        """Deliver journaled batches ``cursor+1 .. upto``; False if the sink gave up."""
+        while self.cursor < upto:
+            for batch in self.store.read_batches(self.run.id, self.cursor, upto, limit=16):
+                if not self._deliver(batch):
+                    return False
+        return True
+
+    def _deliver(self, batch: Batch) -> bool:
+        if not self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch)):
+            return False
+        self.cursor = batch.seq
+        self.store.set_cursor(self.run.id, self.name, batch.seq)
+        return True
+
+    def _attempt(self, what: str, action: Callable[[], None]) -> bool:
+        """Run ``action`` until it succeeds (True) or the sink must give up (False)."""
+        delays = self.retry.delays()
+        while True:
+            try:
+                action()
+            except Exception as error:
+                self._failed(what, error)
+                wait = min(next(delays), self._deadline - time.monotonic())
+                if wait <= 0 or self._abort.wait(wait):
+                    return False
+                continue
+            if self.error is not None:
+                logger.warning("tracelet backend %r recovered; delivery resumed", self.name)
+                self.error = None
+            return True
+
+    def _failed(self, what: str, error: Exception) -> None:
+        first = self.error is None
+        self.error = f"{type(error).__name__}: {error}"
+        if first:
+            logger.warning(
+                "tracelet backend %r failed (%s: %s); retrying with backoff, nothing is lost "
+                "(records stay in the local store until delivered)",
+                self.name,
+                what,
+                self.error,
+            )
+            self.store.set_cursor(self.run.id, self.name, self.cursor, error=self.error)

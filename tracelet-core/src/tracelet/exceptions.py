@@ -1,0 +1,19 @@
+"""The exceptions Tracelet raises. Every message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class TraceletException(Exception):
+    """Base class of every error Tracelet raises on purpose."""
+
+
+class ConfigurationError(TraceletException, ValueError):
+    """Bad configuration or setup: an unknown backend, an unknown key, a value of the wrong type."""
+
+
+class BackendError(TraceletException):
+    """A backend could not do what was asked (connect, create a run, deliver a batch)."""
+
+
+class StoreError(TraceletException):
+    """The local store cannot be used: unreadable, or written by a newer Tracelet."""

@@ -1,0 +1,151 @@
+"""The main interface: one active experiment per process, started and stopped here.
+
+Two equivalent forms::
+
+    exp = tracelet.start_logging("baseline", project="vision", backend="mlflow")
+    exp.log_metric("loss", 0.5, 0)
+    tracelet.stop_logging()
+
+    tracelet.init(project="vision", run_name="baseline")
+    tracelet.log({"loss": 0.5})
+    tracelet.step()
+    tracelet.finish()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from tracelet.core.experiment import Experiment
+from tracelet.core.registry import default_registry
+from tracelet.settings import TraceletSettings, read_config_file, split_config
+
+_active: Experiment | None = None
+_guard = threading.RLock()
+
+
+def start_logging(
+    exp_name: str | None = None,
+    project: str | None = None,
+    backend: str | list[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    settings: TraceletSettings | None = None,
+) -> Experiment:
+    """Start tracking a run and make it the active experiment; return it.
+
+    ``backend`` names one backend or several (default: the ``backend`` setting, ``local``).
+    ``config`` holds settings (``track_system``, ``metrics_interval`` ...), run keys
+    (``tags``, ``run_name``) and backend options, nested (``{"mlflow": {...}}``), prefixed
+    (``"mlflow_tracking_uri"``) or plain (``"tracking_uri"``). ``settings`` replaces the
+    settings that would be read from the environment and ``tracelet.yaml``. A run already
+    active is stopped first. The experiment is a context manager that stops on exit.
+    """
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, not {type(config).__name__}")
+    config = dict(config or {})
+    base = settings if settings is not None else TraceletSettings.load()
+    if backend is None and "backend" in config:
+        backend = config["backend"]
+    names = base.replace(backend=backend).backend if backend is not None else base.backend
+    registry = default_registry(base.disable_plugins)
+    selected = registry.select_backends(names)
+    core, run_keys, options = split_config(config, {r.name: r.options for r in selected})
+    core.update({k: v for k, v in (("project", project), ("backend", names)) if v is not None})
+    resolved = base.replace(**core) if settings is not None else TraceletSettings.load(core)
+    sections = read_config_file().sections
+    for name in options:
+        options[name] = {**sections.get(name, {}), **options[name]}
+    experiment = Experiment(
+        exp_name or run_keys.get("run_name"),
+        settings=resolved,
+        backend_options=options,
+        registry=registry,
+    )
+    tags = run_keys.get("tags")
+    if tags:
+        experiment.add_tags(tags)
+    with _guard:
+        stop_logging()
+        experiment.start()
+        _activate(experiment)
+    return experiment
+
+
+def stop_logging() -> None:
+    """Stop the active experiment (flushing everything); do nothing if there is none."""
+    with _guard:
+        experiment = _active
+    if experiment is not None:
+        experiment.stop()
+
+
+def get_active_experiment() -> Experiment | None:
+    """The active experiment, or None."""
+    return _active
+
+
+def _activate(experiment: Experiment) -> None:
+    global _active
+    _active = experiment
+    experiment._on_stop.append(_deactivate)
+
+
+def _deactivate(experiment: Experiment) -> None:
+    global _active
+    with _guard:
+        if _active is experiment:
+            _active = None
+
+
+# -- the short form ----------------------------------------------------------------------
+
+
+def init(project: str, run_name: str | None = None, **config: Any) -> Experiment:
+    """Start a run in ``project`` (the short form of :func:`start_logging`).
+
+    Keyword arguments are the same ``config`` keys ``start_logging`` takes, ``backend``
+    included: ``tracelet.init(project="nlp", backend="mlflow", tags=["baseline"])``.
+    """
+    backend = config.pop("backend", None)
+    return start_logging(run_name, project=project, backend=backend, config=config)
+
+
+def log(metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log several metrics at ``step`` (default: the current step of the active run)."""
+    _require("log").log_metrics(metrics, step)
+
+
+def step() -> int:
+    """Advance the active run's step by one; return the new step."""
+    experiment = _require("step")
+    experiment.set_iteration(experiment.iteration + 1)
+    return experiment.iteration
+
+
+def watch(model: Any, **options: Any) -> Any:
+    """Track ``model``'s gradients and parameters (needs the ``tracelet-torch`` package)."""
+    try:
+        import tracelet_torch
+    except ImportError:
+        raise ImportError(
+            "tracelet.watch needs the torch integration: pip install tracelet-torch "
+            '(or pip install "tracelet-core[torch]")'
+        ) from None
+    return tracelet_torch.watch(_require("watch"), model, **options)
+
+
+def finish() -> None:
+    """Finish the active run, flushing everything (the short form of :func:`stop_logging`)."""
+    stop_logging()
+
+
+def _require(caller: str) -> Experiment:
+    experiment = _active
+    if experiment is None:
+        raise RuntimeError(
+            f"tracelet.{caller}() was called before tracelet.init(); "
+            'call tracelet.init(project="...") (or tracelet.start_logging) first'
+        )
+    return experiment

@@ -1,0 +1,131 @@
+"""The records that travel from the training thread through the journal to every backend.
+
+A metric point is a plain tuple ``(name, value, step, timestamp)``: it is the one record
+logged millions of times, and a tuple is the cheapest thing the training thread can build.
+Everything else is a small frozen attrs class. A :class:`Batch` is the unit of delivery:
+the dispatcher journals one batch per transaction and hands the same batch to every sink.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from tracelet.values import ParamValue
+
+MetricPoint = tuple[str, float, int, float]
+"""One metric point: ``(name, value, step, timestamp)``; timestamp in seconds since the epoch."""
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands. Every run ends in exactly one of the final states."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    KILLED = "killed"
+    CRASHED = "crashed"
+
+    @classmethod
+    def parse(cls, value: str | RunStatus) -> RunStatus:
+        """Return the status named by ``value``, or raise ``ValueError`` listing the choices."""
+        try:
+            return cls(value.lower() if isinstance(value, str) else value)
+        except ValueError:
+            choices = ", ".join(s.value for s in cls if s is not cls.RUNNING)
+            raise ValueError(f"unknown run status {value!r}; use one of: {choices}") from None
+
+
+@attrs.frozen
+class Params:
+    """Parameters (hyperparameters), already flattened to ``{"a/b": value}``."""
+
+    values: Mapping[str, ParamValue]
+
+
+@attrs.frozen
+class Tags:
+    """Run tags as key/value pairs; a bare tag (``"pytorch"``) has the value ``""``."""
+
+    values: Mapping[str, str]
+
+
+@attrs.frozen
+class Text:
+    """A piece of text logged under ``name`` at ``step``."""
+
+    name: str
+    text: str
+    step: int
+    timestamp: float
+
+
+@attrs.frozen
+class Image:
+    """A PNG image journaled in the local store; ``path`` is the stored file."""
+
+    name: str
+    step: int
+    timestamp: float
+    path: str
+
+
+@attrs.frozen
+class Artifact:
+    """A file journaled in the local store; ``path`` is the stored copy.
+
+    ``artifact_path`` is where backends file it (a relative path such as ``model.pth`` or
+    ``checkpoints/epoch3.pt``); ``kind`` is an :class:`~tracelet.artifacts.ArtifactType` value.
+    """
+
+    name: str
+    artifact_path: str
+    path: str
+    size_bytes: int
+    sha256: str
+    kind: str = "custom"
+    timestamp: float = 0.0
+    version: int = 1
+
+
+@attrs.frozen
+class RunInfo:
+    """What a backend needs to know about the run it is writing to."""
+
+    id: str
+    name: str
+    project: str
+    created_at: float
+    tags: tuple[str, ...] = ()
+    store_path: str = ""
+
+
+@attrs.frozen
+class Batch:
+    """Everything the dispatcher drained in one go, journaled as one transaction.
+
+    ``seq`` counts the run's batches from 1 without gaps; a backend's delivery cursor is the
+    ``seq`` of the last batch it accepted. Delivering the same batch twice must not duplicate
+    anything in the backend (batches are replayed after a failure).
+    """
+
+    run_id: str
+    seq: int
+    metrics: Sequence[MetricPoint] = ()
+    params: Mapping[str, ParamValue] = attrs.field(factory=dict)
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    texts: Sequence[Text] = ()
+    images: Sequence[Image] = ()
+    artifacts: Sequence[Artifact] = ()
+
+    def __len__(self) -> int:
+        return (
+            len(self.metrics)
+            + len(self.params)
+            + len(self.tags)
+            + len(self.texts)
+            + len(self.images)
+            + len(self.artifacts)
+        )

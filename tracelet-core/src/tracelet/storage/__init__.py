@@ -1,0 +1,5 @@
+"""The embedded local store: the journal, the default backend, and what analysis reads."""
+
+from tracelet.storage.store import LocalStore, StoredRun
+
+__all__ = ["LocalStore", "StoredRun"]
