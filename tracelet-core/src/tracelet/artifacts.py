@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from tracelet.media import file_sha256
+from tracelet.values import check_relative_path
 
 if TYPE_CHECKING:
     from tracelet.core.experiment import Experiment
@@ -115,7 +116,7 @@ class TraceletArtifact:
         if not path.is_file():
             raise FileNotFoundError(f"artifact {self.name!r}: {local_path!r} is not a file")
         target = artifact_path or path.name
-        _check_relative(target)
+        check_relative_path(target)
         size, checksum = path.stat().st_size, file_sha256(path)
         self.files.append(ArtifactFile(str(path.resolve()), target, description, size, checksum))
         return self
@@ -126,7 +127,7 @@ class TraceletArtifact:
         """Add a Python object, serialised as ``json``, ``pickle`` or ``yaml`` when logged."""
         if serializer not in SERIALIZERS:
             raise ValueError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
-        _check_relative(name)
+        check_relative_path(name)
         self.objects.append(ArtifactObject(obj, name, serializer, description))
         return self
 
@@ -213,11 +214,6 @@ class TraceletArtifact:
             f"<TraceletArtifact {self.name!r} {self.type.value} files={len(self.files)} "
             f"objects={len(self.objects)} references={len(self.references)}>"
         )
-
-
-def _check_relative(path: str) -> None:
-    if not path or Path(path).is_absolute() or ".." in Path(path).parts:
-        raise ValueError(f"artifact path {path!r} must be relative, without '..'")
 
 
 def list_stored(

@@ -97,6 +97,8 @@ def _snapshot(name: str, image: Any) -> Any:
             raise TypeError(f"image {name!r}: bytes must be a PNG file's contents")
         return bytes(image)
     if isinstance(image, str | os.PathLike):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image {name!r}: {str(image)!r} is not a file")
         data = Path(image).read_bytes()
         if data[:8] != PNG_SIGNATURE:
             return _snapshot(name, _read_with_pillow(name, image))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from pathlib import PurePosixPath, PureWindowsPath
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -43,14 +44,26 @@ def check_name(name: Any, what: str = "metric") -> str:
 
 def check_step(step: Any, name: str = "") -> int:
     """Return ``step`` as an int; bools, floats with a fraction and negatives are refused."""
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+    where = f" for metric {name!r}" if name else ""
+    if isinstance(step, bool):
+        raise TypeError(f"step{where} must be an int, not bool: {step!r}")
+    if not isinstance(step, numbers.Integral):
         if isinstance(step, numbers.Real) and float(step).is_integer():
             return int(step)
-        where = f" for metric {name!r}" if name else ""
         raise TypeError(f"step{where} must be an int, not {type(step).__name__}: {step!r}")
     if step < 0:
         raise ValueError(f"step must not be negative, got {step}")
     return int(step)
+
+
+def check_relative_path(path: Any) -> str:
+    """Return ``path`` if it is a non-empty relative path without ``..``, else raise."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"artifact path must be a non-empty string, got {path!r}")
+    parts = PurePosixPath(path).parts
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).is_absolute() or ".." in parts:
+        raise ValueError(f"artifact path {path!r} must be relative, without '..'")
+    return path
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, ParamValue]:

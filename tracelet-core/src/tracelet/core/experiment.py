@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
+import shutil
 import sys
 import threading
 import time
@@ -29,7 +30,13 @@ from tracelet.records import Params, RunInfo, RunStatus, Tags, Text
 from tracelet.redaction import redact
 from tracelet.settings import ExperimentConfig, TraceletSettings
 from tracelet.storage import LocalStore
-from tracelet.values import check_name, check_step, flatten_params, to_metric_value
+from tracelet.values import (
+    check_name,
+    check_relative_path,
+    check_step,
+    flatten_params,
+    to_metric_value,
+)
 
 if TYPE_CHECKING:
     from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
@@ -211,13 +218,13 @@ class Experiment:
         """Log one scalar. The step is ``iteration`` (or ``step=``), else the current iteration."""
         if value.__class__ is not float:
             value = to_metric_value(name, value)
-        if name.__class__ is not str:
+        if name.__class__ is not str or not name:
             name = check_name(name)
         if iteration is None:
             iteration = self._iteration if step is None else step
         elif step is not None:
             raise TypeError(f"metric {name!r}: give the step once, as iteration or as step=")
-        if iteration.__class__ is not int:
+        if iteration.__class__ is not int or iteration < 0:
             iteration = check_step(iteration, name)
         if len(self._buffer) >= self._capacity:
             self._full()
@@ -263,9 +270,9 @@ class Experiment:
     ) -> dict[str, ArtifactResult]:
         """Log a file (a path) or a :class:`~tracelet.artifacts.TraceletArtifact`.
 
-        The file is copied into the local store off the training thread (within
-        ``flush_interval``), then delivered to every backend. Returns, per backend, where
-        the artifact will be found.
+        The file is copied into the local store during the call (so overwriting it right
+        after is safe), hashed and journaled off the training thread, then delivered to
+        every backend. Returns, per backend, where the artifact will be found.
         """
         from tracelet.artifacts import TraceletArtifact, results_for
 
@@ -345,16 +352,12 @@ class Experiment:
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"artifact {str(path)!r} is not a file; check the path")
-        if (
-            not artifact_path
-            or Path(artifact_path).is_absolute()
-            or ".." in Path(artifact_path).parts
-        ):
-            raise ValueError(f"artifact_path {artifact_path!r} must be relative, without '..'")
-        record = PendingArtifact(
-            name, str(source.resolve()), artifact_path, kind, _time(), version, move
-        )
-        self._put(record)
+        check_relative_path(artifact_path)
+        if not move:  # snapshot now: the caller may overwrite the file right after this call
+            staging = self.store.files_dir(self._id) / "staging"
+            staging.mkdir(parents=True, exist_ok=True)
+            source = Path(shutil.copyfile(source, staging / f"{uuid.uuid4().hex}-{source.name}"))
+        self._put(PendingArtifact(name, str(source), artifact_path, kind, _time(), version, True))
 
     def _put(self, record: Any) -> None:
         if len(self._buffer) >= self._capacity:

@@ -1,0 +1,43 @@
+"""Shared fixtures: every test runs in its own directory with a clean Tracelet environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tracelet.storage import LocalStore
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run in ``tmp_path`` with no TRACELET_* variables; stop any run left active."""
+    for name in list(os.environ):
+        if name.startswith("TRACELET_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    tracelet.stop_logging()
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    """Where the default local store of a test lives."""
+    return tmp_path / ".tracelet"
+
+
+@pytest.fixture
+def read_store(store_path: Path):
+    """Open the test's local store for reading back (closed after the test)."""
+    opened: list[LocalStore] = []
+
+    def open_store(path: Path | None = None) -> LocalStore:
+        store = LocalStore(path or store_path)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()

@@ -1,0 +1,94 @@
+"""Fault-injection backends: they keep what they receive in memory and can fail, hang or lag.
+
+Mocks are for faults only; delivery itself is checked against the real local store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import tracelet
+from tracelet.core.plugins import BackendPlugin, BackendRegistration, PluginMetadata, PluginType
+from tracelet.core.registry import default_registry
+from tracelet.records import Batch, RunInfo, RunStatus
+
+
+class RecordingBackend(BackendPlugin):
+    """Keeps every delivered batch; ``fail_times`` deliveries raise first, ``hang`` blocks."""
+
+    instances: list[RecordingBackend] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: dict[int, Batch] = {}
+        self.deliveries = 0
+        self.run: RunInfo | None = None
+        self.resumed: bool | None = None
+        self.final_status: RunStatus | None = None
+        self.fail_times = 0
+        self.delay = 0.0
+        self.hang = threading.Event()
+        self.hang.set()
+        self.lock = threading.Lock()
+        RecordingBackend.instances.append(self)
+
+    @classmethod
+    def get_metadata(cls) -> PluginMetadata:
+        return PluginMetadata("recording", "1.0", PluginType.BACKEND, "keeps batches in memory")
+
+    def initialize(self, config: Any) -> None:
+        super().initialize(config)
+        self.fail_times = int(self.config.get("fail_times", 0))
+        self.delay = float(self.config.get("delay", 0.0))
+        if self.config.get("hang"):
+            self.hang.clear()
+
+    def start_run(self, run: RunInfo, resumed: bool) -> None:
+        self.run, self.resumed = run, resumed
+
+    def log_batch(self, batch: Batch) -> None:
+        self.hang.wait()
+        time.sleep(self.delay)
+        with self.lock:
+            self.deliveries += 1
+            if self.fail_times > 0:
+                self.fail_times -= 1
+                raise ConnectionError("injected failure")
+            self.batches[batch.seq] = batch
+
+    def finish_run(self, status: RunStatus) -> None:
+        self.final_status = status
+
+    def points(self) -> list[tuple[str, float, int, float]]:
+        """Every metric point received, in batch order."""
+        return [p for seq in sorted(self.batches) for p in self.batches[seq].metrics]
+
+
+class _Plugin:
+    """Hook implementations registering RecordingBackend under a given name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @tracelet.hookimpl
+    def tracelet_register_backends(self) -> list[BackendRegistration]:
+        options = {"fail_times", "delay", "hang"}
+        return [BackendRegistration(self.name, RecordingBackend, options=options)]
+
+
+@contextmanager
+def recording_backend(name: str = "recording") -> Iterator[list[RecordingBackend]]:
+    """Register RecordingBackend as ``name`` in the default registry for the block."""
+    registry = default_registry()
+    registry.register(_Plugin(name), name=f"test-{name}")
+    RecordingBackend.instances = []
+    try:
+        yield RecordingBackend.instances
+    finally:
+        for backend in RecordingBackend.instances:
+            backend.hang.set()
+        registry.manager.unregister(name=f"test-{name}")
