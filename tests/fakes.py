@@ -81,14 +81,18 @@ class _Plugin:
 
 
 @contextmanager
-def recording_backend(name: str = "recording") -> Iterator[list[RecordingBackend]]:
-    """Register RecordingBackend as ``name`` in the default registry for the block."""
+def recording_backend(*names: str) -> Iterator[list[RecordingBackend]]:
+    """Register RecordingBackend under each name (default "recording") for the block;
+    yield the list of instances built meanwhile, in creation order."""
     registry = default_registry()
-    registry.register(_Plugin(name), name=f"test-{name}")
+    names = names or ("recording",)
+    for name in names:
+        registry.register(_Plugin(name), name=f"test-{name}")
     RecordingBackend.instances = []
     try:
         yield RecordingBackend.instances
     finally:
         for backend in RecordingBackend.instances:
             backend.hang.set()
-        registry.manager.unregister(name=f"test-{name}")
+        for name in names:
+            registry.manager.unregister(name=f"test-{name}")

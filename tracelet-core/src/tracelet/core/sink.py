@@ -114,7 +114,8 @@ class BackendSink:
             if self._attempt("start", self._open):
                 self._deliver_until_closed()
         except Exception as error:  # the thread must never die silently
-            logger.exception("tracelet backend %r stopped unexpectedly: %r", self.name, error)
+            if not self._abort.is_set():
+                logger.exception("tracelet backend %r stopped unexpectedly: %r", self.name, error)
         finally:
             self._done.set()
 
@@ -156,6 +157,8 @@ class BackendSink:
 
     def _deliver(self, batch: Batch) -> bool:
         if not self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch)):
+            return False
+        if self._abort.is_set():  # stop gave up on this sink meanwhile; the store may be closed
             return False
         self.cursor = batch.seq
         self.store.set_cursor(self.run.id, self.name, batch.seq)
