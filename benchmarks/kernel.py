@@ -32,6 +32,7 @@ from tracelet.storage import LocalStore
 CALLS = 1_000_000
 CHUNK = 1_000
 CHUNKS = CALLS // CHUNK
+WARMUP_CHUNKS = 100
 LOG_TARGET_US = 0.5
 THROUGHPUT_NAMES = ("loss", "accuracy", "lr", "grad_norm")
 THROUGHPUT_STEPS = CALLS // len(THROUGHPUT_NAMES)
@@ -145,8 +146,9 @@ def floor_round(chunks: list[list[float]]) -> list[float]:
     return per_call
 
 
-def tracelet_round(chunks: list[list[float]], values: list[float]) -> tuple[list[float], int]:
-    """One round of 1,000,000 ``log_metric`` calls; returns per-call times, points read back."""
+def tracelet_round(chunks: list[list[float]], values: list[float]) -> tuple[list[float], str]:
+    """One round of 1,000,000 ``log_metric`` calls: per-call times, and "" or what was wrong
+    with the points read back."""
     with tempfile.TemporaryDirectory(prefix="tracelet-bench-") as tmp:
         exp = tracelet.start_logging(
             "bench", project="bench", settings=settings_for(tmp, buffer_size=2_000_000)
@@ -156,19 +158,25 @@ def tracelet_round(chunks: list[list[float]], values: list[float]) -> tuple[list
             per_call = time_chunks(exp.log_metric, chunks)
         finally:
             tracelet.stop_logging()
-        got, _ = read_back(tmp, exp.id)
-        compare(got, [("loss", v, s) for s, v in enumerate(values)])
-    return per_call, len(got)
+        try:
+            got, _ = read_back(tmp, exp.id)
+            compare(got, [("loss", v, s) for s, v in enumerate(values)])
+        except Failure as error:
+            return per_call, str(error)
+    return per_call, ""
 
 
 # -- row 3: sustained throughput -------------------------------------------------------------
 
 
 def sustained(values: list[float]) -> dict[str, Any]:
+    """Log 4 metrics x 250,000 steps with the default buffer, stop, read everything back."""
     names = THROUGHPUT_NAMES
     n0, n1, n2, n3 = names
     steps = list(zip(*[iter(values)] * len(names), strict=True))
-    expected = [(name, v, s) for s, row in enumerate(steps) for name, v in zip(names, row)]
+    expected = [
+        (name, v, s) for s, row in enumerate(steps) for name, v in zip(names, row, strict=True)
+    ]
     with tempfile.TemporaryDirectory(prefix="tracelet-bench-") as tmp:
         exp = tracelet.start_logging("bench", project="bench", settings=settings_for(tmp))
         log = exp.log_metric
@@ -182,22 +190,26 @@ def sustained(values: list[float]) -> dict[str, Any]:
         logged = time.perf_counter()
         tracelet.stop_logging()
         stopped = time.perf_counter()
-        got, read_seconds = read_back(tmp, exp.id)
-    counts = Counter(name for name, _, _ in got)
-    wrong = {n: counts.get(n, 0) for n in names if counts.get(n, 0) != THROUGHPUT_STEPS}
-    if wrong or len(counts) != len(names):
-        raise Failure(f"points per metric read back: {dict(counts)}, expected {THROUGHPUT_STEPS:,}")
-    first = names[0]
-    compare([p for p in got if p[0] == first], [p for p in expected if p[0] == first])
-    compare(got, expected)
-    total = stopped - start
-    return {
-        "points": len(got),
-        "rate": len(expected) / total,
-        "loop_s": logged - start,
-        "stop_s": stopped - logged,
-        "read_s": read_seconds,
-    }
+        result: dict[str, Any] = {
+            "rate": len(expected) / (stopped - start),
+            "loop_s": logged - start,
+            "stop_s": stopped - logged,
+            "points": 0,
+            "read_s": 0.0,
+            "error": "",
+        }
+        try:
+            got, result["read_s"] = read_back(tmp, exp.id)
+            result["points"] = len(got)
+            counts = Counter(name for name, _, _ in got)
+            if counts != dict.fromkeys(names, THROUGHPUT_STEPS):
+                raise Failure(f"points per metric: {dict(counts)}, each should be 250,000")
+            first = names[0]
+            compare([p for p in got if p[0] == first], [p for p in expected if p[0] == first])
+            compare(got, expected)
+        except Failure as error:
+            result["error"] = str(error)
+    return result
 
 
 # -- row 4: import time ----------------------------------------------------------------------
@@ -272,7 +284,7 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rounds", type=int, default=5, help="rounds of rows 1-2 (median taken; default 5)"
+        "--rounds", type=int, default=5, help="rounds of rows 1-2, median taken (default 5)"
     )
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -281,87 +293,94 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str, str]] = []
     failures: list[str] = []
 
-    # Rows 1 and 2, alternating so that drift in machine load affects both alike.
+    # Rows 1 and 2, alternating so that drift in machine load affects both alike, after an
+    # untimed warm-up of both (first allocations, lazy imports, interpreter specialization).
+    warm_floor = FloorLogger()
+    time_chunks(warm_floor.log_metric, chunks[:WARMUP_CHUNKS])
+    with tempfile.TemporaryDirectory(prefix="tracelet-bench-") as tmp:
+        exp = tracelet.start_logging("warmup", project="bench", settings=settings_for(tmp))
+        time_chunks(exp.log_metric, chunks[:WARMUP_CHUNKS])
+        tracelet.stop_logging()
+    del warm_floor, exp
     floor_rounds: list[dict[str, float]] = []
     log_rounds: list[dict[str, float]] = []
-    read_counts: list[int] = []
-    try:
-        for _ in range(args.rounds):
-            floor_rounds.append(chunk_stats(floor_round(chunks)))
-            per_call, count = tracelet_round(chunks, values)
-            log_rounds.append(chunk_stats(per_call))
-            read_counts.append(count)
-    except Failure as error:
-        failures.append(f"log_metric: {error}")
-    if floor_rounds:
-        floor = median_of_rounds(floor_rounds)
-        rows.append(("bare-Python floor (deque.append)", fmt_stats(floor), "-", "-"))
-    if log_rounds:
-        local = median_of_rounds(log_rounds)
-        rows.append(
-            (
-                "tracelet log_metric (local)",
-                fmt_stats(local),
-                f"median <= {LOG_TARGET_US:.2f} us",
-                verdict(local["median"] <= LOG_TARGET_US),
-            )
+    for _ in range(args.rounds):
+        floor_rounds.append(chunk_stats(floor_round(chunks)))
+        per_call, error = tracelet_round(chunks, values)
+        log_rounds.append(chunk_stats(per_call))
+        if error:
+            failures.append(f"log_metric round {len(log_rounds)}: {error}")
+    floor = median_of_rounds(floor_rounds)
+    local = median_of_rounds(log_rounds)
+    rows.append(("bare-Python floor (deque.append)", fmt_stats(floor), "-", "-"))
+    rows.append(
+        (
+            "tracelet log_metric (local)",
+            fmt_stats(local),
+            f"median <= {LOG_TARGET_US:.2f} us",
+            verdict(local["median"] <= LOG_TARGET_US),
         )
-        medians = ", ".join(f"{r['median']:.3f}" for r in log_rounds)
-        rows.append(("  medians of each round (us)", medians, "-", "-"))
-        if floor_rounds:
-            extra = local["median"] - floor["median"]
-            rows.append(
-                (
-                    "  over the floor (median)",
-                    f"+{extra:.3f} us/call ({local['median'] / floor['median']:.1f}x)",
-                    "-",
-                    "-",
-                )
-            )
-    ok = not failures and len(read_counts) == args.rounds
+    )
+    rows.append(
+        (
+            "  median of each round (us)",
+            ", ".join(f"{r['median']:.3f}" for r in log_rounds),
+            "-",
+            "-",
+        )
+    )
+    rows.append(
+        (
+            "  over the floor (median)",
+            f"+{local['median'] - floor['median']:.3f} us/call "
+            f"({local['median'] / floor['median']:.1f}x)",
+            "-",
+            "-",
+        )
+    )
     rows.append(
         (
             "  points read back, every round",
-            f"{min(read_counts, default=0):,} of {CALLS:,} each",
+            f"{CALLS:,} per round" if not failures else "MISMATCH (see below)",
             "== logged",
-            "OK" if ok else "FAIL",
+            "FAIL" if failures else "OK",
         )
     )
 
     # Row 3.
-    try:
-        result = sustained(values)
-        rows.append(
-            (
-                "sustained throughput into the local store",
-                f"{result['rate']:,.0f} points/s",
-                f">= {THROUGHPUT_TARGET:,} points/s",
-                verdict(result["rate"] >= THROUGHPUT_TARGET),
-            )
+    result = sustained(values)
+    rows.append(
+        (
+            "sustained throughput into the local store",
+            f"{result['rate']:,.0f} points/s",
+            f">= {THROUGHPUT_TARGET:,} points/s",
+            verdict(result["rate"] >= THROUGHPUT_TARGET),
         )
-        rows.append(
-            (
-                "  logging loop + stop_logging",
-                f"{result['loop_s']:.2f} s + {result['stop_s']:.2f} s",
-                "-",
-                "-",
-            )
+    )
+    rows.append(
+        (
+            "  logging loop + stop_logging",
+            f"{result['loop_s']:.2f} s + {result['stop_s']:.2f} s",
+            "-",
+            "-",
         )
-        rows.append(
-            (
-                "  read back (store.metrics)",
-                f"{result['points']:,} points in {result['read_s']:.2f} s",
-                "== logged",
-                "OK",
-            )
-        )
-    except Failure as error:
-        failures.append(f"sustained throughput: {error}")
-        rows.append(("sustained throughput into the local store", "read-back failed", "-", "FAIL"))
+    )
+    if result["error"]:
+        failures.append(f"sustained throughput: {result['error']}")
+        read = "MISMATCH (see below)"
+    else:
+        read = f"{result['points']:,} points in {result['read_s']:.2f} s"
+    rows.append(
+        ("  read back (store.metrics)", read, "== logged", "FAIL" if result["error"] else "OK")
+    )
 
     # Row 4.
     try:
         imp = import_cost()
+    except Failure as error:
+        failures.append(f"import: {error}")
+        rows.append(("import tracelet", "failed (see below)", "-", "FAIL"))
+    else:
         rows.append(
             (
                 "import tracelet",
@@ -378,18 +397,16 @@ def main(argv: list[str] | None = None) -> int:
                 verdict(not imp["heavy"]),
             )
         )
-    except Failure as error:
-        failures.append(f"import: {error}")
-        rows.append(("import tracelet", "failed", "-", "FAIL"))
 
     print_table(rows)
     cpus = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
     print(
         f"python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.machine()}, cpu_count {cpus} ({usable} usable), "
-        f"rows 1-2: median of {args.rounds} rounds, total {time.perf_counter() - began:.0f} s"
+        f"{platform.system()} {platform.machine()}, cpu_count {cpus} ({usable} usable); "
+        f"rows 1-2: median of {args.rounds} round(s); total {time.perf_counter() - began:.0f} s"
     )
+    sys.stdout.flush()
     for failure in failures:
         print(f"CORRECTNESS FAILURE: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_basic_usage_example_from_the_spec(read_store, tmp_path):
     assert store.params(run.id) == {"learning_rate": 0.01, "batch_size": 32}
     (artifact,) = store.artifacts(run.id)
     assert artifact.artifact_path == "model.pth"
-    assert open(artifact.path, "rb").read() == b"weights"
+    assert Path(artifact.path).read_bytes() == b"weights"
 
 
 def test_context_manager_finishes_and_flushes(read_store):
@@ -224,7 +225,7 @@ def test_text_and_images(read_store):
         exp.log_image("hwc", np.zeros((4, 6, 3), dtype=np.uint8))
         exp.log_image("chw_float", np.ones((3, 5, 2), dtype=np.float32), step=6)
         exp.log_image("grey", np.full((2, 3), 200, dtype=np.uint8), step=7)
-        with pytest.raises(FileNotFoundError, match="image 'bad': 'no such.png' is not a file"):
+        with pytest.raises(FileNotFoundError, match=r"image 'bad': 'no such\.png' is not a file"):
             exp.log_image("bad", "no such.png")
         with pytest.raises(TypeError, match="image 'bad': cannot log a dict"):
             exp.log_image("bad", {})
@@ -238,9 +239,9 @@ def test_text_and_images(read_store):
     ]
     images = store.images(run_id)
     assert [(i.name, i.step) for i in images] == [("hwc", 4), ("chw_float", 6), ("grey", 7)]
-    sizes = [png_size(open(i.path, "rb").read()) for i in images]
+    sizes = [png_size(Path(i.path).read_bytes()) for i in images]
     assert sizes == [(6, 4, 2), (2, 5, 2), (3, 2, 0)]
-    assert decode_grey(open(images[2].path, "rb").read()) == [[200] * 3] * 2
+    assert decode_grey(Path(images[2].path).read_bytes()) == [[200] * 3] * 2
 
 
 def png_size(data: bytes) -> tuple[int, int, int]:
@@ -269,7 +270,7 @@ def test_png_bytes_and_paths_are_logged_as_given(read_store, tmp_path):
         with pytest.raises(TypeError, match="PNG"):
             exp.log_image("not png", b"GIF89a....")
     store = read_store()
-    assert [open(i.path, "rb").read() for i in store.images(only_run(store).id)] == [png, png]
+    assert [Path(i.path).read_bytes() for i in store.images(only_run(store).id)] == [png, png]
 
 
 def test_artifacts_files_and_bundles(read_store, tmp_path):
@@ -286,7 +287,7 @@ def test_artifacts_files_and_bundles(read_store, tmp_path):
             .add_reference("s3://bucket/data.tar", size_bytes=10)
         )
         results = exp.log_artifact(bundle)
-        with pytest.raises(FileNotFoundError, match="missing.bin"):
+        with pytest.raises(FileNotFoundError, match=r"missing\.bin"):
             exp.log_artifact("missing.bin")
         with pytest.raises(ValueError, match="must be relative"):
             exp.log_artifact("model.pth", artifact_path="../escape")
@@ -297,7 +298,7 @@ def test_artifacts_files_and_bundles(read_store, tmp_path):
     assert results["local"].uri.endswith("artifacts/v1/classifier")
     store = read_store()
     run_id = only_run(store).id
-    stored = {a.artifact_path: open(a.path, "rb").read() for a in store.artifacts(run_id)}
+    stored = {a.artifact_path: Path(a.path).read_bytes() for a in store.artifacts(run_id)}
     assert stored["model.pth"] == b"v1"
     assert stored["ckpt/model.pth"] == b"v2"
     assert stored["classifier/weights.pth"] == b"v2"

@@ -8,12 +8,11 @@ import threading
 from collections import Counter, defaultdict
 
 import pytest
+from fakes import RecordingBackend, recording_backend
 
 import tracelet
 from tracelet import RunStatus, TraceletSettings
 from tracelet.records import MetricPoint
-
-from fakes import RecordingBackend, recording_backend
 
 
 def start(backend="local", **settings):

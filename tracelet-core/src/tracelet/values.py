@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numbers
-from pathlib import PurePosixPath, PureWindowsPath
 from collections.abc import Iterator, Mapping
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 ParamValue = str | int | float | bool | None

@@ -102,7 +102,7 @@ class LocalBackend(BackendPlugin):
 def _copy(path: str, source_root: Path, target_root: Path) -> str:
     target = target_root / Path(path).relative_to(source_root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return shutil.copy2(path, target)
+    return str(shutil.copy2(path, target))
 
 
 @hookimpl

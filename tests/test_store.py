@@ -1,0 +1,226 @@
+"""The local store: schema, journal, resume, and what a dead process leaves behind."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tracelet import RunStatus, StoreError, TraceletSettings
+from tracelet.records import Batch, RunInfo, Text
+from tracelet.storage import LocalStore
+from tracelet.storage.schema import SCHEMA_VERSION
+
+
+def run_info(store: LocalStore, run_id: str = "r1") -> RunInfo:
+    return RunInfo(run_id, "name", "proj", 1000.0, store_path=str(store.path))
+
+
+def test_new_store_has_the_current_schema_in_wal_mode(store_path):
+    store = LocalStore(store_path)
+    con = store.connection()
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"projects", "runs", "metrics", "params", "tags", "texts", "images", "artifacts",
+            "batches", "cursors"} <= tables  # fmt: skip
+    store.close()
+    LocalStore(store_path).close()  # reopening migrates nothing and keeps the data
+
+
+def test_store_from_a_newer_tracelet_is_refused(store_path):
+    LocalStore(store_path).close()
+    con = sqlite3.connect(store_path / "tracelet.db")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(StoreError, match="newer than this Tracelet understands"):
+        LocalStore(store_path)
+
+
+def test_unreadable_store_is_a_store_error(store_path):
+    store_path.mkdir()
+    (store_path / "tracelet.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open the local store"):
+        LocalStore(store_path)
+
+
+def test_batches_are_idempotent_and_replayed_in_order(store_path):
+    store = LocalStore(store_path)
+    info = run_info(store)
+    store.create_run(info)
+    first = Batch("r1", 1, [("a", 1.0, 0, 10.0), ("b", math.nan, 0, 10.5)], {"lr": 0.1})
+    second = Batch("r1", 2, [("a", 2.0, 1, 11.0)], tags={"t": "v"},
+                   texts=[Text("note", "hi", 1, 11.0)])  # fmt: skip
+    assert store.write_batch(first)
+    assert store.write_batch(second)
+    assert not store.write_batch(first), "a replayed batch is skipped"
+    assert len(store.metrics("r1")) == 3
+    replayed = store.read_batches("r1", after=0)
+    assert [b.seq for b in replayed] == [1, 2]
+    assert replayed[0].metrics[0] == ("a", 1.0, 0, 10.0)
+    assert math.isnan(replayed[0].metrics[1][1])
+    assert replayed[0].params == {"lr": 0.1}
+    assert replayed[1].tags == {"t": "v"}
+    assert replayed[1].texts == [Text("note", "hi", 1, 11.0)]
+    assert [b.seq for b in store.read_batches("r1", after=1)] == [2]
+    assert store.read_batches("r1", after=2) == []
+    store.close()
+
+
+def test_unknown_run_is_a_store_error(store_path):
+    store = LocalStore(store_path)
+    with pytest.raises(StoreError, match="no run 'missing'"):
+        store.metrics("missing")
+    store.close()
+
+
+def test_resume_continues_the_same_run(read_store):
+    settings = TraceletSettings(flush_interval=0.01)
+    first = tracelet.Experiment("resumable", settings=settings).start()
+    first.log_metric("loss", 1.0, 0)
+    first.log_metric("loss", 0.5, 1)
+    first.stop(status="failed")
+    second = tracelet.Experiment("ignored name", settings=settings, run_id=first.id).start()
+    assert second.name == "resumable"
+    assert second.iteration == 1, "the step continues where the run left off"
+    second.log_metric("loss", 0.25, 2)
+    second.stop()
+    store = read_store()
+    (run,) = store.list_runs()
+    assert run.status is RunStatus.FINISHED
+    assert [p[1] for p in store.metrics(run.id)] == [1.0, 0.5, 0.25]
+    assert [b.seq for b in store.read_batches(run.id, 0)] == [1, 2]
+
+
+def test_a_run_written_by_a_live_process_cannot_be_opened_twice():
+    first = tracelet.start_logging("owner")
+    with pytest.raises(StoreError, match="another live process"):
+        tracelet.Experiment("intruder", run_id=first.id).start()
+
+
+def run_python(code: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_a_crashed_run_with_every_flushed_point(tmp_path, read_store):
+    child = run_python(
+        """
+        import tracelet
+        exp = tracelet.start_logging("doomed", config={"flush_interval": 0.05})
+        print("run", exp.id)
+        step = 0
+        while True:
+            for _ in range(1000):
+                exp.log_metric("loss", step * 0.5, step)
+                step += 1
+            exp.flush()
+            print("flushed", step)
+        """,
+        tmp_path,
+    )
+    run_id = child.stdout.readline().split()[1]
+    flushed = 0
+    while flushed < 20_000:
+        flushed = int(child.stdout.readline().split()[1])
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    store = read_store()
+    run = store.get_run(run_id)
+    assert run.status is RunStatus.CRASHED
+    assert run.ended_at is not None
+    points = store.metrics(run_id)
+    assert len(points) >= flushed
+    assert [(p[2], p[1]) for p in points] == [(s, s * 0.5) for s in range(len(points))]
+
+
+@pytest.mark.slow
+def test_forgotten_stop_is_flushed_at_exit(tmp_path, read_store):
+    child = run_python(
+        """
+        import tracelet
+        exp = tracelet.start_logging("forgetful", config={"flush_interval": 10})
+        for step in range(5000):
+            exp.log_metric("loss", float(step), step)
+        """,
+        tmp_path,
+    )
+    assert child.wait(timeout=60) == 0
+    store = read_store()
+    (run,) = store.list_runs()
+    assert run.status is RunStatus.FINISHED
+    assert len(store.metrics(run.id)) == 5000
+
+
+@pytest.mark.slow
+def test_unhandled_exception_at_exit_marks_the_run_failed(tmp_path, read_store):
+    child = run_python(
+        """
+        import tracelet
+        exp = tracelet.start_logging("crashing")
+        exp.log_metric("loss", 1.0, 0)
+        raise SystemError("training diverged")
+        """,
+        tmp_path,
+        stderr=subprocess.PIPE,
+    )
+    assert child.wait(timeout=60) == 1
+    assert "training diverged" in child.stderr.read(), "the traceback is still printed"
+    store = read_store()
+    (run,) = store.list_runs()
+    assert run.status is RunStatus.FAILED
+    assert [p[1] for p in store.metrics(run.id)] == [1.0]
+
+
+def test_list_runs_filters(read_store):
+    for project, status in [("a", "finished"), ("a", "failed"), ("b", "finished")]:
+        tracelet.start_logging("r", project=project).stop(status=status)
+    store = read_store()
+    assert len(store.list_runs()) == 3
+    assert len(store.list_runs(project="a")) == 2
+    assert len(store.list_runs(project="a", status="failed")) == 1
+    assert [r.project for r in store.list_runs(status="finished")] == ["a", "b"]
+    with pytest.raises(ValueError, match="unknown run status"):
+        store.list_runs(status="exploded")
+
+
+def test_secrets_never_reach_the_stored_run_config(read_store):
+    from fakes import recording_backend
+
+    with recording_backend():
+        exp = tracelet.start_logging(
+            "secret",
+            backend=["local", "recording"],
+            config={"recording": {"api_key": "sk-123", "delay": 0.0}},
+        )
+        exp.stop()
+    stored = read_store().get_run(exp.id).config
+    assert "sk-123" not in repr(stored)
+    assert stored["backends"]["recording"]["api_key"] == "***"
+
+
+def test_uri_credentials_are_redacted():
+    from tracelet.redaction import redact
+
+    clean = redact(
+        {"tracking_uri": "http://user:pa55@host:5000/x", "nested": {"password": "p", "ok": 1}}
+    )
+    assert clean == {
+        "tracking_uri": "http://***@host:5000/x",
+        "nested": {"password": "***", "ok": 1},
+    }
