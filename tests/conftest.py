@@ -10,13 +10,20 @@ import pytest
 import tracelet
 from tracelet.storage import LocalStore
 
+QUIET = {"TRACELET_TRACK_SYSTEM": "0", "TRACELET_TRACK_ENV": "0", "TRACELET_TRACK_GIT": "0"}
+"""Collectors add samples and parameters to every run; tests that want them say so."""
+
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Run in ``tmp_path`` with no TRACELET_* variables; stop any run left active."""
+def isolated(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run in ``tmp_path`` with no TRACELET_* variables but the collectors switched off
+    (unless marked ``collectors``); stop any run left active."""
     for name in list(os.environ):
         if name.startswith("TRACELET_"):
             monkeypatch.delenv(name)
+    if request.node.get_closest_marker("collectors") is None:
+        for name, value in QUIET.items():
+            monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     tracelet.stop_logging()

@@ -16,7 +16,7 @@ from tracelet.records import MetricPoint
 
 
 def start(backend="local", **settings):
-    base = TraceletSettings(flush_interval=settings.pop("flush_interval", 0.02), **settings)
+    base = TraceletSettings.load({"flush_interval": 0.02, **settings})
     return tracelet.start_logging("delivery", project="tests", backend=backend, settings=base)
 
 

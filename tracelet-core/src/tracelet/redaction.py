@@ -36,3 +36,26 @@ def redact(values: Mapping[str, Any]) -> dict[str, Any]:
         else:
             clean[key] = value
     return clean
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the values of secret-named options masked.
+
+    ``--api-key X``, ``--api-key=X`` and ``API_KEY=X`` all become ``***``; URIs lose their
+    credentials.
+    """
+    clean: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            clean.append(REDACTED)
+            hide_next = False
+            continue
+        key, sep, _ = arg.partition("=")
+        if is_secret_key(key.lstrip("-")):
+            if sep:
+                clean.append(f"{key}={REDACTED}")
+                continue
+            hide_next = arg.startswith("-")
+        clean.append(redact_uri(arg))
+    return clean

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import dataclasses
 import difflib
 import os
 from collections.abc import Iterable, Mapping
@@ -23,7 +24,9 @@ from tracelet.exceptions import ConfigurationError
 CONFIG_FILE_NAME = "tracelet.yaml"
 CONFIG_FILE_ENV = "TRACELET_CONFIG"
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
+_SECTIONS = {"local", "mlflow", "wandb", "clearml", "aim"}
+"""Backend names whose ``tracelet.yaml`` section may be empty (``mlflow:`` alone)."""
 
 
 class _Kind(abc.ABC):
@@ -196,7 +199,7 @@ class TraceletSettings:
         return attrs.evolve(self, **normalise_keys(changes, source="arguments"))
 
 
-@attrs.define
+@dataclasses.dataclass
 class ExperimentConfig:
     """What one experiment tracks (the per-run counterpart of :class:`TraceletSettings`)."""
 
@@ -225,7 +228,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     found = {}
     for field in attrs.fields(TraceletSettings):
         text = environ.get(env_name(field.name))
-        if text is not None:
+        if text is not None and text.strip():  # an empty variable counts as unset
             found[field.name] = field.metadata["kind"].from_env(env_name(field.name), text)
     return found
 
@@ -238,6 +241,10 @@ def normalise_keys(values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
         name = TraceletSettings.ALIASES.get(key, key)
         if name not in names:
             raise unknown_key(key, source, names | set(TraceletSettings.ALIASES))
+        if name in result:
+            raise ConfigurationError(
+                f"{key!r} in {source} is another name for {name!r}, which is also given; keep one"
+            )
         result[name] = value
     return result
 
@@ -290,7 +297,7 @@ def read_config_file(
         raise ConfigurationError(
             f"{path} must hold a mapping of settings, not {type(data).__name__}"
         )
-    sections = {k: v for k, v in data.items() if isinstance(v, dict)}
+    sections = {k: v or {} for k, v in data.items() if isinstance(v, dict) or k in _SECTIONS}
     flat = {k: v for k, v in data.items() if k not in sections}
     return ConfigFile(path, normalise_keys(flat, source=str(path)), sections)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.plugins import BackendPlugin
 from tracelet.core.registry import PluginRegistry, default_registry, logger, report_once
@@ -98,6 +99,7 @@ class Experiment:
         self._stop_lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._info: RunInfo | None = None
+        self._collectors: CollectorRunner | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -134,8 +136,18 @@ class Experiment:
             self._append(Tags(dict(self._run_tags)))
         _watch_exit()
         _running.add(self)
+        self._collectors = CollectorRunner.build(self, registry.collectors(), self._tracking())
+        self._collectors.start()
         registry.announce("tracelet_run_started", experiment=self)
         return self
+
+    def _tracking(self) -> dict[str, Any]:
+        """The settings as collectors see them, switched off where ``config`` says so."""
+        tracking = attrs.asdict(self.settings)
+        tracking["track_system"] &= self.config.track_system_metrics
+        tracking["track_env"] &= self.config.track_environment
+        tracking["track_git"] &= self.config.track_git
+        return tracking
 
     def _create_run(self, store: LocalStore) -> tuple[RunInfo, bool]:
         stored = store.get_run(self._id)
@@ -169,6 +181,8 @@ class Experiment:
         with self._stop_lock:
             if self._status is not RunStatus.RUNNING:
                 return
+            if self._collectors is not None:
+                self._collectors.stop()
             self._append = self._not_running
             assert self._orchestrator is not None
             assert self._store is not None

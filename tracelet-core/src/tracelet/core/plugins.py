@@ -120,13 +120,18 @@ class BackendPlugin(PluginInterface):
 
 
 class CollectorPlugin(PluginInterface):
-    """Samples something on an interval; each sample is logged as metrics of the run."""
+    """Samples something outside the training loop, on its own background thread.
 
-    interval: float = 10.0
+    With ``interval`` in seconds, each sample's values are logged as metrics
+    ``<name>/<key>``; with ``interval = None`` it runs once at start and its values become
+    parameters ``<name>/<key>``. ``initialize`` receives the run's settings as a dict.
+    """
+
+    interval: float | None = 10.0
 
     @abc.abstractmethod
-    def collect(self) -> Mapping[str, float]:
-        """Take one sample: metric name to value."""
+    def collect(self) -> Mapping[str, Any]:
+        """Take one sample: name to value (numbers for a periodic collector)."""
 
 
 class FrameworkPlugin(PluginInterface):

@@ -1,0 +1,54 @@
+"""The environment collector: Python, platform, command line and key package versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from importlib import metadata
+
+from tracelet import __version__
+from tracelet.core.plugins import CollectorPlugin, PluginMetadata, PluginType
+from tracelet.redaction import redact_argv
+
+PACKAGES = ("torch", "numpy", "lightning", "pytorch-lightning", "transformers", "jax",
+            "tensorflow", "scikit-learn", "mlflow", "wandb", "clearml", "aim")  # fmt: skip
+
+
+class EnvironmentCollector(CollectorPlugin):
+    """Records the environment once, at start, as ``env/...`` parameters."""
+
+    interval = None
+
+    @classmethod
+    def get_metadata(cls) -> PluginMetadata:
+        """The environment collector's metadata."""
+        return PluginMetadata("env", __version__, PluginType.COLLECTOR, "Python and platform")
+
+    def start(self) -> None:
+        """Nothing to acquire."""
+        self.started = True
+
+    def collect(self) -> dict[str, str | int]:
+        """Python, platform, host, command line (secrets redacted) and package versions."""
+        found: dict[str, str | int] = {
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(),
+            "hostname": socket.gethostname(),
+            "cpu_count": os.cpu_count() or 0,
+            "executable": sys.executable,
+            "argv": " ".join(redact_argv(sys.argv)),
+            "tracelet": __version__,
+        }
+        for package in PACKAGES:
+            try:
+                found[f"packages/{package}"] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                continue
+        return found
+
+    def stop(self) -> None:
+        """Nothing to release."""
+        self.started = False

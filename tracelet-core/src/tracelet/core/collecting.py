@@ -1,0 +1,107 @@
+"""Runs the enabled collectors on one background thread, each on its own interval.
+
+A one-shot collector (``interval = None``) runs once at start; its values become parameters
+``<name>/<key>`` (long strings become texts). A periodic collector's values become metrics
+``<name>/<key>`` at the run's current step. A collector that fails is reported once and
+tried again at its next turn; it never affects the training thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from tracelet.core.plugins import CollectorPlugin, CollectorRegistration
+from tracelet.core.registry import report_once
+
+if TYPE_CHECKING:
+    from tracelet.core.experiment import Experiment
+
+LONG_TEXT = 500
+"""One-shot string values longer than this are logged as texts, not parameters."""
+
+
+class CollectorRunner:
+    """Drives collectors for one experiment until :meth:`stop`."""
+
+    def __init__(self, experiment: Experiment, collectors: Mapping[str, CollectorPlugin]) -> None:
+        self.experiment = experiment
+        self.collectors = dict(collectors)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="tracelet-collectors", daemon=True)
+
+    @classmethod
+    def build(
+        cls,
+        experiment: Experiment,
+        registrations: Mapping[str, CollectorRegistration],
+        config: Mapping[str, Any],
+    ) -> CollectorRunner:
+        """The runner for every registration whose setting is on in ``config``."""
+        collectors = {}
+        for name, registration in registrations.items():
+            if registration.setting is not None and not config.get(registration.setting, True):
+                continue
+            try:
+                collector = registration.factory()
+                collector.initialize(config)
+            except Exception as error:
+                report_once(f"tracelet collector {name!r}", f"could not be created ({error!r})")
+                continue
+            collectors[name] = collector
+        return cls(experiment, collectors)
+
+    def start(self) -> None:
+        """Start the collector thread (if any collector is enabled)."""
+        if self.collectors:
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop collecting and release every collector."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _main(self) -> None:
+        due: dict[str, float] = {}
+        for name, collector in self.collectors.items():
+            if self._call(name, collector.start):
+                due[name] = time.monotonic()
+        while due and not self._stop.is_set():
+            name = min(due, key=due.__getitem__)
+            if self._stop.wait(max(0.0, due[name] - time.monotonic())):
+                break
+            collector = self.collectors[name]
+            self._sample(name, collector)
+            if collector.interval is None:
+                del due[name]
+            else:
+                due[name] = time.monotonic() + collector.interval
+        for name, collector in self.collectors.items():
+            self._call(name, collector.stop)
+
+    def _sample(self, name: str, collector: CollectorPlugin) -> None:
+        values: dict[str, Any] = {}
+        if not self._call(name, lambda: values.update(collector.collect())):
+            return
+        experiment = self.experiment
+        if collector.interval is not None:
+            self._call(
+                name, lambda: experiment.log_metrics({f"{name}/{k}": v for k, v in values.items()})
+            )
+            return
+        long = {k: v for k, v in values.items() if isinstance(v, str) and len(v) > LONG_TEXT}
+        params = {f"{name}/{k}": v for k, v in values.items() if k not in long}
+        self._call(name, lambda: experiment.log_params(params) if params else None)
+        for key, text in long.items():
+            self._call(name, lambda key=key, text=text: experiment.log_text(f"{name}/{key}", text))
+
+    def _call(self, name: str, action: Any) -> bool:
+        try:
+            action()
+        except Exception as error:
+            report_once(f"tracelet collector {name!r}", f"failed ({error!r}); will retry")
+            return False
+        return True
