@@ -129,7 +129,7 @@ class Experiment:
                 orchestrator.add_backend(plugin, name, resumed=resumed)
         self._orchestrator = orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
-        self._append = orchestrator.put
+        self._append = orchestrator.buffer.append  # callers check capacity first
         orchestrator.start()
         self._status = RunStatus.RUNNING
         if self._run_tags:
