@@ -224,3 +224,33 @@ def test_uri_credentials_are_redacted():
         "tracking_uri": "http://***@host:5000/x",
         "nested": {"password": "***", "ok": 1},
     }
+
+
+def test_an_older_store_is_migrated_in_place_keeping_its_data(store_path, monkeypatch, read_store):
+    from tracelet.storage import schema
+
+    with tracelet.start_logging("before upgrade") as exp:
+        exp.log_metric("loss", 0.5, 0)
+    upgrade = ("ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT ''",)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, upgrade))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    store = read_store()
+    con = store.connection()
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "notes" in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+    assert [p[1] for p in store.metrics(exp.id)] == [0.5]
+
+
+def test_a_failing_migration_leaves_the_store_as_it_was(store_path, monkeypatch):
+    from tracelet.storage import schema
+
+    LocalStore(store_path).close()
+    broken = ("ALTER TABLE runs ADD COLUMN fine TEXT", "THIS IS NOT SQL")
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
+    with pytest.raises(StoreError, match="cannot open the local store"):
+        LocalStore(store_path)
+    con = sqlite3.connect(store_path / "tracelet.db")
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "fine" not in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+    con.close()

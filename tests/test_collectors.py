@@ -1,0 +1,139 @@
+"""Built-in collectors (system, environment, git) and the collector hook."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tracelet
+from tracelet import ExperimentConfig, TraceletSettings
+from tracelet.core.plugins import CollectorPlugin, CollectorRegistration, PluginMetadata, PluginType
+from tracelet.core.registry import default_registry
+from tracelet.redaction import redact_argv
+
+pytestmark = pytest.mark.collectors
+
+
+def run_with(settings: dict, config: ExperimentConfig | None = None, wait: float = 0.3):
+    exp = tracelet.Experiment("collected", settings=TraceletSettings.load(settings), config=config)
+    exp.start()
+    time.sleep(wait)
+    exp.stop()
+    return exp
+
+
+def test_system_samples_are_metrics_on_the_interval(read_store):
+    exp = run_with({"track_env": False, "track_git": False, "metrics_interval": 0.1}, wait=0.45)
+    points = read_store().metrics(exp.id)
+    names = {p[0] for p in points}
+    assert {"system/cpu_percent", "system/memory_percent", "system/process_rss_gb"} <= names
+    samples = [p for p in points if p[0] == "system/process_rss_gb"]
+    assert len(samples) >= 3
+    assert all(0 < p[1] < 1000 for p in samples)
+
+
+def test_environment_is_recorded_once_as_params_with_secrets_hidden(read_store, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "--api-key", "sk-live-1", "--lr=0.1"])
+    exp = run_with({"track_system": False, "track_git": False})
+    params = read_store().params(exp.id)
+    assert params["env/python"] == ".".join(map(str, sys.version_info[:3]))
+    assert params["env/argv"] == "train.py --api-key *** --lr=0.1"
+    assert params["env/packages/numpy"]
+    assert "sk-live-1" not in repr(params)
+
+
+def git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_git_state_and_diff_are_recorded(tmp_path, read_store):
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
+        "-m", "first")  # fmt: skip
+    git(tmp_path, "remote", "add", "origin", "https://bot:hunter2@example.invalid/repo.git")
+    (tmp_path / "train.py").write_text("print('x')\n")
+    git(tmp_path, "add", "train.py")
+    settings = {"track_system": False, "track_env": False, "include_uncommitted_changes": True}
+    exp = run_with(settings)
+    store = read_store()
+    params = store.params(exp.id)
+    assert len(params["git/commit"]) == 40
+    assert params["git/branch"] == "main"
+    assert params["git/dirty"] is True
+    assert params["git/remote"] == "https://***@example.invalid/repo.git"
+    assert "train.py" in params["git/diff"]
+
+
+def test_outside_a_repository_git_records_nothing(tmp_path, read_store):
+    exp = run_with({"track_system": False, "track_env": False, "git_repo_path": str(tmp_path)})
+    assert read_store().params(exp.id) == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "config"),
+    [
+        ({"track_system": False, "track_env": False, "track_git": False}, None),
+        (
+            {},
+            ExperimentConfig(track_system_metrics=False, track_environment=False, track_git=False),
+        ),
+    ],
+    ids=["settings", "experiment-config"],
+)
+def test_collectors_can_be_switched_off(settings, config, read_store):
+    exp = run_with(settings, config, wait=0.1)
+    store = read_store()
+    assert store.metrics(exp.id) == []
+    assert store.params(exp.id) == {}
+
+
+def test_a_failing_collector_is_reported_once_and_the_run_goes_on(read_store, caplog):
+    class Broken(CollectorPlugin):
+        interval = 0.05
+
+        @classmethod
+        def get_metadata(cls):
+            return PluginMetadata("broken", "1", PluginType.COLLECTOR)
+
+        def start(self):
+            self.started = True
+
+        def collect(self):
+            raise OSError("sensor unplugged")
+
+        def stop(self):
+            self.started = False
+
+    class Plugin:
+        @tracelet.hookimpl
+        def tracelet_register_collectors(self):
+            return [CollectorRegistration("broken", Broken)]
+
+    registry = default_registry()
+    registry.register(Plugin(), name="broken-collector")
+    try:
+        with caplog.at_level(logging.WARNING, "tracelet"):
+            exp = run_with({"track_system": False, "track_env": False, "track_git": False})
+            exp_metrics = read_store().metrics(exp.id)
+    finally:
+        registry.manager.unregister(name="broken-collector")
+    assert exp_metrics == []
+    assert sum("sensor unplugged" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["x", "--token", "t0k"], ["x", "--token", "***"]),
+        (["x", "--password=pw"], ["x", "--password=***"]),
+        (["x", "WANDB_API_KEY=abc"], ["x", "WANDB_API_KEY=***"]),
+        (["x", "--uri", "postgres://u:p@h/db"], ["x", "--uri", "postgres://***@h/db"]),
+        (["x", "--keyboard", "qwerty"], ["x", "--keyboard", "qwerty"]),
+    ],
+)
+def test_command_line_redaction(argv, expected):
+    assert redact_argv(argv) == expected
