@@ -349,7 +349,7 @@ def test_unknown_backend_is_a_configuration_error_naming_the_fix():
     message = str(caught.value)
     assert "invalid_backend" in message
     assert "installed: local" in message
-    with pytest.raises(ValueError, match=r'pip install "tracelet-core\[mlflow\]"'):
+    with pytest.raises(ValueError, match="pip install tracelet-mlflow"):
         tracelet.start_logging("x", backend="mlflow")
     assert tracelet.get_active_experiment() is None
 
@@ -393,3 +393,15 @@ def test_log_bad_input_short_form():
         tracelet.log([1.0])
     with pytest.raises(TypeError, match="metric 'loss'"):
         tracelet.log({"loss": "high"})
+
+
+def test_a_single_tag_string_is_one_tag(read_store):
+    with tracelet.start_logging("tagged", config={"tags": "baseline"}) as exp:
+        assert exp.tags == ["baseline"]
+    assert Experiment("x", tags="cnn").tags == ["cnn"]
+    assert read_store().tags(exp.id) == {"baseline": ""}
+
+
+def test_disable_plugins_in_config_takes_effect():
+    with pytest.raises(ConfigurationError, match="unknown backend 'local'"):
+        tracelet.start_logging("x", config={"disable_plugins": ["tracelet.storage.backend"]})

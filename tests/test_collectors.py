@@ -137,3 +137,9 @@ def test_a_failing_collector_is_reported_once_and_the_run_goes_on(read_store, ca
 )
 def test_command_line_redaction(argv, expected):
     assert redact_argv(argv) == expected
+
+
+def test_one_shot_collectors_run_even_in_a_very_short_run(read_store):
+    with tracelet.start_logging("blink", config={"track_system": False, "track_git": False}) as e:
+        pass
+    assert "env/python" in read_store().params(e.id)

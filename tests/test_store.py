@@ -254,3 +254,31 @@ def test_a_failing_migration_leaves_the_store_as_it_was(store_path, monkeypatch)
     assert con.execute("PRAGMA user_version").fetchone()[0] == 1
     assert "fine" not in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
     con.close()
+
+
+def test_resume_continues_artifact_versions(tmp_path, read_store):
+    (tmp_path / "ckpt.pt").write_bytes(b"first")
+    first = tracelet.Experiment("resumable").start()
+    assert first.log_artifact("ckpt.pt")["local"].version == "1"
+    first.stop()
+    (tmp_path / "ckpt.pt").write_bytes(b"second")
+    second = tracelet.Experiment("resumable", run_id=first.id).start()
+    assert second.log_artifact("ckpt.pt")["local"].version == "2"
+    second.stop()
+    stored = {a.version: Path(a.path).read_bytes() for a in read_store().artifacts(first.id)}
+    assert stored == {1: b"first", 2: b"second"}
+
+
+def test_only_backends_of_the_original_run_are_told_it_resumes():
+    from fakes import recording_backend
+
+    first = tracelet.Experiment("resumable").start()
+    first.stop()
+    with recording_backend() as backends:
+        tracelet.Experiment(
+            "resumable", backend=["local", "recording"], run_id=first.id
+        ).start().stop()
+        tracelet.Experiment(
+            "resumable", backend=["local", "recording"], run_id=first.id
+        ).start().stop()
+    assert [b.resumed for b in backends] == [False, True]

@@ -42,7 +42,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def tracelet_register_backends() -> Sequence[BackendRegistration]:
     """Return the backends this plugin provides.
 
-    Called once per process, when Tracelet first needs its backends. Each
+    Called whenever Tracelet looks its backends up (when a run starts); return the same
+    records each time. Each
     :class:`~tracelet.core.plugins.BackendRegistration` names the backend (the string users
     pass as ``backend=``), the factory that builds one
     :class:`~tracelet.core.plugins.BackendPlugin` per run, and the option names it accepts,

@@ -14,6 +14,7 @@ Two equivalent forms::
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -38,8 +39,9 @@ def start_logging(
     ``backend`` names one backend or several (default: the ``backend`` setting, ``local``).
     ``config`` holds settings (``track_system``, ``metrics_interval`` ...), run keys
     (``tags``, ``run_name``) and backend options, nested (``{"mlflow": {...}}``), prefixed
-    (``"mlflow_tracking_uri"``) or plain (``"tracking_uri"``). ``settings`` replaces the
-    settings that would be read from the environment and ``tracelet.yaml``. A run already
+    (``"mlflow_tracking_uri"``) or plain (``"tracking_uri"``). ``settings`` replaces
+    the core settings that would be read from the environment and ``tracelet.yaml``; the
+    file's backend sections (``mlflow:`` ...) still apply, below ``config``. A run already
     active is stopped first. The experiment is a context manager that stops on exit.
     """
     if config is not None and not isinstance(config, Mapping):
@@ -49,6 +51,8 @@ def start_logging(
     if backend is None and "backend" in config:
         backend = config["backend"]
     names = base.replace(backend=backend).backend if backend is not None else base.backend
+    if "disable_plugins" in config:
+        base = base.replace(disable_plugins=config["disable_plugins"])
     registry = default_registry(base.disable_plugins)
     selected = registry.select_backends(names)
     core, run_keys, options = split_config(config, {r.name: r.options for r in selected})
@@ -70,7 +74,21 @@ def start_logging(
         stop_logging()
         experiment.start()
         _activate(experiment)
+    if resolved.enable_automagic:
+        _capture_caller_hyperparameters(experiment)
     return experiment
+
+
+def _capture_caller_hyperparameters(experiment: Experiment) -> None:
+    """Log the hyperparameters in the frame that called into this module."""
+    from tracelet.automagic import hyperparameters_in
+
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    found = hyperparameters_in(frame.f_locals)
+    if found:
+        experiment.log_params(found)
 
 
 def stop_logging() -> None:
@@ -130,8 +148,7 @@ def watch(model: Any, **options: Any) -> Any:
         import tracelet_torch
     except ImportError:
         raise ImportError(
-            "tracelet.watch needs the torch integration: pip install tracelet-torch "
-            '(or pip install "tracelet-core[torch]")'
+            "tracelet.watch needs the torch integration: pip install tracelet-torch"
         ) from None
     return tracelet_torch.watch(_require("watch"), model, **options)
 

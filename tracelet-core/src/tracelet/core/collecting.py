@@ -1,9 +1,10 @@
 """Runs the enabled collectors on one background thread, each on its own interval.
 
-A one-shot collector (``interval = None``) runs once at start; its values become parameters
-``<name>/<key>`` (long strings become texts). A periodic collector's values become metrics
-``<name>/<key>`` at the run's current step. A collector that fails is reported once and
-tried again at its next turn; it never affects the training thread.
+A one-shot collector (``interval = None``) runs once at start, however short the run; its
+values become parameters ``<name>/<key>`` (long strings become texts). A periodic
+collector's values become metrics ``<name>/<key>`` at the run's current step. A failure is
+reported once (a periodic collector is tried again at its next turn); it never reaches the
+training thread.
 """
 
 from __future__ import annotations
@@ -65,21 +66,20 @@ class CollectorRunner:
             self._thread.join(timeout)
 
     def _main(self) -> None:
+        started = {n: c for n, c in self.collectors.items() if self._call(n, c.start)}
         due: dict[str, float] = {}
-        for name, collector in self.collectors.items():
-            if self._call(name, collector.start):
+        for name, collector in started.items():
+            if collector.interval is None:
+                self._sample(name, collector)
+            else:
                 due[name] = time.monotonic()
         while due and not self._stop.is_set():
             name = min(due, key=due.__getitem__)
             if self._stop.wait(max(0.0, due[name] - time.monotonic())):
                 break
-            collector = self.collectors[name]
-            self._sample(name, collector)
-            if collector.interval is None:
-                del due[name]
-            else:
-                due[name] = time.monotonic() + collector.interval
-        for name, collector in self.collectors.items():
+            self._sample(name, started[name])
+            due[name] = time.monotonic() + (started[name].interval or 0.0)
+        for name, collector in started.items():
             self._call(name, collector.stop)
 
     def _sample(self, name: str, collector: CollectorPlugin) -> None:

@@ -23,7 +23,7 @@ import attrs
 
 from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
-from tracelet.core.plugins import BackendPlugin
+from tracelet.core.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.core.registry import PluginRegistry, default_registry, logger, report_once
 from tracelet.exceptions import ConfigurationError
 from tracelet.media import PendingArtifact, PendingImage
@@ -80,7 +80,7 @@ class Experiment:
         )
         self.automagic_config = automagic_config
         self._name = name or self.settings.experiment_name or _generated_name()
-        self._tags = list(tags or [])
+        self._tags = [tags] if isinstance(tags, str) else list(tags or [])
         self._run_tags: dict[str, str] = dict.fromkeys(self._tags, "")
         self._backend_options = {k: dict(v) for k, v in (backend_options or {}).items()}
         self._id = run_id or uuid.uuid4().hex
@@ -100,6 +100,7 @@ class Experiment:
         self._versions: dict[str, int] = {}
         self._info: RunInfo | None = None
         self._collectors: CollectorRunner | None = None
+        self._frameworks: list[FrameworkPlugin] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -116,7 +117,7 @@ class Experiment:
         self._plugins = [plugin for _, plugin in plugins if plugin is not None]
         self._store = LocalStore(self.settings.store_path)
         self._lock = self._store.lock_run(self._id)
-        info, resumed = self._create_run(self._store)
+        info, resumed_backends = self._create_run(self._store)
         self._info = info
         orchestrator = Orchestrator(
             self._store,
@@ -126,7 +127,7 @@ class Experiment:
         )
         for name, plugin in plugins:
             if plugin is not None:
-                orchestrator.add_backend(plugin, name, resumed=resumed)
+                orchestrator.add_backend(plugin, name, resumed=name in resumed_backends)
         self._orchestrator = orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
         self._append = orchestrator.buffer.append  # callers check capacity first
@@ -138,8 +139,23 @@ class Experiment:
         _running.add(self)
         self._collectors = CollectorRunner.build(self, registry.collectors(), self._tracking())
         self._collectors.start()
+        self._frameworks = self._attach_frameworks(registry)
         registry.announce("tracelet_run_started", experiment=self)
         return self
+
+    def _attach_frameworks(self, registry: PluginRegistry) -> list[FrameworkPlugin]:
+        """Attach every registered framework integration; a failing one is skipped."""
+        attached = []
+        for name, registration in registry.frameworks().items():
+            try:
+                plugin = registration.factory()
+                plugin.initialize(attrs.asdict(self.settings))
+                plugin.attach(self)
+            except Exception as error:
+                report_once(f"tracelet framework {name!r}", f"could not attach ({error!r})")
+                continue
+            attached.append(plugin)
+        return attached
 
     def _tracking(self) -> dict[str, Any]:
         """The settings as collectors see them, switched off where ``config`` says so."""
@@ -149,7 +165,8 @@ class Experiment:
         tracking["track_git"] &= self.config.track_git
         return tracking
 
-    def _create_run(self, store: LocalStore) -> tuple[RunInfo, bool]:
+    def _create_run(self, store: LocalStore) -> tuple[RunInfo, set[str]]:
+        """Create (or reopen) the run; return it and the backends it already had."""
         stored = store.get_run(self._id)
         if stored is not None:
             self._name, self._created_at = stored.name, stored.created_at
@@ -165,10 +182,18 @@ class Experiment:
         snapshot = redact(
             {"settings": attrs.asdict(self.settings), "backends": self._backend_options}
         )
-        resumed = store.create_run(info, backends=self.settings.backend, config=snapshot)
-        if resumed:
-            self._iteration = max((p[2] for p in store.metrics(self._id)), default=0)
-        return info, resumed
+        store.create_run(info, backends=self.settings.backend, config=snapshot)
+        if stored is None:
+            return info, set()
+        self._iteration = max((p[2] for p in store.metrics(self._id)), default=0)
+        for artifact in store.artifacts(self._id):
+            key = (
+                artifact.name
+                if artifact.artifact_path.startswith(f"{artifact.name}/")
+                else (artifact.artifact_path)
+            )
+            self._versions[key] = max(self._versions.get(key, 0), artifact.version)
+        return info, set(stored.backends)
 
     def stop(self, status: RunStatus | str = RunStatus.FINISHED) -> None:
         """Flush everything, finish the run with ``status``, and release its resources.
@@ -181,6 +206,11 @@ class Experiment:
         with self._stop_lock:
             if self._status is not RunStatus.RUNNING:
                 return
+            for framework in reversed(self._frameworks):
+                try:
+                    framework.detach()
+                except Exception as error:
+                    report_once(f"tracelet framework {framework.name!r}", f"detach: {error!r}")
             if self._collectors is not None:
                 self._collectors.stop()
             self._append = self._not_running
@@ -312,6 +342,36 @@ class Experiment:
         """Log one file (the older name of :meth:`log_artifact` for paths)."""
         self.log_artifact(local_path, artifact_path)
 
+    def capture_hyperparams(self) -> dict[str, Any]:
+        """Log the caller's local variables that look like hyperparameters; return them.
+
+        Public names bound to numbers, bools, short strings or short lists of those are
+        kept (``lr = 0.01``, ``layers = [64, 32]``); modules, functions and objects are not.
+        """
+        from tracelet.automagic import hyperparameters_in
+
+        caller = sys._getframe(1)
+        found = hyperparameters_in(caller.f_locals)
+        if found:
+            self.log_params(found)
+        return found
+
+    def capture_model(self, model: Any) -> dict[str, Any]:
+        """Log a description of ``model`` as ``model/...`` parameters; return it."""
+        from tracelet.automagic import describe_model
+
+        found = describe_model(model)
+        self.log_params({"model": found})
+        return found
+
+    def capture_dataset(self, dataset: Any) -> dict[str, Any]:
+        """Log a description of ``dataset`` as ``dataset/...`` parameters; return it."""
+        from tracelet.automagic import describe_dataset
+
+        found = describe_dataset(dataset)
+        self.log_params({"dataset": found})
+        return found
+
     def create_artifact(
         self,
         name: str,
@@ -386,9 +446,13 @@ class Experiment:
         return self._iteration if step is None else check_step(step)
 
     def _not_running(self, record: object) -> None:
-        state = "has not been started" if self._status is None else "has stopped"
+        if self._status is None:
+            raise RuntimeError(
+                f"experiment {self._name!r} has not been started; call start() first"
+            )
         raise RuntimeError(
-            f"experiment {self._name!r} {state}; call start() (or tracelet.start_logging) first"
+            f"experiment {self._name!r} has stopped; start a new run to log more "
+            "(tracelet.start_logging, or Experiment(run_id=...) to resume this one)"
         )
 
     # -- properties ----------------------------------------------------------------------
@@ -456,6 +520,8 @@ class Experiment:
 
     def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
         """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
+        if isinstance(tags, str):
+            tags = [tags]
         values = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
         for key, value in values.items():
             check_name(key, "tag")

@@ -17,8 +17,11 @@ A backend plugin, for example::
     def tracelet_register_backends():
         return [BackendRegistration("mine", MyBackend, options={"url"})]
 
-Every method of a backend runs on that backend's own sink thread, never on the training
-thread, so it may block; Tracelet retries failures with backoff.
+The factory and ``initialize`` run when the run starts, on the thread that starts it
+(raise ConfigurationError there for bad options); ``artifact_uri`` runs in
+``log_artifact`` and must not do I/O. Every other backend method runs on that backend's
+own sink thread, never on the training thread, so it may block; Tracelet retries failures
+with backoff.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def unknown_backend(name: str, available: Iterable[str]) -> ConfigurationError:
     installed = ", ".join(sorted(available)) or "none"
     package = KNOWN_BACKENDS.get(name)
     if package:
-        fix = f'install it with: pip install "tracelet-core[{name}]" (distribution {package})'
+        fix = f"install it with: pip install {package}"
     else:
         fix = "check the spelling, or install the plugin that provides it"
     return ConfigurationError(f"unknown backend {name!r} (installed: {installed}); {fix}")

@@ -15,11 +15,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 
 from tracelet.core.plugins import BackendPlugin
-from tracelet.core.registry import logger
+from tracelet.core.registry import logger, report_once
 from tracelet.records import Batch, RunInfo, RunStatus
 from tracelet.storage import LocalStore
 
@@ -109,15 +110,26 @@ class BackendSink:
     # -- the sink thread -----------------------------------------------------------------
 
     def _main(self) -> None:
+        opened = False
         try:
             self.cursor = self.store.get_cursor(self.run.id, self.name)
-            if self._attempt("start", self._open):
+            opened = self._attempt("start", self._open)
+            if opened:
                 self._deliver_until_closed()
         except Exception as error:  # the thread must never die silently
             if not self._abort.is_set():
                 logger.exception("tracelet backend %r stopped unexpectedly: %r", self.name, error)
         finally:
+            if opened:
+                self._release()
             self._done.set()
+
+    def _release(self) -> None:
+        """Call the backend's ``stop`` once, whether or not delivery completed."""
+        try:
+            self.backend.stop()
+        except Exception as error:
+            logger.warning("tracelet backend %r: stop failed (%r)", self.name, error)
 
     def _open(self) -> None:
         self.backend.start()
@@ -141,19 +153,22 @@ class BackendSink:
         if not self._catch_up(self.store.last_seq(self.run.id)):
             return
         status = self._final_status
-        if status is not None and not self._attempt(
-            "finish", lambda: self.backend.finish_run(status)
-        ):
-            return
-        self._attempt("stop", self.backend.stop)
+        if status is not None:
+            self._attempt("finish", lambda: self.backend.finish_run(status))
 
     def _catch_up(self, upto: int) -> bool:
         """Deliver journaled batches ``cursor+1 .. upto``; False if the sink gave up."""
         while self.cursor < upto:
-            for batch in self.store.read_batches(self.run.id, self.cursor, upto, limit=16):
+            batches: list[Batch] = []
+            if not self._attempt("reading the journal", partial(self._read, batches, upto)):
+                return False
+            for batch in batches:
                 if not self._deliver(batch):
                     return False
         return True
+
+    def _read(self, into: list[Batch], upto: int) -> None:
+        into[:] = self.store.read_batches(self.run.id, self.cursor, upto, limit=16)
 
     def _deliver(self, batch: Batch) -> bool:
         if not self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch)):
@@ -161,7 +176,10 @@ class BackendSink:
         if self._abort.is_set():  # stop gave up on this sink meanwhile; the store may be closed
             return False
         self.cursor = batch.seq
-        self.store.set_cursor(self.run.id, self.name, batch.seq)
+        try:  # the in-memory cursor drives this run; the stored one serves a later sync
+            self.store.set_cursor(self.run.id, self.name, batch.seq)
+        except Exception as error:
+            report_once(f"tracelet backend {self.name!r}", f"cursor not saved ({error!r})")
         return True
 
     def _attempt(self, what: str, action: Callable[[], None]) -> bool:
@@ -192,4 +210,5 @@ class BackendSink:
                 what,
                 self.error,
             )
-            self.store.set_cursor(self.run.id, self.name, self.cursor, error=self.error)
+            with contextlib.suppress(Exception):  # recording the error must not end delivery
+                self.store.set_cursor(self.run.id, self.name, self.cursor, error=self.error)
