@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +129,52 @@ def test_frameworks_attach_at_start_and_detach_at_stop(frameworks, read_store, c
     assert frameworks == [("attach", "fw"), ("detach", "fw")]
     assert "library missing" in caplog.text
     assert [p[0] for p in read_store().metrics(exp.id)] == ["from_framework"]
+
+
+@pytest.fixture
+def fast_watch(monkeypatch):
+    from tracelet.artifact_watch import ArtifactWatcher
+
+    monkeypatch.setattr(ArtifactWatcher, "poll_seconds", 0.05)
+
+
+def wait_for(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_watch_filesystem_logs_new_and_changed_files(tmp_path, fast_watch, read_store):
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "before.txt").write_text("old")
+    config = {"watch_filesystem": True, "artifact_watch_dirs": [str(out)]}
+    with tracelet.start_logging("watched", config=config) as exp:
+        (out / "sub" / "notes.txt").write_text("new")
+        wait_for(lambda: exp.list_artifacts())
+        (out / "before.txt").write_text("changed")
+        (out / "last.txt").write_text("written just before stop")
+    stored = {a.artifact_path: Path(a.path).read_text() for a in read_store().artifacts(exp.id)}
+    assert stored == {
+        "sub/notes.txt": "new",
+        "before.txt": "changed",
+        "last.txt": "written just before stop",
+    }
+
+
+def test_automagic_artifacts_only_takes_ml_files_with_their_type(tmp_path, fast_watch, read_store):
+    config = {"automagic_artifacts": True, "artifact_watch_dirs": [str(tmp_path)]}
+    with tracelet.start_logging("automagic files", config=config) as exp:
+        (tmp_path / "epoch1.ckpt").write_bytes(b"weights")
+        (tmp_path / "debug.log").write_text("noise")
+    (artifact,) = read_store().artifacts(exp.id)
+    assert (artifact.artifact_path, artifact.kind) == ("epoch1.ckpt", "checkpoint")
+
+
+def test_automagic_frameworks_selects_integrations(frameworks):
+    with tracelet.start_logging("only others", config={"automagic_frameworks": ["other"]}) as exp:
+        assert frameworks == []
+        assert [f.name for f in exp._frameworks] == ["artifact-watch"]
+    with tracelet.start_logging("chosen", config={"automagic_frameworks": ["recorder"]}):
+        assert frameworks == [("attach", "chosen")]

@@ -26,6 +26,21 @@ if TYPE_CHECKING:
     from tracelet.records import Artifact
     from tracelet.storage import LocalStore
 
+ARTIFACT_KINDS = {
+    ".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".safetensors": "weights",
+    ".bin": "weights", ".h5": "model", ".onnx": "model", ".pkl": "model", ".joblib": "model",
+    ".png": "image", ".jpg": "image", ".jpeg": "image", ".svg": "viz", ".html": "report",
+    ".json": "config", ".yaml": "config", ".yml": "config", ".toml": "config",
+    ".csv": "dataset", ".parquet": "dataset", ".npz": "dataset",
+}  # fmt: skip
+"""File suffixes ``automagic_artifacts`` picks up, and the artifact type each becomes."""
+
+
+def artifact_kind(path: str | os.PathLike[str]) -> str:
+    """The artifact type a file's suffix suggests (``custom`` when unknown)."""
+    return ARTIFACT_KINDS.get(Path(path).suffix.lower(), "custom")
+
+
 MANIFEST_NAME = "tracelet-artifact.json"
 SERIALIZERS = ("json", "pickle", "yaml", "torch")
 

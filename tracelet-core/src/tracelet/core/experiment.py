@@ -146,7 +146,10 @@ class Experiment:
     def _attach_frameworks(self, registry: PluginRegistry) -> list[FrameworkPlugin]:
         """Attach every registered framework integration; a failing one is skipped."""
         attached = []
+        chosen = self.settings.automagic_frameworks
         for name, registration in registry.frameworks().items():
+            if chosen and registration.selectable and name not in chosen:
+                continue
             try:
                 plugin = registration.factory()
                 plugin.initialize(attrs.asdict(self.settings))
@@ -318,7 +321,7 @@ class Experiment:
         after is safe), hashed and journaled off the training thread, then delivered to
         every backend. Returns, per backend, where the artifact will be found.
         """
-        from tracelet.artifacts import TraceletArtifact, results_for
+        from tracelet.artifacts import TraceletArtifact, artifact_kind, results_for
 
         if not self.is_running:
             self._not_running(artifact)
@@ -335,7 +338,7 @@ class Experiment:
             )
         target = artifact_path or Path(artifact).name
         version = self._next_version(target)
-        self._put_file(artifact, target, Path(artifact).name, "custom", version)
+        self._put_file(artifact, target, Path(artifact).name, artifact_kind(target), version)
         return results_for(self, target, version)
 
     def log_file_artifact(self, local_path: str, artifact_path: str | None = None) -> None:

@@ -171,8 +171,13 @@ class CollectorRegistration:
 
 @attrs.frozen
 class FrameworkRegistration:
-    """A framework integration offered by a plugin."""
+    """A framework integration offered by a plugin.
+
+    ``selectable`` integrations are attached only when ``automagic_frameworks`` is empty
+    or names them; the others (built-in helpers) are always attached.
+    """
 
     name: str
     factory: Callable[[], FrameworkPlugin]
     description: str = ""
+    selectable: bool = True

@@ -22,7 +22,7 @@ from tracelet.exceptions import ConfigurationError
 
 logger = logging.getLogger("tracelet")
 
-DEFAULT_PLUGINS = ("tracelet.storage.backend", "tracelet.collectors")
+DEFAULT_PLUGINS = ("tracelet.storage.backend", "tracelet.collectors", "tracelet.artifact_watch")
 """Modules registered in every registry, before any entry point."""
 
 KNOWN_BACKENDS = {
