@@ -83,7 +83,7 @@ def test_unknown_run_is_a_store_error(store_path):
 
 
 def test_resume_continues_the_same_run(read_store):
-    settings = TraceletSettings(flush_interval=0.01)
+    settings = TraceletSettings.load({"flush_interval": 0.01})
     first = tracelet.Experiment("resumable", settings=settings).start()
     first.log_metric("loss", 1.0, 0)
     first.log_metric("loss", 0.5, 1)
@@ -236,7 +236,7 @@ def test_an_older_store_is_migrated_in_place_keeping_its_data(store_path, monkey
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(schema.MIGRATIONS))
     store = read_store()
     con = store.connection()
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert "notes" in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
     assert [p[1] for p in store.metrics(exp.id)] == [0.5]
 
@@ -251,7 +251,7 @@ def test_a_failing_migration_leaves_the_store_as_it_was(store_path, monkeypatch)
     with pytest.raises(StoreError, match="cannot open the local store"):
         LocalStore(store_path)
     con = sqlite3.connect(store_path / "tracelet.db")
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert "fine" not in {row[1] for row in con.execute("PRAGMA table_info(runs)")}
     con.close()
 
@@ -282,3 +282,38 @@ def test_only_backends_of_the_original_run_are_told_it_resumes():
             "resumable", backend=["local", "recording"], run_id=first.id
         ).start().stop()
     assert [b.resumed for b in backends] == [False, True]
+
+
+def test_a_version_1_store_is_upgraded_to_the_current_schema(store_path, read_store):
+    from tracelet.storage import schema
+
+    con = sqlite3.connect(store_path.parent / "v1.db")
+    for statement in schema.MIGRATIONS[0]:
+        con.execute(statement)
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    store_path.mkdir()
+    (store_path.parent / "v1.db").rename(store_path / "tracelet.db")
+    store = read_store()
+    tables = {r[0] for r in store.connection().execute("SELECT name FROM sqlite_master")}
+    assert {"checkpoints", "anomalies"} <= tables
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_checkpoints_and_anomalies_round_trip(store_path):
+    store = LocalStore(store_path)
+    store.create_run(run_info(store))
+    checkpoint = {"step": 99, "timestamp": 5.0, "first_step": 0, "metrics": {"loss": 0.5},
+                  "gradient_stats": {"grad/total_norm": 1.0}, "system_metrics": {},
+                  "samples": [{"text": "hi"}]}  # fmt: skip
+    store.write_checkpoint("r1", checkpoint)
+    assert store.checkpoints("r1") == [{"run_id": "r1", **checkpoint}]
+    anomaly = {"run_id": "r1", "step": 7, "metric": "loss", "kind": "nan_or_inf",
+               "severity": "critical", "value": math.nan, "message": "loss is NaN",
+               "timestamp": 6.0}  # fmt: skip
+    assert store.add_anomalies([anomaly, anomaly]) == 1
+    (stored,) = store.anomalies("r1")
+    assert math.isnan(stored.pop("value"))
+    assert stored == {k: v for k, v in anomaly.items() if k != "value"}
+    store.close()

@@ -80,6 +80,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             error TEXT,
             PRIMARY KEY (run, backend)) WITHOUT ROWID""",
     ),
+    (
+        """CREATE TABLE checkpoints (
+            run INTEGER NOT NULL,
+            step INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            first_step INTEGER NOT NULL,
+            metrics TEXT NOT NULL,
+            gradient_stats TEXT NOT NULL,
+            system_metrics TEXT NOT NULL,
+            samples TEXT NOT NULL,
+            PRIMARY KEY (run, step)) WITHOUT ROWID""",
+        """CREATE TABLE anomalies (
+            run INTEGER NOT NULL,
+            step INTEGER NOT NULL,
+            metric TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            value REAL,
+            message TEXT NOT NULL,
+            ts REAL NOT NULL,
+            PRIMARY KEY (run, step, metric, kind)) WITHOUT ROWID""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

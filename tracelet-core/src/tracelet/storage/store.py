@@ -402,6 +402,96 @@ class LocalStore:
         rows = self.connection().execute("SELECT backend, seq FROM cursors WHERE run = ?", (pk,))
         return {backend: last - seq for backend, seq in rows if seq < last}
 
+    # -- checkpoints and anomalies -------------------------------------------------------
+
+    def write_checkpoint(self, run_id: str, checkpoint: Mapping[str, Any]) -> None:
+        """Store (or replace) the checkpoint of ``checkpoint["step"]``.
+
+        Keys: ``step``, ``timestamp``, ``first_step`` (the first step it covers),
+        ``metrics``, ``gradient_stats``, ``system_metrics`` (dicts) and ``samples`` (a list).
+        """
+        parts = ("metrics", "gradient_stats", "system_metrics")
+        row = (
+            self._pk(run_id),
+            checkpoint["step"],
+            checkpoint["timestamp"],
+            checkpoint.get("first_step", checkpoint["step"]),
+            *(_json(checkpoint.get(part) or {}) for part in parts),
+            _json(checkpoint.get("samples") or []),
+        )
+        self.connection().execute(
+            "INSERT OR REPLACE INTO checkpoints(run, step, ts, first_step, metrics,"
+            " gradient_stats, system_metrics, samples) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's checkpoints in step order, as dicts."""
+        rows = self.connection().execute(
+            "SELECT step, ts, first_step, metrics, gradient_stats, system_metrics, samples"
+            " FROM checkpoints WHERE run = ? ORDER BY step",
+            (self._pk(run_id),),
+        )
+        return [
+            {"run_id": run_id, "step": step, "timestamp": ts, "first_step": first,
+             "metrics": json.loads(m), "gradient_stats": json.loads(g),
+             "system_metrics": json.loads(s), "samples": json.loads(samples)}
+            for step, ts, first, m, g, s, samples in rows
+        ]  # fmt: skip
+
+    def add_anomalies(self, anomalies: Iterable[Mapping[str, Any]]) -> int:
+        """Store anomaly dicts (one per run, step, metric and kind); return how many are new."""
+        rows = [
+            (self._pk(a["run_id"]), a["step"], a["metric"], a["kind"], a["severity"],
+             _finite_or_none(a.get("value")), a["message"], a.get("timestamp") or time.time())
+            for a in anomalies
+        ]  # fmt: skip
+        con = self.connection()
+        before = con.total_changes
+        con.executemany(
+            "INSERT OR IGNORE INTO anomalies(run, step, metric, kind, severity, value, message,"
+            " ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return con.total_changes - before
+
+    def anomalies(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's stored anomalies in step order, as dicts."""
+        rows = self.connection().execute(
+            "SELECT step, metric, kind, severity, value, message, ts FROM anomalies"
+            " WHERE run = ? ORDER BY step, metric, kind",
+            (self._pk(run_id),),
+        )
+        return [
+            {"run_id": run_id, "step": step, "metric": metric, "kind": kind,
+             "severity": severity, "value": _NAN if value is None else value,
+             "message": message, "timestamp": ts}
+            for step, metric, kind, severity, value, message, ts in rows
+        ]  # fmt: skip
+
+    def latest_metric_values(self, run_id: str, after_id: int = 0) -> dict[str, tuple[float, int]]:
+        """The newest ``(value, step)`` of each metric logged after metric row ``after_id``."""
+        rows = self.connection().execute(
+            "SELECT m.key, m.value, m.step FROM metrics m JOIN ("
+            "  SELECT key, max(id) AS id FROM metrics WHERE run = ? AND id > ? GROUP BY key"
+            ") newest ON m.id = newest.id",
+            (self._pk(run_id), after_id),
+        )
+        return {key: (_NAN if value is None else value, step) for key, value, step in rows}
+
+    def last_metric_id(self) -> int:
+        """The rowid of the newest metric point in the store (0 when empty)."""
+        return self.connection().execute("SELECT max(id) FROM metrics").fetchone()[0] or 0
+
+    def metric_names(self, run_id: str) -> list[str]:
+        """The names of the run's metrics, sorted."""
+        rows = self.connection().execute(
+            "SELECT DISTINCT m.key FROM batches b JOIN metrics m"
+            " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ? ORDER BY m.key",
+            (self._pk(run_id),),
+        )
+        return [key for (key,) in rows]
+
     # -- reading a run back --------------------------------------------------------------
 
     def metrics(self, run_id: str, name: str | None = None) -> list[MetricPoint]:
@@ -472,6 +562,15 @@ def _insert_metrics(con: sqlite3.Connection, pk: int, metrics: Sequence[MetricPo
 def _metric_insert_sql(pk: int, rows: int) -> str:
     values = ",".join([f"({pk},?,?,?,?)"] * rows)
     return f"INSERT INTO metrics(run, key, value, step, ts) VALUES {values}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, allow_nan=True)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """Anomaly values: NaN is stored as NULL, like metric values."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 class _transaction:
