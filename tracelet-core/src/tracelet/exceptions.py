@@ -17,3 +17,11 @@ class BackendError(TraceletException):
 
 class StoreError(TraceletException):
     """The local store cannot be used: unreadable, or written by a newer Tracelet."""
+
+
+class NotFoundError(TraceletException, LookupError):
+    """No such run, metric or store; the message lists what there is."""
+
+
+class AmbiguousRunError(TraceletException, LookupError):
+    """A run reference (id prefix or name) matches several runs; the message lists them."""

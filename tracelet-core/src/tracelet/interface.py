@@ -136,10 +136,14 @@ def log(metrics: Mapping[str, Any], step: int | None = None) -> None:
 
 
 def step() -> int:
-    """Advance the active run's step by one; return the new step."""
-    experiment = _require("step")
-    experiment.set_iteration(experiment.iteration + 1)
-    return experiment.iteration
+    """Finish the active run's step: advance by one, checkpointing every
+    ``checkpoint_interval`` steps. Returns the new step."""
+    return _require("step").step()
+
+
+def log_sample(sample: Any) -> None:
+    """Keep a sample record (any JSON-able object) with the active run's next checkpoint."""
+    _require("log_sample").log_sample(sample)
 
 
 def watch(model: Any, **options: Any) -> Any:

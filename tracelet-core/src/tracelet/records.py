@@ -91,6 +91,28 @@ class Artifact:
 
 
 @attrs.frozen
+class Sample:
+    """A user's sample record (any JSON-able object), kept with the next checkpoint."""
+
+    data: str
+    step: int
+    timestamp: float
+
+
+@attrs.frozen
+class CheckpointRequest:
+    """Asks the dispatcher to write the checkpoint of ``step`` once the batch is journaled.
+
+    ``gradient_stats`` and ``system_metrics`` are the latest ones when it was asked for.
+    """
+
+    step: int
+    timestamp: float
+    gradient_stats: Mapping[str, float]
+    system_metrics: Mapping[str, float]
+
+
+@attrs.frozen
 class RunInfo:
     """What a backend needs to know about the run it is writing to."""
 

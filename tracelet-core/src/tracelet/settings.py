@@ -156,6 +156,14 @@ class TraceletSettings:
         200_000, _Number(int, 1), "Records buffered in memory before the caller waits."
     )
     disable_plugins: list[str] = _setting([], _Names(), "Plugins (entry-point names) to skip.")
+    checkpoint_interval: int = _setting(
+        1000, _Number(int, 0), "Steps between checkpoints (`tracelet.step()`); 0: none."
+    )
+    capture_samples: int = _setting(5, _Number(int, 0), "Samples kept per checkpoint.")
+    retention_days: int = _setting(30, _Number(int, 1), "Age at which `tracelet gc` removes runs.")
+    track_gradients: bool = _setting(True, _Bool(), "Record gradient statistics of watched models.")
+    gradient_layers: list[str] = _setting([], _Names(), "Layers whose gradients are recorded.")
+    detect_anomalies: bool = _setting(True, _Bool(), "Watch metrics for anomalies while logging.")
 
     ALIASES: ClassVar[Mapping[str, str]] = {
         "collect_system_metrics": "track_system",
@@ -163,6 +171,7 @@ class TraceletSettings:
         "collect_gpu_metrics": "track_gpu",
         "track_git_info": "track_git",
         "track_environment": "track_env",
+        "storage_path": "store_path",
     }
 
     @classmethod
@@ -302,7 +311,7 @@ def read_config_file(
     return ConfigFile(path, normalise_keys(flat, source=str(path)), sections)
 
 
-RUN_KEYS = frozenset({"tags", "run_name"})
+RUN_KEYS = frozenset({"tags", "run_name", "notes", "on_anomaly"})
 """Keys of ``config=`` that describe the run itself; backends that declare them get them too."""
 
 

@@ -88,9 +88,9 @@ class CollectorRunner:
             return
         experiment = self.experiment
         if collector.interval is not None:
-            self._call(
-                name, lambda: experiment.log_metrics({f"{name}/{k}": v for k, v in values.items()})
-            )
+            sample = {f"{name}/{k}": v for k, v in values.items()}
+            if self._call(name, lambda: experiment.log_metrics(sample)):
+                experiment.latest_system = {**experiment.latest_system, **sample}
             return
         long = {k: v for k, v in values.items() if isinstance(v, str) and len(v) > LONG_TEXT}
         params = {f"{name}/{k}": v for k, v in values.items() if k not in long}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -27,7 +28,7 @@ from tracelet.core.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.core.registry import PluginRegistry, default_registry, logger, report_once
 from tracelet.exceptions import ConfigurationError
 from tracelet.media import PendingArtifact, PendingImage
-from tracelet.records import Params, RunInfo, RunStatus, Tags, Text
+from tracelet.records import CheckpointRequest, Params, RunInfo, RunStatus, Sample, Tags, Text
 from tracelet.redaction import redact
 from tracelet.settings import ExperimentConfig, TraceletSettings
 from tracelet.storage import LocalStore
@@ -101,6 +102,9 @@ class Experiment:
         self._info: RunInfo | None = None
         self._collectors: CollectorRunner | None = None
         self._frameworks: list[FrameworkPlugin] = []
+        self._gradients: dict[str, float] = {}
+        self.latest_system: dict[str, float] = {}
+        """The latest system sample (set by the system collector)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -124,6 +128,7 @@ class Experiment:
             info,
             flush_interval=self.settings.flush_interval,
             buffer_size=self.settings.buffer_size,
+            capture_samples=self.settings.capture_samples,
         )
         for name, plugin in plugins:
             if plugin is not None:
@@ -299,6 +304,45 @@ class Experiment:
     def set_iteration(self, iteration: int) -> None:
         """Set the step used by logging calls that give none."""
         self._iteration = check_step(iteration)
+
+    def step(self) -> int:
+        """Finish the current step: advance by one, and write a checkpoint every
+        ``checkpoint_interval`` steps. Returns the new step."""
+        done = self._iteration
+        self._iteration = done + 1
+        interval = self.settings.checkpoint_interval
+        if interval and self._iteration % interval == 0:
+            self.checkpoint(done)
+        return self._iteration
+
+    def checkpoint(self, step: int | None = None) -> None:
+        """Write a checkpoint of ``step`` (default: the current step) now.
+
+        It gathers the metrics logged at that step, the latest gradient statistics and
+        system sample, and the samples logged since the previous checkpoint.
+        """
+        step = self._step(step)
+        self._put(CheckpointRequest(step, _time(), self._gradients, self.latest_system))
+
+    def log_sample(self, sample: Any) -> None:
+        """Keep a sample record (any JSON-able object) with the next checkpoint.
+
+        At most ``capture_samples`` (the most recent) are kept per checkpoint.
+        """
+        try:
+            data = json.dumps(sample, allow_nan=True)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"a sample must be JSON-able (dict, list, str, numbers): {error}"
+            ) from None
+        self._put(Sample(data, self._iteration, _time()))
+
+    def log_gradient_stats(self, stats: Mapping[str, Any], step: int | None = None) -> None:
+        """Log gradient statistics (``{"total_norm": 1.3, ...}``) as ``grad/...`` metrics; the
+        latest are kept with each checkpoint."""
+        values = {f"grad/{name}": value for name, value in stats.items()}
+        self.log_metrics(values, step)
+        self._gradients = {k: to_metric_value(k, v) for k, v in values.items()}
 
     def log_text(self, name: str, text: str, step: int | None = None) -> None:
         """Log a piece of text at ``step`` (default: the current iteration)."""

@@ -10,6 +10,7 @@ to every :class:`~tracelet.core.sink.BackendSink`. When the buffer is full the c
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -20,7 +21,17 @@ from tracelet.core.plugins import BackendPlugin
 from tracelet.core.registry import logger, report_once
 from tracelet.core.sink import BackendSink, RetryPolicy
 from tracelet.media import PendingArtifact, PendingImage
-from tracelet.records import Batch, MetricPoint, Params, RunInfo, RunStatus, Tags, Text
+from tracelet.records import (
+    Batch,
+    CheckpointRequest,
+    MetricPoint,
+    Params,
+    RunInfo,
+    RunStatus,
+    Sample,
+    Tags,
+    Text,
+)
 from tracelet.storage import LocalStore
 from tracelet.values import check_name, check_step, to_metric_value
 
@@ -39,6 +50,7 @@ class Orchestrator:
         flush_interval: float = 0.5,
         buffer_size: int = 200_000,
         retry: RetryPolicy | None = None,
+        capture_samples: int = 5,
     ) -> None:
         self.store = store
         self.run = run
@@ -49,6 +61,10 @@ class Orchestrator:
         self.sinks: dict[str, BackendSink] = {}
         self.seq = store.last_seq(run.id)
         self.unjournaled = 0
+        self.samples: deque[Sample] = deque(maxlen=capture_samples)
+        self.detector: Any = None
+        self._window_start = store.last_metric_id()
+        self._next_checkpoint_first_step = 0
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._drain_lock = threading.Lock()
@@ -187,14 +203,64 @@ class Orchestrator:
             self._journal(items)
 
     def _journal(self, items: list[Any]) -> None:
+        """Journal ``items`` as one batch, or one per checkpoint request they contain (so
+        that each checkpoint sees exactly what was logged before it was asked for)."""
         metrics = [r for r in items if r.__class__ is tuple]
         events = [r for r in items if r.__class__ is not tuple] if len(metrics) < len(items) else []
+        if not any(e.__class__ is CheckpointRequest for e in events):
+            self._journal_batch(metrics, events)
+            return
+        start = 0
+        for end, item in enumerate(items, 1):
+            if item.__class__ is CheckpointRequest:
+                self._journal(items[start : end - 1])
+                self._checkpoint(item)
+                start = end
+        self._journal(items[start:])
+
+    def _journal_batch(self, metrics: list[MetricPoint], events: list[Any]) -> None:
+        if not metrics and not events:
+            return
         batch = self._batch(self.seq + 1, metrics, events)
         if not self._write(batch):
             return
         self.seq = batch.seq
         for sink in list(self.sinks.values()):
             sink.offer(batch)
+        if self.detector is not None and metrics:
+            self._detect(metrics)
+
+    def _checkpoint(self, request: CheckpointRequest) -> None:
+        """Write the checkpoint of ``request.step`` from the metrics logged since the last."""
+        try:
+            latest = self.store.latest_metric_values(self.run.id, self._window_start)
+            self._window_start = self.store.last_metric_id()
+            self.store.write_checkpoint(
+                self.run.id,
+                {
+                    "step": request.step,
+                    "timestamp": request.timestamp,
+                    "first_step": self._next_checkpoint_first_step,
+                    "metrics": {k: v for k, (v, s) in latest.items() if s == request.step},
+                    "gradient_stats": dict(request.gradient_stats),
+                    "system_metrics": dict(request.system_metrics),
+                    "samples": [json.loads(sample.data) for sample in self.samples],
+                },
+            )
+        except Exception as error:
+            report_once("tracelet checkpoints", f"could not write a checkpoint ({error!r})")
+            return
+        self.samples.clear()
+        self._next_checkpoint_first_step = request.step + 1
+
+    def _detect(self, metrics: Sequence[MetricPoint]) -> None:
+        """Run the live anomaly detector over a journaled batch and store what it finds."""
+        try:
+            found = self.detector.observe(metrics)
+            if found:
+                self.store.add_anomalies(found)
+        except Exception as error:
+            report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
 
     def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:
         params: dict[str, Any] = {}
@@ -213,6 +279,8 @@ class Orchestrator:
                     images.append(event.store(files / "images", seq, len(images)))
                 elif isinstance(event, PendingArtifact):
                     artifacts.append(event.store(files / "artifacts"))
+                elif isinstance(event, Sample):
+                    self.samples.append(event)
                 else:
                     raise TypeError(f"unknown record type {type(event).__name__}")
             except Exception as error:

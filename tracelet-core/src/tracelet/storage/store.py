@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -211,6 +212,23 @@ class LocalStore:
                 (ended, pk),
             )
         return crashed
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run, everything journaled for it, and its stored files."""
+        pk = self._pk(run_id)
+        con = self.connection()
+        with _transaction(con):
+            con.execute(
+                "DELETE FROM metrics WHERE id IN (SELECT m.id FROM batches b JOIN metrics m"
+                " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ?)",
+                (pk,),
+            )
+            for table in ("batches", "params", "tags", "texts", "images", "artifacts",
+                          "cursors", "checkpoints", "anomalies"):  # fmt: skip
+                con.execute(f"DELETE FROM {table} WHERE run = ?", (pk,))
+            con.execute("DELETE FROM runs WHERE pk = ?", (pk,))
+        self._run_pks.pop(run_id, None)
+        shutil.rmtree(self.files_dir(run_id), ignore_errors=True)
 
     def _pk(self, run_id: str) -> int:
         pk = self._run_pks.get(run_id)
@@ -482,6 +500,42 @@ class LocalStore:
     def last_metric_id(self) -> int:
         """The rowid of the newest metric point in the store (0 when empty)."""
         return self.connection().execute("SELECT max(id) FROM metrics").fetchone()[0] or 0
+
+    def metric_overview(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Per metric: ``count``, ``last`` value (the last logged), ``first_step``, ``last_step``,
+        ``min`` and ``max`` (NaN ignored), in one pass over the run's points."""
+        rows = (
+            self.connection()
+            .execute(
+                "SELECT m.key, count(*), max(m.id), min(m.step), max(m.step), min(m.value),"
+                " max(m.value) FROM batches b JOIN metrics m"
+                " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ? GROUP BY m.key",
+                (self._pk(run_id),),
+            )
+            .fetchall()
+        )
+        last_ids = [row[2] for row in rows]
+        values = dict(
+            self.connection().execute(
+                f"SELECT id, value FROM metrics WHERE id IN ({','.join('?' * len(last_ids))})",
+                last_ids,
+            )
+        )
+        return {
+            key: {"count": count, "last": _NAN if values[last] is None else values[last],
+                  "first_step": first, "last_step": final,
+                  "min": _NAN if low is None else low, "max": _NAN if high is None else high}
+            for key, count, last, first, final, low, high in rows
+        }  # fmt: skip
+
+    def find_runs(self, reference: str) -> list[StoredRun]:
+        """Runs whose id is ``reference``, else whose id starts with it, else named it."""
+        exact = self._select_runs("WHERE r.id = ?", (reference,))
+        if exact:
+            return exact
+        escaped = reference.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        prefixed = self._select_runs("WHERE r.id LIKE ? ESCAPE '\\'", (escaped + "%",))
+        return prefixed or self._select_runs("WHERE r.name = ?", (reference,))
 
     def metric_names(self, run_id: str) -> list[str]:
         """The names of the run's metrics, sorted."""

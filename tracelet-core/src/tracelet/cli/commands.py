@@ -1,0 +1,238 @@
+"""What each ``tracelet`` command does: query the store, then render a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import math
+import sys
+import time
+from typing import Any
+
+from tracelet.analysis.query import QueryEngine
+from tracelet.exceptions import NotFoundError
+from tracelet.settings import TraceletSettings
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch ``args.command``; return the exit status."""
+    engine = QueryEngine(args.store or TraceletSettings.load().store_path)
+    try:
+        return COMMANDS[args.command](engine, args)
+    finally:
+        engine.close()
+
+
+def list_runs(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet list``."""
+    if not engine.store.list_runs():
+        raise NotFoundError(f"the store at {engine.store.path} has no runs yet")
+    runs = engine.list_runs(args.project, args.status, args.tag, args.param)
+    if args.json:
+        return emit_json(runs)
+    table = new_table("id", "name", "project", "status", "started", "duration")
+    for row in runs:
+        table.add_row(row["run_id"][:12], row["run_name"], row["project_name"], row["status"],
+                      when(row["start_time"]), seconds(row["duration_s"]))  # fmt: skip
+    render(table if runs else "no runs match these filters")
+    return 0
+
+
+def show(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet show RUN``."""
+    summary = engine.get_run_summary(args.run)
+    if args.json:
+        return emit_json(summary)
+    head = new_table("run", summary["run_id"], show_header=False)
+    for label, value in (
+        ("name", summary["run_name"]), ("project", summary["project_name"]),
+        ("status", summary["status"]), ("started", when(summary["start_time"])),
+        ("duration", seconds(summary["duration_s"])), ("steps", str(summary["total_steps"])),
+        ("points", f"{summary['total_points']:,}"), ("checkpoints", str(summary["checkpoints"])),
+        ("anomalies", ", ".join(f"{k}: {n}" for k, n in summary["anomalies"].items()) or "none"),
+        ("undelivered", ", ".join(f"{k}: {n} batches" for k, n in summary["undelivered"].items())
+         or "none"),
+    ):  # fmt: skip
+        head.add_row(label, value)
+    metrics = new_table("metric", "last", "min", "max", "points", "last step")
+    for name, m in summary["metrics"].items():
+        metrics.add_row(name, number(m["last"]), number(m["min"]), number(m["max"]),
+                        f"{m['count']:,}", str(m["last_step"]))  # fmt: skip
+    params = new_table("parameter", "value")
+    for key, value in summary["params"].items():
+        params.add_row(key, str(value))
+    render(head, metrics, params if summary["params"] else None)
+    return 0
+
+
+def compare(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet compare RUN RUN``."""
+    result = engine.compare_runs(*args.runs, metrics=args.metrics)
+    if args.json:
+        return emit_json(result)
+    first, second = result["run_1"]["run_name"], result["run_2"]["run_name"]
+    table = new_table("metric", f"{first} (last)", f"{second} (last)", "difference")
+    for name, sides in result["metrics"].items():
+        a, b = sides["run_1"], sides["run_2"]
+        table.add_row(name, number(a["last"]) if a else "-", number(b["last"]) if b else "-",
+                      number(sides["difference"], signed=True))  # fmt: skip
+    params = new_table("parameter", first, second)
+    for key, (a, b) in result["params"].items():
+        params.add_row(key, str(a), str(b))
+    render(table, params if result["params"] else None)
+    return 0
+
+
+def anomalies(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet anomalies RUN [--auto]``."""
+    run = engine.resolve(args.run)
+    if args.auto:
+        from tracelet.analysis import AnomalyDetector
+
+        detector = AnomalyDetector(engine.store)
+        detector.store_anomalies(detector.detect_all_anomalies(run.id))
+    found = engine.get_anomalies(run.id, args.kinds)
+    if args.json:
+        return emit_json(found)
+    table = new_table("step", "metric", "kind", "severity", "value", "explanation")
+    for a in found:
+        table.add_row(str(a["step"]), a["metric"], a["kind"], a["severity"], number(a["value"]),
+                      a["message"])  # fmt: skip
+    hint = "" if args.auto else " (run with --auto to detect now)"
+    render(table if found else f"no anomalies stored for {run.name!r}{hint}")
+    return 0
+
+
+def plot(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet plot RUN METRIC...``."""
+    from tracelet.cli.chart import draw
+
+    runs = [engine.resolve(ref.strip()) for ref in args.run.split(",") if ref.strip()]
+    if not 0.0 <= args.smooth < 1.0:
+        raise ValueError(f"--smooth must be in [0, 1), got {args.smooth}")
+    series = [
+        (run, name, engine.get_metric_history(run.id, name),
+         [a for a in engine.get_anomalies(run.id) if a["metric"] == name])
+        for run in runs for name in args.metrics
+    ]  # fmt: skip
+    out = args.out or f"{runs[0].name}-{'-'.join(args.metrics)}.png".replace("/", "_")
+    draw(series, out, args.smooth)
+    print(f"wrote {out}")
+    return 0
+
+
+def export(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet export RUN --format csv|json``."""
+    run = engine.resolve(args.run)
+    points = engine.store.metrics(run.id)
+    if args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["metric", "step", "value", "timestamp"])
+        writer.writerows((name, step, repr(value), ts) for name, value, step, ts in points)
+        text = buffer.getvalue()
+    else:
+        document = engine.get_run_summary(run.id)
+        document.pop("metrics")
+        document["points"] = [
+            {"metric": n, "step": s, "value": v, "timestamp": t} for n, v, s, t in points
+        ]
+        document["checkpoints"] = engine.store.checkpoints(run.id)
+        document["anomalies"] = engine.store.anomalies(run.id)
+        text = json.dumps(jsonable(document), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        print(f"wrote {len(points):,} points to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet gc``: remove finished runs older than ``retention_days``."""
+    days = args.days if args.days is not None else TraceletSettings.load().retention_days
+    cutoff = time.time() - days * 86_400
+    old = [r for r in engine.store.list_runs()
+           if r.status.value != "running" and (r.ended_at or r.created_at) < cutoff]  # fmt: skip
+    verb = "would remove" if args.dry_run else "removed"
+    for run in old:
+        if not args.dry_run:
+            engine.store.delete_run(run.id)
+        print(f"{verb} {run.id[:12]} {run.name!r} ({run.project}, {when(run.created_at)})")
+    print(f"{verb} {len(old)} run(s) older than {days:g} days from {engine.store.path}")
+    return 0
+
+
+COMMANDS = {
+    "list": list_runs, "show": show, "compare": compare, "anomalies": anomalies,
+    "plot": plot, "export": export, "gc": gc,
+}  # fmt: skip
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def new_table(*columns: str, show_header: bool = True) -> Any:
+    """A rich table with these columns."""
+    from rich.table import Table
+
+    table = Table(show_header=show_header, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def render(*parts: Any) -> None:
+    """Print tables and messages (None parts are skipped)."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=False, width=max(100, Console().width))
+    for part in parts:
+        if part is not None:
+            console.print(part)
+
+
+def emit_json(data: Any) -> int:
+    """Print ``data`` as JSON (NaN and infinities as strings); return 0."""
+    print(json.dumps(jsonable(data), indent=2))
+    return 0
+
+
+def jsonable(data: Any) -> Any:
+    """``data`` with non-finite floats spelled as strings, so any JSON parser reads it."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {str(k): jsonable(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [jsonable(v) for v in data]
+    return data
+
+
+def number(value: float | None, signed: bool = False) -> str:
+    """A metric value for a table."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:+.6g}" if signed else f"{value:.6g}"
+
+
+def when(timestamp: float | None) -> str:
+    """A local date and time."""
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def seconds(duration: float | None) -> str:
+    """A duration such as ``1h 02m 03s``."""
+    if duration is None:
+        return "running"
+    minutes, secs = divmod(int(duration), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
