@@ -227,3 +227,21 @@ def test_queries_while_a_run_is_being_written():
     assert seen == sorted(seen)
     assert seen[-1] > 0
     assert json.dumps(engine.get_run_summary("live"), default=str)
+
+
+def test_a_finished_runs_summary_is_kept_until_the_run_changes(read_store):
+    exp = tracelet.start_logging("summarised")
+    exp.log_metric("loss", 1.0, 0)
+    exp.flush()
+    store = read_store()
+    assert store.metric_overview(exp.id)["loss"]["count"] == 1
+    kept = store.connection().execute("SELECT count(*) FROM metric_summaries").fetchone()[0]
+    assert kept == 0, "a running run is not summarised"
+    exp.stop()
+    assert store.metric_overview(exp.id)["loss"]["last"] == 1.0
+    assert store.connection().execute("SELECT count(*) FROM metric_summaries").fetchone()[0] == 1
+    resumed = tracelet.Experiment("summarised", run_id=exp.id).start()
+    resumed.log_metric("loss", 0.5, 1)
+    resumed.stop()
+    overview = store.metric_overview(exp.id)["loss"]
+    assert (overview["count"], overview["last"], overview["last_step"]) == (2, 0.5, 1)

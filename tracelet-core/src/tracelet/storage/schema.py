@@ -101,6 +101,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message TEXT NOT NULL,
             ts REAL NOT NULL,
             PRIMARY KEY (run, step, metric, kind)) WITHOUT ROWID""",
+        """CREATE TABLE metric_summaries (
+            run INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            last REAL,
+            first_step INTEGER NOT NULL,
+            last_step INTEGER NOT NULL,
+            min REAL,
+            max REAL,
+            PRIMARY KEY (run, key)) WITHOUT ROWID""",
     ),
 )
 

@@ -224,7 +224,7 @@ class LocalStore:
                 (pk,),
             )
             for table in ("batches", "params", "tags", "texts", "images", "artifacts",
-                          "cursors", "checkpoints", "anomalies"):  # fmt: skip
+                          "cursors", "checkpoints", "anomalies", "metric_summaries"):  # fmt: skip
                 con.execute(f"DELETE FROM {table} WHERE run = ?", (pk,))
             con.execute("DELETE FROM runs WHERE pk = ?", (pk,))
         self._run_pks.pop(run_id, None)
@@ -345,7 +345,7 @@ class LocalStore:
             "SELECT key, value, step, ts FROM metrics WHERE id BETWEEN ? AND ? ORDER BY id",
             (first, last),
         )
-        return [(k, _NAN if v is None else v, s, t) for k, v, s, t in rows]
+        return [(k, _nan(v), s, t) for k, v, s, t in rows]
 
     def _read_events(
         self, con: sqlite3.Connection, pk: int, low: int, high: int
@@ -482,7 +482,7 @@ class LocalStore:
         )
         return [
             {"run_id": run_id, "step": step, "metric": metric, "kind": kind,
-             "severity": severity, "value": _NAN if value is None else value,
+             "severity": severity, "value": _nan(value),
              "message": message, "timestamp": ts}
             for step, metric, kind, severity, value, message, ts in rows
         ]  # fmt: skip
@@ -495,7 +495,7 @@ class LocalStore:
             ") newest ON m.id = newest.id",
             (self._pk(run_id), after_id),
         )
-        return {key: (_NAN if value is None else value, step) for key, value, step in rows}
+        return {key: (_nan(value), step) for key, value, step in rows}
 
     def last_metric_id(self) -> int:
         """The rowid of the newest metric point in the store (0 when empty)."""
@@ -503,30 +503,51 @@ class LocalStore:
 
     def metric_overview(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Per metric: ``count``, ``last`` value (the last logged), ``first_step``, ``last_step``,
-        ``min`` and ``max`` (NaN ignored), in one pass over the run's points."""
-        rows = (
-            self.connection()
-            .execute(
-                "SELECT m.key, count(*), max(m.id), min(m.step), max(m.step), min(m.value),"
-                " max(m.value) FROM batches b JOIN metrics m"
-                " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ? GROUP BY m.key",
-                (self._pk(run_id),),
-            )
-            .fetchall()
-        )
+        ``min`` and ``max`` (NaN ignored).
+
+        Computing it sorts every point of the run (about 0.65 s per million), so for a run
+        that is no longer running it is kept in ``metric_summaries``, valid while the run's
+        last batch is the one it was computed from.
+        """
+        pk, seq = self._pk(run_id), self.last_seq(run_id)
+        con = self.connection()
+        rows = con.execute(
+            "SELECT key, count, last, first_step, last_step, min, max FROM metric_summaries"
+            " WHERE run = ? AND seq = ?",
+            (pk, seq),
+        ).fetchall()
+        if not rows:
+            rows = self._summarize_metrics(pk)
+            run = self.get_run(run_id)
+            if run is not None and run.status is not RunStatus.RUNNING:
+                with _transaction(con):
+                    con.execute("DELETE FROM metric_summaries WHERE run = ?", (pk,))
+                    con.executemany(
+                        "INSERT INTO metric_summaries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(pk, seq, *row) for row in rows],
+                    )
+        return {
+            key: {"count": count, "last": _nan(last), "first_step": first, "last_step": final,
+                  "min": _nan(low), "max": _nan(high)}
+            for key, count, last, first, final, low, high in rows
+        }  # fmt: skip
+
+    def _summarize_metrics(self, pk: int) -> list[tuple[Any, ...]]:
+        con = self.connection()
+        rows = con.execute(
+            "SELECT m.key, count(*), max(m.id), min(m.step), max(m.step), min(m.value),"
+            " max(m.value) FROM batches b JOIN metrics m"
+            " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ? GROUP BY m.key",
+            (pk,),
+        ).fetchall()
         last_ids = [row[2] for row in rows]
         values = dict(
-            self.connection().execute(
+            con.execute(
                 f"SELECT id, value FROM metrics WHERE id IN ({','.join('?' * len(last_ids))})",
                 last_ids,
             )
         )
-        return {
-            key: {"count": count, "last": _NAN if values[last] is None else values[last],
-                  "first_step": first, "last_step": final,
-                  "min": _NAN if low is None else low, "max": _NAN if high is None else high}
-            for key, count, last, first, final, low, high in rows
-        }  # fmt: skip
+        return [(key, n, values[last], *rest) for key, n, last, *rest in rows]
 
     def find_runs(self, reference: str) -> list[StoredRun]:
         """Runs whose id is ``reference``, else whose id starts with it, else named it."""
@@ -559,7 +580,7 @@ class LocalStore:
             sql += " AND m.key = ?"
             args += (name,)
         rows = self.connection().execute(sql + " ORDER BY m.id", args)
-        return [(k, _NAN if v is None else v, s, t) for k, v, s, t in rows]
+        return [(k, _nan(v), s, t) for k, v, s, t in rows]
 
     def params(self, run_id: str) -> dict[str, ParamValue]:
         """The run's parameters, the latest value of each."""
@@ -616,6 +637,11 @@ def _insert_metrics(con: sqlite3.Connection, pk: int, metrics: Sequence[MetricPo
 def _metric_insert_sql(pk: int, rows: int) -> str:
     values = ",".join([f"({pk},?,?,?,?)"] * rows)
     return f"INSERT INTO metrics(run, key, value, step, ts) VALUES {values}"
+
+
+def _nan(value: float | None) -> float:
+    """A stored value back as a float (NULL is NaN)."""
+    return _NAN if value is None else value
 
 
 def _json(value: Any) -> str:

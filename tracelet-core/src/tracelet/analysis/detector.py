@@ -1,0 +1,238 @@
+"""Anomaly detection: live, as batches are journaled, and offline, over a stored run.
+
+Both stream metric points through the same rules (:mod:`tracelet.analysis.rules`), so on
+the same points they report the same anomalies. An anomaly is a plain dict with the keys
+``run_id``, ``step``, ``metric``, ``kind``, ``severity``, ``value``, ``message`` and
+``timestamp`` (that of the point, in seconds since the epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tracelet.analysis.rules import RULES, DetectorConfig, Rule
+from tracelet.exceptions import StoreError
+from tracelet.records import MetricPoint
+from tracelet.storage.store import DB_NAME, LocalStore
+
+logger = logging.getLogger("tracelet")
+
+Anomaly = dict[str, Any]
+KINDS = ("nan_or_inf", "loss_spike", "gradient_explosion", "vanishing_gradient", "memory_pressure")
+"""Every kind of anomaly, in the order of the rules."""
+PARTS = ("nan_inf", "loss", "gradient", "memory")
+"""The parts of :class:`DetectorConfig`, one per rule."""
+
+
+class RuleStream:
+    """Routes one run's metric points to the rules that watch their metric.
+
+    Which rules watch a metric is decided once per new name, so points of metrics no rule
+    watches cost a dict lookup and a NaN test. Not thread-safe: one thread feeds it.
+    """
+
+    def __init__(self, run_id: str, config: DetectorConfig, parts: Iterable[str] = PARTS) -> None:
+        self.run_id = run_id
+        self.config = config
+        on = {part for part in parts if getattr(config, part).enabled}
+        self._nan_pattern = re.compile(config.nan_inf.pattern) if "nan_inf" in on else None
+        self._patterns = [(p, re.compile(getattr(config, p).pattern)) for p in RULES if p in on]
+        self._rules: dict[str, tuple[Rule, ...]] = {}
+        self._nan_watched: dict[str, bool] = {}
+        self._nonfinite: set[str] = set()  # metrics whose latest value was NaN or infinite
+
+    def feed(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
+        """Take points ``(name, value, step, timestamp)`` in logged order; return anomalies."""
+        found: list[Anomaly] = []
+        rules_of = self._rules
+        nonfinite = self._nonfinite
+        for name, value, step, timestamp in points:
+            rules = rules_of.get(name)
+            if rules is None:
+                rules = rules_of[name] = self._rules_for(name)
+            if value - value:  # NaN or an infinity (x - x is 0 for any finite number)
+                if name not in nonfinite:
+                    nonfinite.add(name)
+                    if self._watches_nan(name):
+                        kind = "NaN" if value != value else f"{value:+}"
+                        message = f"{name} is {kind}"
+                        found.append(self._anomaly(name, step, timestamp, value, "nan_or_inf",
+                                                   "critical", message))  # fmt: skip
+                continue
+            if nonfinite and name in nonfinite:
+                nonfinite.discard(name)
+            for rule in rules:
+                finding = rule.update(value)
+                if finding is not None:
+                    found.append(self._anomaly(name, step, timestamp, value, *finding))
+        return found
+
+    def _rules_for(self, name: str) -> tuple[Rule, ...]:
+        return tuple(
+            RULES[part](name, getattr(self.config, part))
+            for part, pattern in self._patterns
+            if pattern.search(name)
+        )
+
+    def _watches_nan(self, name: str) -> bool:
+        watched = self._nan_watched.get(name)
+        if watched is None:
+            pattern = self._nan_pattern
+            watched = self._nan_watched[name] = bool(pattern and pattern.search(name))
+        return watched
+
+    def _anomaly(
+        self,
+        metric: str,
+        step: int,
+        timestamp: float,
+        value: float,
+        kind: str,
+        severity: str,
+        message: str,
+    ) -> Anomaly:
+        return {
+            "run_id": self.run_id,
+            "step": step,
+            "metric": metric,
+            "kind": kind,
+            "severity": severity,
+            "value": value,
+            "message": message,
+            "timestamp": timestamp,
+        }
+
+
+class LiveDetector:
+    """Runs the rules on a run's points while it trains (on the dispatcher thread).
+
+    Call :meth:`observe` with each journaled batch's points. The first anomaly of each
+    ``(kind, metric)`` is logged as a warning on the ``tracelet`` logger; ``on_anomaly``,
+    if given, is called with every anomaly (an exception it raises is logged, not raised).
+    ``config`` is a :class:`DetectorConfig`, the thresholds of one rule, or None.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        config: Any = None,
+        on_anomaly: Callable[[Anomaly], object] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.config = DetectorConfig.of(config)
+        self.on_anomaly = on_anomaly
+        self._stream = RuleStream(run_id, self.config)
+        self._warned: set[tuple[str, str]] = set()
+
+    def observe(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
+        """Take points ``(name, value, step, timestamp)`` in logged order; return new anomalies.
+
+        Anomalies come in the order they were found (the order of the points).
+        """
+        found = self._stream.feed(points)
+        for anomaly in found:
+            self._report(anomaly)
+        return found
+
+    def _report(self, anomaly: Anomaly) -> None:
+        key = (anomaly["kind"], anomaly["metric"])
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(
+                "tracelet: %s (%s) at step %s of run %s: %s; further %s anomalies of %s"
+                " are not logged",
+                anomaly["kind"], anomaly["severity"], anomaly["step"], self.run_id,
+                anomaly["message"], anomaly["kind"], anomaly["metric"],
+            )  # fmt: skip
+        if self.on_anomaly is not None:
+            try:
+                self.on_anomaly(anomaly)
+            except Exception:
+                logger.exception("tracelet: the on_anomaly callback raised; anomaly %r", anomaly)
+
+
+class AnomalyDetector:
+    """Finds anomalies in stored runs by streaming their history through the live rules.
+
+    ``storage`` is a :class:`~tracelet.storage.LocalStore`, an object whose ``store``
+    attribute is one (such as a ``StorageBackend``), or the path of a store folder.
+    ``config`` is a :class:`DetectorConfig`, the thresholds of one rule, or None (defaults).
+    Every ``detect_*`` method returns anomaly dicts sorted by step, then metric, and raises
+    :class:`~tracelet.exceptions.StoreError` for a run the store does not have.
+    """
+
+    def __init__(self, storage: Any, config: Any = None) -> None:
+        self.store, self._owned = _open_store(storage)
+        self.config = DetectorConfig.of(config)
+
+    def detect_all_anomalies(self, run_id: str) -> list[Anomaly]:
+        """Every rule's anomalies."""
+        return self._detect(run_id, PARTS)
+
+    def detect_gradient_anomalies(self, run_id: str) -> list[Anomaly]:
+        """Gradient-norm explosions and vanishing gradients."""
+        return self._detect(run_id, ("gradient",))
+
+    def detect_loss_anomalies(self, run_id: str) -> list[Anomaly]:
+        """Loss spikes."""
+        return self._detect(run_id, ("loss",))
+
+    def detect_nan_inf(self, run_id: str) -> list[Anomaly]:
+        """NaN and infinite values of any metric."""
+        return self._detect(run_id, ("nan_inf",))
+
+    def detect_memory_spikes(self, run_id: str) -> list[Anomaly]:
+        """Memory climbing toward the device's limit."""
+        return self._detect(run_id, ("memory",))
+
+    def store_anomalies(self, anomalies: Iterable[Anomaly]) -> int:
+        """Store anomalies in the local store; return how many were new (not stored before)."""
+        return self.store.add_anomalies(anomalies)
+
+    def close(self) -> None:
+        """Close the store if this detector opened it from a path."""
+        if self._owned:
+            self.store.close()
+
+    def __enter__(self) -> AnomalyDetector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _detect(self, run_id: str, parts: Iterable[str]) -> list[Anomaly]:
+        if self.store.get_run(run_id) is None:
+            raise StoreError(f"no run {run_id!r} in the store at {self.store.path}")
+        stream = RuleStream(run_id, self.config, parts)
+        found: list[Anomaly] = []
+        last = self.store.last_seq(run_id)
+        seq = 0
+        while seq < last:
+            batches = self.store.read_batches(run_id, seq, last, limit=256)
+            for batch in batches:
+                found.extend(stream.feed(batch.metrics))
+            seq = batches[-1].seq
+        found.sort(key=lambda a: (a["step"], a["metric"], KINDS.index(a["kind"])))
+        return found
+
+
+def _open_store(storage: Any) -> tuple[LocalStore, bool]:
+    """The LocalStore behind ``storage``, and whether it was opened here."""
+    if isinstance(storage, LocalStore):
+        return storage, False
+    inner = getattr(storage, "store", None)
+    if isinstance(inner, LocalStore):
+        return inner, False
+    if isinstance(storage, str | os.PathLike):
+        path = os.fspath(storage)
+        if not os.path.isfile(os.path.join(path, DB_NAME)):
+            raise StoreError(f"no Tracelet store at {path} (no {DB_NAME} there)")
+        return LocalStore(path, recover=False), True
+    raise TypeError(
+        "storage must be a LocalStore, an object with a .store LocalStore (StorageBackend)"
+        f" or the path of a store folder, not {type(storage).__name__}"
+    )
