@@ -183,7 +183,7 @@ def make_run(rng: random.Random, index: int) -> Run:
     if index % 2 == 1:
         name = rng.choice(list(memory))
         climb, hold = rng.randrange(10, 60), rng.randrange(5, 30)  # in samples
-        first = slots.take("memory", climb + hold) // MEMORY_EVERY
+        first = slots.take("memory", (climb + hold) * MEMORY_EVERY) // MEMORY_EVERY
         values, peak = memory[name], rng.uniform(97.5, 99.5)
         origin = values[first]
         for i in range(climb + hold):
@@ -327,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         ok &= good
         alarms_text = "-" if alarms is None else str(alarms)
         verdict = "PASS" if good else "MISS"
-        rows.append((label, str(len(chosen)), str(hits), f"{recall:.3f}", alarms_text, rate, verdict))
+        rows.append(
+            (label, str(len(chosen)), str(hits), f"{recall:.3f}", alarms_text, rate, verdict)
+        )
 
     for kind in KINDS:
         row(kind, [e for e in events if e.kind == kind], false[kind])

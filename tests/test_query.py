@@ -245,3 +245,27 @@ def test_a_finished_runs_summary_is_kept_until_the_run_changes(read_store):
     resumed.stop()
     overview = store.metric_overview(exp.id)["loss"]
     assert (overview["count"], overview["last"], overview["last_step"]) == (2, 0.5, 1)
+
+
+def test_live_detection_stores_and_calls_back_off_the_training_thread(read_store):
+    seen = []
+
+    def on_anomaly(anomaly):
+        seen.append((anomaly["kind"], anomaly["step"], threading.current_thread().name))
+
+    exp = tracelet.init(project="p", on_anomaly=on_anomaly, notes="lr sweep")
+    for step in range(300):
+        tracelet.log({"loss": math.nan if step == 200 else 1.0})
+        tracelet.step()
+    tracelet.finish()
+    assert seen == [("nan_or_inf", 200, "tracelet-dispatcher")]
+    (stored,) = read_store().anomalies(exp.id)
+    assert (stored["kind"], stored["metric"], stored["step"]) == ("nan_or_inf", "loss", 200)
+    assert read_store().tags(exp.id) == {"notes": "lr sweep"}
+
+
+def test_live_detection_can_be_switched_off(read_store):
+    exp = tracelet.init(project="p", detect_anomalies=False)
+    tracelet.log({"loss": math.nan})
+    tracelet.finish()
+    assert read_store().anomalies(exp.id) == []

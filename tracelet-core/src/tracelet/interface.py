@@ -66,10 +66,12 @@ def start_logging(
         settings=resolved,
         backend_options=options,
         registry=registry,
+        on_anomaly=run_keys.get("on_anomaly"),
     )
-    tags = run_keys.get("tags")
-    if tags:
-        experiment.add_tags(tags)
+    if run_keys.get("tags"):
+        experiment.add_tags(run_keys["tags"])
+    if run_keys.get("notes"):
+        experiment.add_tags({"notes": str(run_keys["notes"])})
     with _guard:
         stop_logging()
         experiment.start()

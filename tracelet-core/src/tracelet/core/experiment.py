@@ -66,6 +66,7 @@ class Experiment:
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         run_id: str | None = None,
         registry: PluginRegistry | None = None,
+        on_anomaly: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
@@ -87,6 +88,7 @@ class Experiment:
         self._id = run_id or uuid.uuid4().hex
         self._created_at = _time()
         self._registry = registry
+        self._on_anomaly = on_anomaly
         self._iteration = 0
         self._status: RunStatus | None = None
         self._plugins: list[BackendPlugin] = []
@@ -130,6 +132,10 @@ class Experiment:
             buffer_size=self.settings.buffer_size,
             capture_samples=self.settings.capture_samples,
         )
+        if self.settings.detect_anomalies:
+            from tracelet.analysis.detector import LiveDetector
+
+            orchestrator.detector = LiveDetector(self._id, on_anomaly=self._on_anomaly)
         for name, plugin in plugins:
             if plugin is not None:
                 orchestrator.add_backend(plugin, name, resumed=name in resumed_backends)
