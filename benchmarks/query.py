@@ -39,9 +39,13 @@ ROUNDS = 5
 def fill(store: Path) -> str:
     """Log the 1,000,000-point run; return its id."""
     settings = tracelet.TraceletSettings(
-        store_path=str(store), track_system=False, track_env=False, track_git=False,
-        checkpoint_interval=0, detect_anomalies=False,
-    )  # fmt: skip
+        store_path=str(store),
+        track_system=False,
+        track_env=False,
+        track_git=False,
+        checkpoint_interval=0,
+        detect_anomalies=False,
+    )
     with tracelet.start_logging("big", project="bench", settings=settings) as exp:
         for step in range(STEPS):
             for name in NAMES:
@@ -61,8 +65,12 @@ def timed(action: Callable[[], object]) -> tuple[float, object]:
 
 def command(store: Path, *args: str) -> Callable[[], str]:
     def run() -> str:
-        done = subprocess.run([sys.executable, "-m", "tracelet", "--store", str(store), *args],
-                              capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "tracelet", "--store", str(store), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return done.stdout
 
     return run
@@ -85,18 +93,34 @@ def main() -> int:
         engine.close()
     points = json.loads(shown)["total_points"]
     rows = [
-        ("tracelet show RUN, first (new process)", f"{first_show_s * 1000:.0f} ms", "< 1000 ms",
-         "PASS" if first_show_s < 1 else "MISS"),
-        ("tracelet show RUN, again (summary kept)", f"{show_s * 1000:.0f} ms", "< 1000 ms",
-         "PASS" if show_s < 1 else "MISS"),
+        (
+            "tracelet show RUN, first (new process)",
+            f"{first_show_s * 1000:.0f} ms",
+            "< 1000 ms",
+            "PASS" if first_show_s < 1 else "MISS",
+        ),
+        (
+            "tracelet show RUN, again (summary kept)",
+            f"{show_s * 1000:.0f} ms",
+            "< 1000 ms",
+            "PASS" if show_s < 1 else "MISS",
+        ),
         ("  get_run_summary (in-process)", f"{summary_s * 1000:.0f} ms", "-", "-"),
-        ("  points in the summary", f"{points:,}", "1,000,000",
-         "OK" if points == len(NAMES) * STEPS == summary["total_points"] else "WRONG"),
-        ("get_metric_history (250,000 points)", f"{history_s * 1000:.0f} ms", "-",
-         "OK" if len(history) == STEPS else "WRONG"),
+        (
+            "  points in the summary",
+            f"{points:,}",
+            "1,000,000",
+            "OK" if points == len(NAMES) * STEPS == summary["total_points"] else "WRONG",
+        ),
+        (
+            "get_metric_history (250,000 points)",
+            f"{history_s * 1000:.0f} ms",
+            "-",
+            "OK" if len(history) == STEPS else "WRONG",
+        ),
         ("tracelet list (new process)", f"{list_s * 1000:.0f} ms", "-", "-"),
         ("logging the run (for reference)", f"{fill_s:.2f} s", "-", "-"),
-    ]  # fmt: skip
+    ]
     widths = [max(len(r[i]) for r in [*rows, HEADER]) for i in range(4)]
     for row in [HEADER, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

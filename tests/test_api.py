@@ -151,9 +151,14 @@ def test_numeric_values_are_accepted(value, expected, read_store):
 
 @pytest.mark.parametrize(
     ("value", "type_name"),
-    [("0.5", "str"), (None, "NoneType"), ([1.0], "list"), (np.array([1.0, 2.0]), "ndarray"),
-     (1 + 2j, "complex")],
-)  # fmt: skip
+    [
+        ("0.5", "str"),
+        (None, "NoneType"),
+        ([1.0], "list"),
+        (np.array([1.0, 2.0]), "ndarray"),
+        (1 + 2j, "complex"),
+    ],
+)
 def test_non_numbers_raise_type_error_naming_metric_and_type(value, type_name, read_store):
     with tracelet.start_logging("bad values") as exp:
         exp.log_metric("kept", 1.0, 0)

@@ -71,8 +71,13 @@ def test_capture_model_and_dataset(read_store):
     assert net["trainable_parameters"] == 10
     assert estimator["params/C"] == 1.0
     assert "params/callback" not in estimator
-    assert data == {"class": "ndarray", "module": "numpy", "size": 100, "shape": "(100, 3)",
-                    "dtype": "float32"}  # fmt: skip
+    assert data == {
+        "class": "ndarray",
+        "module": "numpy",
+        "size": 100,
+        "shape": "(100, 3)",
+        "dtype": "float32",
+    }
     params = read_store().params(exp.id)
     assert params["dataset/shape"] == "(100, 3)"
     assert params["model/params/kernel"] == "rbf"

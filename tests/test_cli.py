@@ -30,9 +30,13 @@ def store(tmp_path_factory):
     """A store with a 20,000-step run (spikes, a NaN, a gradient explosion) and a clean one."""
     root = tmp_path_factory.mktemp("cli")
     settings = tracelet.TraceletSettings(
-        store_path=str(root / ".tracelet"), track_system=False, track_env=False,
-        track_git=False, checkpoint_interval=1000, detect_anomalies=False,
-    )  # fmt: skip
+        store_path=str(root / ".tracelet"),
+        track_system=False,
+        track_env=False,
+        track_git=False,
+        checkpoint_interval=1000,
+        detect_anomalies=False,
+    )
     rng = random.Random(7)
     with tracelet.start_logging("spiky", project="cli", settings=settings) as exp:
         exp.log_params({"lr": 3e-4, "model": {"layers": 12}})
@@ -118,8 +122,9 @@ def test_plot_writes_a_real_chart(capsys, store, tmp_path):
 
     path, *_ = store
     out_file = tmp_path / "chart.png"
-    code, out, _ = cli(capsys, path, "plot", "spiky,clean", "loss", "--smooth", "0.9",
-                       "--out", str(out_file))  # fmt: skip
+    code, out, _ = cli(
+        capsys, path, "plot", "spiky,clean", "loss", "--smooth", "0.9", "--out", str(out_file)
+    )
     assert code == 0
     assert f"wrote {out_file}" in out
     pixels = matplotlib.image.imread(out_file)
@@ -214,7 +219,10 @@ def test_gc_removes_old_runs_and_says_so(capsys, tmp_path):
 @pytest.mark.slow
 def test_the_console_script_reads_a_store_being_written(tmp_path):
     writer = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import tracelet, sys
             exp = tracelet.start_logging("busy", config={"flush_interval": 0.02})
             step = 0
@@ -224,15 +232,23 @@ def test_the_console_script_reads_a_store_being_written(tmp_path):
                 if step == 1000:
                     exp.flush()
                     print("ready", flush=True)
-            """)],
-        cwd=tmp_path, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+            """),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout.readline().strip() == "ready"
         tracelet_cmd = [sys.executable, "-m", "tracelet"]
         for _ in range(3):
-            shown = subprocess.run([*tracelet_cmd, "show", "busy", "--json"], cwd=tmp_path,
-                                   capture_output=True, text=True, timeout=60)  # fmt: skip
+            shown = subprocess.run(
+                [*tracelet_cmd, "show", "busy", "--json"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert shown.returncode == 0, shown.stderr
             assert json.loads(shown.stdout)["status"] == "running"
             time.sleep(0.05)

@@ -52,8 +52,18 @@ def git(cwd, *args):
 
 def test_git_state_and_diff_are_recorded(tmp_path, read_store):
     git(tmp_path, "init", "-q", "-b", "main")
-    git(tmp_path, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
-        "-m", "first")  # fmt: skip
+    git(
+        tmp_path,
+        "-c",
+        "user.email=t@t",
+        "-c",
+        "user.name=t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "first",
+    )
     git(tmp_path, "remote", "add", "origin", "https://bot:hunter2@example.invalid/repo.git")
     (tmp_path / "train.py").write_text("print('x')\n")
     git(tmp_path, "add", "train.py")

@@ -65,8 +65,13 @@ def test_samples_must_be_json(read_store):
 
 
 def test_tracer_config_names_work_in_init(store_path):
-    exp = tracelet.init(project="gpt", run_name="e-001", checkpoint_interval=500,
-                        track_gradients=True, storage_path=str(store_path / "x"))  # fmt: skip
+    exp = tracelet.init(
+        project="gpt",
+        run_name="e-001",
+        checkpoint_interval=500,
+        track_gradients=True,
+        storage_path=str(store_path / "x"),
+    )
     assert exp.settings.checkpoint_interval == 500
     assert exp.settings.store_path.endswith("x")
 
@@ -74,10 +79,17 @@ def test_tracer_config_names_work_in_init(store_path):
 def test_storage_backend_spec_example(tmp_path):
     config = TraceletSettings(store_path=str(tmp_path / "store"))
     storage = StorageBackend(config)
-    storage.create_run(run_id="123", project_name="test", run_name="run1", start_time=1000.0,
-                       config={"lr": 0.1})  # fmt: skip
-    storage.write_checkpoint(run_id="123", step=100, timestamp=1100.0, metrics={"loss": 0.5},
-                             gradient_stats={}, system_metrics={})  # fmt: skip
+    storage.create_run(
+        run_id="123", project_name="test", run_name="run1", start_time=1000.0, config={"lr": 0.1}
+    )
+    storage.write_checkpoint(
+        run_id="123",
+        step=100,
+        timestamp=1100.0,
+        metrics={"loss": 0.5},
+        gradient_stats={},
+        system_metrics={},
+    )
     storage.write_checkpoint(run_id="123", step=200, timestamp=1200.0, metrics={"loss": 0.25})
     runs = storage.list_runs(project_name="test")
     assert [(r["run_id"], r["run_name"], r["status"]) for r in runs] == [("123", "run1", "running")]
@@ -89,8 +101,10 @@ def test_storage_backend_spec_example(tmp_path):
     storage.finish_run("123")
     assert storage.get_run("123")["status"] == "finished"
     history = QueryEngine(storage).get_metric_history("123", "loss")
-    assert history == [{"step": 100, "value": 0.5, "timestamp": 1100.0},
-                       {"step": 200, "value": 0.25, "timestamp": 1200.0}]  # fmt: skip
+    assert history == [
+        {"step": 100, "value": 0.5, "timestamp": 1100.0},
+        {"step": 200, "value": 0.25, "timestamp": 1200.0},
+    ]
     storage.close()
 
 
@@ -115,8 +129,11 @@ def test_a_storage_backend_run_left_open_by_a_dead_process_is_crashed(tmp_path):
 def runs():
     """Three runs: two named 'baseline' in project a, one 'tuned' in project b."""
     made = []
-    for name, project, lr, final in [("baseline", "a", 0.1, 0.5), ("baseline", "a", 0.2, 0.4),
-                                     ("tuned", "b", 0.05, 0.2)]:  # fmt: skip
+    for name, project, lr, final in [
+        ("baseline", "a", 0.1, 0.5),
+        ("baseline", "a", 0.2, 0.4),
+        ("tuned", "b", 0.05, 0.2),
+    ]:
         with tracelet.start_logging(name, project=project, config={"tags": {"team": project}}) as e:
             e.log_params({"lr": lr, "arch": "cnn"})
             for step in (2, 0, 1):  # logged out of order
@@ -184,12 +201,28 @@ def test_list_and_filter_runs(runs):
 def test_find_anomalous_checkpoints(read_store):
     exp = train(300, checkpoint_interval=100)
     store = read_store()
-    store.add_anomalies([
-        {"run_id": exp.id, "step": 150, "metric": "grad/total_norm", "kind": "gradient_explosion",
-         "severity": "critical", "value": 1e6, "message": "exploded"},
-        {"run_id": exp.id, "step": 250, "metric": "loss", "kind": "nan_or_inf",
-         "severity": "critical", "value": math.nan, "message": "nan"},
-    ])  # fmt: skip
+    store.add_anomalies(
+        [
+            {
+                "run_id": exp.id,
+                "step": 150,
+                "metric": "grad/total_norm",
+                "kind": "gradient_explosion",
+                "severity": "critical",
+                "value": 1e6,
+                "message": "exploded",
+            },
+            {
+                "run_id": exp.id,
+                "step": 250,
+                "metric": "loss",
+                "kind": "nan_or_inf",
+                "severity": "critical",
+                "value": math.nan,
+                "message": "nan",
+            },
+        ]
+    )
     engine = QueryEngine()
     found = engine.find_anomalous_checkpoints(exp.id, anomaly_types=["gradient_explosion"])
     assert [(c["step"], [a["step"] for a in c["anomalies"]]) for c in found] == [(199, [150])]

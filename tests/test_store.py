@@ -30,8 +30,18 @@ def test_new_store_has_the_current_schema_in_wal_mode(store_path):
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"projects", "runs", "metrics", "params", "tags", "texts", "images", "artifacts",
-            "batches", "cursors"} <= tables  # fmt: skip
+    assert {
+        "projects",
+        "runs",
+        "metrics",
+        "params",
+        "tags",
+        "texts",
+        "images",
+        "artifacts",
+        "batches",
+        "cursors",
+    } <= tables
     store.close()
     LocalStore(store_path).close()  # reopening migrates nothing and keeps the data
 
@@ -57,8 +67,9 @@ def test_batches_are_idempotent_and_replayed_in_order(store_path):
     info = run_info(store)
     store.create_run(info)
     first = Batch("r1", 1, [("a", 1.0, 0, 10.0), ("b", math.nan, 0, 10.5)], {"lr": 0.1})
-    second = Batch("r1", 2, [("a", 2.0, 1, 11.0)], tags={"t": "v"},
-                   texts=[Text("note", "hi", 1, 11.0)])  # fmt: skip
+    second = Batch(
+        "r1", 2, [("a", 2.0, 1, 11.0)], tags={"t": "v"}, texts=[Text("note", "hi", 1, 11.0)]
+    )
     assert store.write_batch(first)
     assert store.write_batch(second)
     assert not store.write_batch(first), "a replayed batch is skipped"
@@ -304,14 +315,27 @@ def test_a_version_1_store_is_upgraded_to_the_current_schema(store_path, read_st
 def test_checkpoints_and_anomalies_round_trip(store_path):
     store = LocalStore(store_path)
     store.create_run(run_info(store))
-    checkpoint = {"step": 99, "timestamp": 5.0, "first_step": 0, "metrics": {"loss": 0.5},
-                  "gradient_stats": {"grad/total_norm": 1.0}, "system_metrics": {},
-                  "samples": [{"text": "hi"}]}  # fmt: skip
+    checkpoint = {
+        "step": 99,
+        "timestamp": 5.0,
+        "first_step": 0,
+        "metrics": {"loss": 0.5},
+        "gradient_stats": {"grad/total_norm": 1.0},
+        "system_metrics": {},
+        "samples": [{"text": "hi"}],
+    }
     store.write_checkpoint("r1", checkpoint)
     assert store.checkpoints("r1") == [{"run_id": "r1", **checkpoint}]
-    anomaly = {"run_id": "r1", "step": 7, "metric": "loss", "kind": "nan_or_inf",
-               "severity": "critical", "value": math.nan, "message": "loss is NaN",
-               "timestamp": 6.0}  # fmt: skip
+    anomaly = {
+        "run_id": "r1",
+        "step": 7,
+        "metric": "loss",
+        "kind": "nan_or_inf",
+        "severity": "critical",
+        "value": math.nan,
+        "message": "loss is NaN",
+        "timestamp": 6.0,
+    }
     assert store.add_anomalies([anomaly, anomaly]) == 1
     (stored,) = store.anomalies("r1")
     assert math.isnan(stored.pop("value"))

@@ -27,12 +27,28 @@ if TYPE_CHECKING:
     from tracelet.storage import LocalStore
 
 ARTIFACT_KINDS = {
-    ".pt": "checkpoint", ".pth": "checkpoint", ".ckpt": "checkpoint", ".safetensors": "weights",
-    ".bin": "weights", ".h5": "model", ".onnx": "model", ".pkl": "model", ".joblib": "model",
-    ".png": "image", ".jpg": "image", ".jpeg": "image", ".svg": "viz", ".html": "report",
-    ".json": "config", ".yaml": "config", ".yml": "config", ".toml": "config",
-    ".csv": "dataset", ".parquet": "dataset", ".npz": "dataset",
-}  # fmt: skip
+    ".pt": "checkpoint",
+    ".pth": "checkpoint",
+    ".ckpt": "checkpoint",
+    ".safetensors": "weights",
+    ".bin": "weights",
+    ".h5": "model",
+    ".onnx": "model",
+    ".pkl": "model",
+    ".joblib": "model",
+    ".png": "image",
+    ".jpg": "image",
+    ".jpeg": "image",
+    ".svg": "viz",
+    ".html": "report",
+    ".json": "config",
+    ".yaml": "config",
+    ".yml": "config",
+    ".toml": "config",
+    ".csv": "dataset",
+    ".parquet": "dataset",
+    ".npz": "dataset",
+}
 """File suffixes ``automagic_artifacts`` picks up, and the artifact type each becomes."""
 
 

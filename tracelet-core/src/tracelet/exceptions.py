@@ -15,6 +15,15 @@ class BackendError(TraceletException):
     """A backend could not do what was asked (connect, create a run, deliver a batch)."""
 
 
+class RejectedBatchError(BackendError):
+    """Raised by a backend's ``log_batch`` for a batch it will never accept (not retried).
+
+    The batch stays in the local store, the rejection is recorded and reported, and
+    delivery goes on with the next batch. Raise any other exception for a failure that a
+    retry may fix.
+    """
+
+
 class StoreError(TraceletException):
     """The local store cannot be used: unreadable, or written by a newer Tracelet."""
 

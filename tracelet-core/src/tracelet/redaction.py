@@ -1,4 +1,10 @@
-"""Keeping secrets out of everything Tracelet records or sends."""
+"""Keeping secrets out of everything Tracelet records or sends.
+
+A value is secret when its name says so: any word of the name (split on ``_ . -``,
+spaces and camelCase) is a secret word such as ``token`` or ``password``, or the name
+contains a joined one such as ``apikey``. URIs lose their ``user:password@`` part and the
+values of secret-named query parameters.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +13,74 @@ from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "***"
-_SECRET_WORDS = re.compile(
-    r"(^|[_.-])(key|token|secret|password|passwd|credentials?|auth)($|[_.-])", re.IGNORECASE
+_SECRET_WORDS = {
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "bearer",
+    "cookie",
+    "session",
+    "signature",
+}
+_JOINED = (
+    "apikey",
+    "accesskey",
+    "secretkey",
+    "privatekey",
+    "accesstoken",
+    "authtoken",
+    "password",
+    "passphrase",
+    "credential",
 )
-_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_WORDS = re.compile(r"[^a-z0-9]+")
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s?#]*@")
+_QUERY_VALUE = re.compile(r"(?P<key>[?&;][^=&;#\s]+)=(?P<value>[^&;#\s]*)")
 
 
 def is_secret_key(key: str) -> bool:
-    """Whether a setting's name says it holds a secret (``api_key``, ``password``, ...)."""
-    return bool(_SECRET_WORDS.search(key))
+    """Whether a name says its value is secret (``api_key``, ``apiKey``, ``DB_PASSWORD`` ...)."""
+    words = _WORDS.split(_CAMEL.sub("_", key).lower())
+    joined = "".join(words)
+    return any(word in _SECRET_WORDS for word in words) or any(j in joined for j in _JOINED)
 
 
 def redact_uri(text: str) -> str:
-    """Remove ``user:password@`` from every URI in ``text``."""
-    return _URI_CREDENTIALS.sub(rf"\g<scheme>{REDACTED}@", text)
+    """Remove ``user:password@`` and secret query values from every URI in ``text``."""
+    text = _URI_CREDENTIALS.sub(rf"\g<scheme>{REDACTED}@", text)
+    return _QUERY_VALUE.sub(_redact_query_value, text)
+
+
+def _redact_query_value(match: re.Match[str]) -> str:
+    key = match.group("key")
+    return f"{key}={REDACTED}" if is_secret_key(key[1:]) else match.group(0)
 
 
 def redact(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``values`` with secret-named entries masked and URI credentials removed."""
-    clean: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            clean[key] = redact(value)
-        elif is_secret_key(str(key)) and value not in (None, ""):
-            clean[key] = REDACTED
-        elif isinstance(value, str):
-            clean[key] = redact_uri(value)
-        else:
-            clean[key] = value
-    return clean
+    """A copy of ``values`` with secret-named entries masked and URI credentials removed,
+    looking into nested mappings and lists."""
+    return {key: _redact_value(str(key), value) for key, value in values.items()}
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return redact(value)
+    if is_secret_key(key) and value not in (None, ""):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_uri(value)
+    if isinstance(value, list | tuple):
+        return [_redact_value(key, item) for item in value]
+    return value
 
 
 def redact_argv(argv: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tracelet.analysis.rules import RULES, DetectorConfig, Rule
+from tracelet.analysis.rules import RULES, DetectorConfig, Rule, Thresholds
 from tracelet.exceptions import StoreError
 from tracelet.records import MetricPoint
 from tracelet.storage.store import DB_NAME, LocalStore
@@ -55,13 +55,12 @@ class RuleStream:
             if rules is None:
                 rules = rules_of[name] = self._rules_for(name)
             if value - value:  # NaN or an infinity (x - x is 0 for any finite number)
-                if name not in nonfinite:
+                if name not in nonfinite:  # the first of a run of non-finite values
                     nonfinite.add(name)
                     if self._watches_nan(name):
-                        kind = "NaN" if value != value else f"{value:+}"
-                        message = f"{name} is {kind}"
+                        what = "NaN" if value != value else f"{value:+}"
                         found.append(self._anomaly(name, step, timestamp, value, "nan_or_inf",
-                                                   "critical", message))  # fmt: skip
+                                                   "critical", f"{name} is {what}"))  # fmt: skip
                 continue
             if nonfinite and name in nonfinite:
                 nonfinite.discard(name)
@@ -119,7 +118,7 @@ class LiveDetector:
     def __init__(
         self,
         run_id: str,
-        config: Any = None,
+        config: DetectorConfig | Thresholds | None = None,
         on_anomaly: Callable[[Anomaly], object] | None = None,
     ) -> None:
         self.run_id = run_id
@@ -145,9 +144,14 @@ class LiveDetector:
             logger.warning(
                 "tracelet: %s (%s) at step %s of run %s: %s; further %s anomalies of %s"
                 " are not logged",
-                anomaly["kind"], anomaly["severity"], anomaly["step"], self.run_id,
-                anomaly["message"], anomaly["kind"], anomaly["metric"],
-            )  # fmt: skip
+                anomaly["kind"],
+                anomaly["severity"],
+                anomaly["step"],
+                self.run_id,
+                anomaly["message"],
+                anomaly["kind"],
+                anomaly["metric"],
+            )
         if self.on_anomaly is not None:
             try:
                 self.on_anomaly(anomaly)
@@ -165,7 +169,7 @@ class AnomalyDetector:
     :class:`~tracelet.exceptions.StoreError` for a run the store does not have.
     """
 
-    def __init__(self, storage: Any, config: Any = None) -> None:
+    def __init__(self, storage: Any, config: DetectorConfig | Thresholds | None = None) -> None:
         self.store, self._owned = _open_store(storage)
         self.config = DetectorConfig.of(config)
 

@@ -227,7 +227,7 @@ class DetectorConfig:
     """Memory pressure (:class:`MemoryThresholds`)."""
 
     @classmethod
-    def of(cls, config: Any = None) -> DetectorConfig:
+    def of(cls, config: DetectorConfig | Thresholds | None = None) -> DetectorConfig:
         """``config`` as a DetectorConfig: None (defaults), one, or the thresholds of one rule."""
         if config is None:
             return cls()
@@ -241,6 +241,9 @@ class DetectorConfig:
             f"(LossSpikeThresholds ...), not {type(config).__name__}"
         )
 
+
+Thresholds = NonFiniteThresholds | LossSpikeThresholds | GradientThresholds | MemoryThresholds
+"""The thresholds of one rule."""
 
 _PARTS: dict[str, type] = {
     "nan_inf": NonFiniteThresholds,

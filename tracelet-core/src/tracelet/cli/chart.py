@@ -49,8 +49,15 @@ def draw(series: Sequence[Series], out: str, smooth: float = 0.0) -> None:
 def _mark(axes: Any, anomalies: list[dict[str, Any]]) -> None:
     finite = [a for a in anomalies if math.isfinite(a["value"])]
     if finite:
-        axes.scatter([a["step"] for a in finite], [a["value"] for a in finite], marker="x",
-                     color="red", s=60, zorder=3, label="anomaly")  # fmt: skip
+        axes.scatter(
+            [a["step"] for a in finite],
+            [a["value"] for a in finite],
+            marker="x",
+            color="red",
+            s=60,
+            zorder=3,
+            label="anomaly",
+        )
     for anomaly in anomalies:
         if not math.isfinite(anomaly["value"]):
             axes.axvline(anomaly["step"], color="red", alpha=0.6, linestyle="--")

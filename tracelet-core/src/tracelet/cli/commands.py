@@ -35,8 +35,14 @@ def list_runs(engine: QueryEngine, args: argparse.Namespace) -> int:
         return emit_json(runs)
     table = new_table("id", "name", "project", "status", "started", "duration")
     for row in runs:
-        table.add_row(row["run_id"][:12], row["run_name"], row["project_name"], row["status"],
-                      when(row["start_time"]), seconds(row["duration_s"]))  # fmt: skip
+        table.add_row(
+            row["run_id"][:12],
+            row["run_name"],
+            row["project_name"],
+            row["status"],
+            when(row["start_time"]),
+            seconds(row["duration_s"]),
+        )
     render(table if runs else "no runs match these filters")
     return 0
 
@@ -48,19 +54,31 @@ def show(engine: QueryEngine, args: argparse.Namespace) -> int:
         return emit_json(summary)
     head = new_table("run", summary["run_id"], show_header=False)
     for label, value in (
-        ("name", summary["run_name"]), ("project", summary["project_name"]),
-        ("status", summary["status"]), ("started", when(summary["start_time"])),
-        ("duration", seconds(summary["duration_s"])), ("steps", str(summary["total_steps"])),
-        ("points", f"{summary['total_points']:,}"), ("checkpoints", str(summary["checkpoints"])),
+        ("name", summary["run_name"]),
+        ("project", summary["project_name"]),
+        ("status", summary["status"]),
+        ("started", when(summary["start_time"])),
+        ("duration", seconds(summary["duration_s"])),
+        ("steps", str(summary["total_steps"])),
+        ("points", f"{summary['total_points']:,}"),
+        ("checkpoints", str(summary["checkpoints"])),
         ("anomalies", ", ".join(f"{k}: {n}" for k, n in summary["anomalies"].items()) or "none"),
-        ("undelivered", ", ".join(f"{k}: {n} batches" for k, n in summary["undelivered"].items())
-         or "none"),
-    ):  # fmt: skip
+        (
+            "undelivered",
+            ", ".join(f"{k}: {n} batches" for k, n in summary["undelivered"].items()) or "none",
+        ),
+    ):
         head.add_row(label, value)
     metrics = new_table("metric", "last", "min", "max", "points", "last step")
     for name, m in summary["metrics"].items():
-        metrics.add_row(name, number(m["last"]), number(m["min"]), number(m["max"]),
-                        f"{m['count']:,}", str(m["last_step"]))  # fmt: skip
+        metrics.add_row(
+            name,
+            number(m["last"]),
+            number(m["min"]),
+            number(m["max"]),
+            f"{m['count']:,}",
+            str(m["last_step"]),
+        )
     params = new_table("parameter", "value")
     for key, value in summary["params"].items():
         params.add_row(key, str(value))
@@ -77,8 +95,12 @@ def compare(engine: QueryEngine, args: argparse.Namespace) -> int:
     table = new_table("metric", f"{first} (last)", f"{second} (last)", "difference")
     for name, sides in result["metrics"].items():
         a, b = sides["run_1"], sides["run_2"]
-        table.add_row(name, number(a["last"]) if a else "-", number(b["last"]) if b else "-",
-                      number(sides["difference"], signed=True))  # fmt: skip
+        table.add_row(
+            name,
+            number(a["last"]) if a else "-",
+            number(b["last"]) if b else "-",
+            number(sides["difference"], signed=True),
+        )
     params = new_table("parameter", first, second)
     for key, (a, b) in result["params"].items():
         params.add_row(key, str(a), str(b))
@@ -99,8 +121,9 @@ def anomalies(engine: QueryEngine, args: argparse.Namespace) -> int:
         return emit_json(found)
     table = new_table("step", "metric", "kind", "severity", "value", "explanation")
     for a in found:
-        table.add_row(str(a["step"]), a["metric"], a["kind"], a["severity"], number(a["value"]),
-                      a["message"])  # fmt: skip
+        table.add_row(
+            str(a["step"]), a["metric"], a["kind"], a["severity"], number(a["value"]), a["message"]
+        )
     hint = "" if args.auto else " (run with --auto to detect now)"
     render(table if found else f"no anomalies stored for {run.name!r}{hint}")
     return 0
@@ -114,10 +137,15 @@ def plot(engine: QueryEngine, args: argparse.Namespace) -> int:
     if not 0.0 <= args.smooth < 1.0:
         raise ValueError(f"--smooth must be in [0, 1), got {args.smooth}")
     series = [
-        (run, name, engine.get_metric_history(run.id, name),
-         [a for a in engine.get_anomalies(run.id) if a["metric"] == name])
-        for run in runs for name in args.metrics
-    ]  # fmt: skip
+        (
+            run,
+            name,
+            engine.get_metric_history(run.id, name),
+            [a for a in engine.get_anomalies(run.id) if a["metric"] == name],
+        )
+        for run in runs
+        for name in args.metrics
+    ]
     out = args.out or f"{runs[0].name}-{'-'.join(args.metrics)}.png".replace("/", "_")
     draw(series, out, args.smooth)
     print(f"wrote {out}")
@@ -156,8 +184,11 @@ def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
     """``tracelet gc``: remove finished runs older than ``retention_days``."""
     days = args.days if args.days is not None else TraceletSettings.load().retention_days
     cutoff = time.time() - days * 86_400
-    old = [r for r in engine.store.list_runs()
-           if r.status.value != "running" and (r.ended_at or r.created_at) < cutoff]  # fmt: skip
+    old = [
+        r
+        for r in engine.store.list_runs()
+        if r.status.value != "running" and (r.ended_at or r.created_at) < cutoff
+    ]
     verb = "would remove" if args.dry_run else "removed"
     for run in old:
         if not args.dry_run:
@@ -168,9 +199,14 @@ def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "list": list_runs, "show": show, "compare": compare, "anomalies": anomalies,
-    "plot": plot, "export": export, "gc": gc,
-}  # fmt: skip
+    "list": list_runs,
+    "show": show,
+    "compare": compare,
+    "anomalies": anomalies,
+    "plot": plot,
+    "export": export,
+    "gc": gc,
+}
 
 
 # -- rendering ---------------------------------------------------------------------------

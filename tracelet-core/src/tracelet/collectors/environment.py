@@ -12,8 +12,20 @@ from tracelet import __version__
 from tracelet.core.plugins import CollectorPlugin, PluginMetadata, PluginType
 from tracelet.redaction import redact_argv
 
-PACKAGES = ("torch", "numpy", "lightning", "pytorch-lightning", "transformers", "jax",
-            "tensorflow", "scikit-learn", "mlflow", "wandb", "clearml", "aim")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "numpy",
+    "lightning",
+    "pytorch-lightning",
+    "transformers",
+    "jax",
+    "tensorflow",
+    "scikit-learn",
+    "mlflow",
+    "wandb",
+    "clearml",
+    "aim",
+)
 
 
 class EnvironmentCollector(CollectorPlugin):

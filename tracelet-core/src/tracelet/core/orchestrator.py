@@ -17,9 +17,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tracelet.core.journaling import write_batch
 from tracelet.core.plugins import BackendPlugin
-from tracelet.core.registry import logger, report_once
-from tracelet.core.sink import BackendSink, RetryPolicy
+from tracelet.core.registry import report_once
+from tracelet.core.retry import RetryPolicy
+from tracelet.core.sink import BackendSink
 from tracelet.media import PendingArtifact, PendingImage
 from tracelet.records import (
     Batch,
@@ -68,6 +70,8 @@ class Orchestrator:
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._drain_lock = threading.Lock()
+        self._cycled = threading.Condition()
+        self._cycles = 0
         self._stopping = False
         self._stop_deadline = float("inf")
         self._thread = threading.Thread(
@@ -120,7 +124,15 @@ class Orchestrator:
         name = name or backend.name
         if name in self.sinks:
             raise ValueError(f"a backend named {name!r} is already attached to this run")
-        sink = BackendSink(name, backend, self.store, self.run, resumed=resumed, retry=self.retry)
+        sink = BackendSink(
+            name,
+            backend,
+            self.store,
+            self.run,
+            resumed=resumed,
+            journaled=self.seq,
+            retry=self.retry,
+        )
         self.store.ensure_cursor(self.run.id, name)
         self.sinks[name] = sink
         if self.running:
@@ -139,24 +151,40 @@ class Orchestrator:
                 f"no backend named {name!r} is attached (attached: {list(self.sinks)})"
             )
         self.flush(timeout=0)
-        wait = 0.0 if timeout is None else timeout
-        sink.close(None, time.monotonic() + wait)
-        return sink.join(timeout)
+        sink.close(None, time.monotonic() + (float("inf") if timeout is None else timeout))
+        return sink.join(timeout) and sink.cursor >= self.seq
 
     # -- flush and stop ------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Journal everything queued so far, then wait up to ``timeout`` seconds for every
-        backend to accept it. Returns True when all backends are up to date."""
-        with self._drain_lock:
-            self._drain()
+        """Have everything queued so far journaled, then wait (up to ``timeout`` seconds in
+        all) for every backend to accept it. Returns True when all backends are up to date.
+
+        The dispatcher does the journaling; the caller only waits for it.
+        """
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        if threading.current_thread() is self._thread:
+            self._drain()  # called from a hook running on the dispatcher itself
+        elif not self._journal_queued(deadline):
+            return False
         target = self.seq
-        while any(s.cursor < target for s in self.sinks.values()):
+        while any(s.cursor < target and not s.finished for s in self.sinks.values()):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.01)
-        return True
+        return all(s.cursor >= target for s in self.sinks.values())
+
+    def _journal_queued(self, deadline: float) -> bool:
+        """Wait until a whole dispatcher cycle has begun and ended since this call."""
+        with self._cycled:
+            target = self._cycles + 2
+            while self._cycles < target and self.running:
+                self._wake.set()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cycled.wait(min(remaining, 0.05))
+        return not self.buffer or not self.running
 
     def stop(self, status: RunStatus = RunStatus.FINISHED, timeout: float = 30.0) -> dict[str, int]:
         """Journal everything, give backends up to ``timeout`` seconds, and stop.
@@ -188,8 +216,14 @@ class Orchestrator:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             stopping = self._stopping
-            with self._drain_lock:
-                self._drain()
+            try:
+                with self._drain_lock:
+                    self._drain()
+            except Exception as error:  # the dispatcher must outlive any bug
+                report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
+            with self._cycled:
+                self._cycles += 1
+                self._cycled.notify_all()
             if stopping:
                 return
 
@@ -200,7 +234,13 @@ class Orchestrator:
             items = [popleft() for _ in range(min(len(buffer), MAX_BATCH))]
             with self._room:
                 self._room.notify_all()
-            self._journal(items)
+            before = self.seq
+            try:
+                self._journal(items)
+            except BaseException:
+                if self.seq == before:  # nothing of it was written: keep it for the next try
+                    buffer.extendleft(reversed(items))
+                raise
 
     def _journal(self, items: list[Any]) -> None:
         """Journal ``items`` as one batch, or one per checkpoint request they contain (so
@@ -222,8 +262,11 @@ class Orchestrator:
         if not metrics and not events:
             return
         batch = self._batch(self.seq + 1, metrics, events)
-        if not self._write(batch):
+        written = write_batch(self.store, batch, self._give_up)
+        if written is None:
+            self.unjournaled += len(batch)
             return
+        batch = written
         self.seq = batch.seq
         for sink in list(self.sinks.values()):
             sink.offer(batch)
@@ -287,24 +330,6 @@ class Orchestrator:
                 report_once("tracelet", f"could not journal {event!r}: {error!r}; skipped")
         return Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
 
-    def _write(self, batch: Batch) -> bool:
-        """Journal ``batch``, retrying while the store fails; False only if stop gave up."""
-        delays = RetryPolicy(initial=0.05, maximum=2.0).delays()
-        while True:
-            try:
-                self.store.write_batch(batch)
-                return True
-            except Exception as error:
-                report_once(
-                    "tracelet journal",
-                    f"cannot write to {self.store.db_path} ({error!r}); retrying, "
-                    "records are held in memory and the caller waits when the buffer is full",
-                )
-                if self._stopping and time.monotonic() > self._stop_deadline:
-                    self.unjournaled += len(batch)
-                    logger.error(
-                        "tracelet: %d records could not be journaled before the stop timeout",
-                        len(batch),
-                    )
-                    return False
-                time.sleep(next(delays))
+    def _give_up(self) -> bool:
+        """Whether journaling should stop retrying (only once stop's deadline has passed)."""
+        return self._stopping and time.monotonic() > self._stop_deadline

@@ -11,44 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
 
-import attrs
-
 from tracelet.core.plugins import BackendPlugin
 from tracelet.core.registry import logger, report_once
+from tracelet.core.retry import RetryPolicy
+from tracelet.exceptions import RejectedBatchError
 from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.redaction import redact_uri
 from tracelet.storage import LocalStore
-
-
-@attrs.frozen
-class RetryPolicy:
-    """Exponential backoff: ``initial`` seconds, doubling up to ``maximum``, with jitter."""
-
-    initial: float = 0.2
-    maximum: float = 30.0
-    jitter: float = 0.1
-
-    def delays(self) -> DelayIterator:
-        """A fresh sequence of delays."""
-        return DelayIterator(self)
-
-
-class DelayIterator:
-    """The delays of one failure episode."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.next_delay = policy.initial
-
-    def __next__(self) -> float:
-        delay = self.next_delay
-        self.next_delay = min(delay * 2, self.policy.maximum)
-        return delay * (1 + random.uniform(-self.policy.jitter, self.policy.jitter))
 
 
 class BackendSink:
@@ -62,6 +36,7 @@ class BackendSink:
         run: RunInfo,
         *,
         resumed: bool = False,
+        journaled: int = 0,
         queue_size: int = 64,
         retry: RetryPolicy | None = None,
     ) -> None:
@@ -72,10 +47,15 @@ class BackendSink:
         self.resumed = resumed
         self.retry = retry or RetryPolicy()
         self.cursor = 0
+        self.journaled = journaled
+        """The newest batch journaled for the run, as far as this sink was told."""
         self.error: str | None = None
+        self.rejection: str | None = None
+        """The latest batch the backend refused for good (kept with the cursor)."""
         self._queue: queue.Queue[Batch] = queue.Queue(maxsize=queue_size)
         self._closing = threading.Event()
         self._abort = threading.Event()
+        self._interrupt = threading.Event()
         self._final_status: RunStatus | None = None
         self._deadline = float("inf")
         self._done = threading.Event()
@@ -87,6 +67,7 @@ class BackendSink:
 
     def offer(self, batch: Batch) -> None:
         """Queue ``batch`` if there is room; otherwise it is replayed from the journal later."""
+        self.journaled = max(self.journaled, batch.seq)
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(batch)
 
@@ -94,26 +75,35 @@ class BackendSink:
         """Deliver what is left, finish the run with ``status`` (None: leave it open), stop.
 
         Retries go on until ``deadline`` (a ``time.monotonic()`` value), then the sink gives
-        up; what it did not deliver stays in the journal behind its cursor.
+        up; what it did not deliver stays in the journal behind its cursor. A backoff in
+        progress is cut short, so a backend that has recovered is tried again at once.
         """
         self._final_status = status
         self._deadline = deadline
         self._closing.set()
+        self._interrupt.set()
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the sink to finish; True if it did (False: still busy or hanging)."""
         finished = self._done.wait(timeout)
         if not finished:
             self._abort.set()
+            self._interrupt.set()
         return finished
+
+    @property
+    def finished(self) -> bool:
+        """Whether the sink's thread has ended."""
+        return self._done.is_set()
 
     # -- the sink thread -----------------------------------------------------------------
 
     def _main(self) -> None:
         opened = False
         try:
-            self.cursor = self.store.get_cursor(self.run.id, self.name)
-            opened = self._attempt("start", self._open)
+            opened = self._attempt("reading its cursor", self._read_cursor) and self._attempt(
+                "start", self._open
+            )
             if opened:
                 self._deliver_until_closed()
         except Exception as error:  # the thread must never die silently
@@ -123,6 +113,9 @@ class BackendSink:
             if opened:
                 self._release()
             self._done.set()
+
+    def _read_cursor(self) -> None:
+        self.cursor = self.store.get_cursor(self.run.id, self.name)
 
     def _release(self) -> None:
         """Call the backend's ``stop`` once, whether or not delivery completed."""
@@ -143,6 +136,8 @@ class BackendSink:
                 if self._closing.is_set():
                     self._finish()
                     return
+                if self.cursor < self.journaled and not self._catch_up(self.journaled):
+                    return  # batches dropped on overflow: read them back while idle
                 continue
             if batch.seq > self.cursor and not (
                 self._catch_up(batch.seq - 1) and self._deliver(batch)
@@ -150,17 +145,30 @@ class BackendSink:
                 return
 
     def _finish(self) -> None:
-        if not self._catch_up(self.store.last_seq(self.run.id)):
+        last: list[int] = []
+        if not self._attempt("reading the journal", lambda: last.append(self._last_seq())):
+            return
+        if not self._catch_up(last[0]):
             return
         status = self._final_status
         if status is not None:
             self._attempt("finish", lambda: self.backend.finish_run(status))
+
+    def _last_seq(self) -> int:
+        return self.store.last_seq(self.run.id)
 
     def _catch_up(self, upto: int) -> bool:
         """Deliver journaled batches ``cursor+1 .. upto``; False if the sink gave up."""
         while self.cursor < upto:
             batches: list[Batch] = []
             if not self._attempt("reading the journal", partial(self._read, batches, upto)):
+                return False
+            if not batches or batches[0].seq != self.cursor + 1:
+                report_once(
+                    f"tracelet backend {self.name!r}",
+                    f"the journal has no batch {self.cursor + 1} of run {self.run.id}; "
+                    "delivery stops here",
+                )
                 return False
             for batch in batches:
                 if not self._deliver(batch):
@@ -171,37 +179,59 @@ class BackendSink:
         into[:] = self.store.read_batches(self.run.id, self.cursor, upto, limit=16)
 
     def _deliver(self, batch: Batch) -> bool:
-        if not self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch)):
-            return False
-        if self._abort.is_set():  # stop gave up on this sink meanwhile; the store may be closed
+        try:
+            delivered = self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch))
+        except RejectedBatchError as error:
+            self._reject(batch, error)
+            delivered = True
+        if not delivered or self._abort.is_set():  # stop gave up on this sink meanwhile
             return False
         self.cursor = batch.seq
         try:  # the in-memory cursor drives this run; the stored one serves a later sync
-            self.store.set_cursor(self.run.id, self.name, batch.seq)
+            self.store.set_cursor(self.run.id, self.name, batch.seq, error=self.rejection)
         except Exception as error:
             report_once(f"tracelet backend {self.name!r}", f"cursor not saved ({error!r})")
         return True
 
-    def _attempt(self, what: str, action: Callable[[], None]) -> bool:
-        """Run ``action`` until it succeeds (True) or the sink must give up (False)."""
+    def _reject(self, batch: Batch, error: RejectedBatchError) -> None:
+        """The backend will never take ``batch``: record that, and go on with the next."""
+        self.rejection = redact_uri(f"batch {batch.seq} rejected: {error}")
+        logger.error(
+            "tracelet backend %r: %s (%d records); it stays in the local store, and delivery "
+            "goes on",
+            self.name,
+            self.rejection,
+            len(batch),
+        )
+
+    def _attempt(self, what: str, action: Callable[[], object]) -> bool:
+        """Run ``action`` until it succeeds (True) or the sink must give up (False).
+
+        :class:`RejectedBatchError` is not retried: it propagates to the caller.
+        """
         delays = self.retry.delays()
-        while True:
+        while not self._abort.is_set():
             try:
                 action()
+            except RejectedBatchError:
+                raise
             except Exception as error:
                 self._failed(what, error)
                 wait = min(next(delays), self._deadline - time.monotonic())
-                if wait <= 0 or self._abort.wait(wait):
+                if wait <= 0:
                     return False
+                self._interrupt.wait(wait)
+                self._interrupt.clear()
                 continue
             if self.error is not None:
                 logger.warning("tracelet backend %r recovered; delivery resumed", self.name)
                 self.error = None
             return True
+        return False
 
     def _failed(self, what: str, error: Exception) -> None:
         first = self.error is None
-        self.error = f"{type(error).__name__}: {error}"
+        self.error = redact_uri(f"{type(error).__name__}: {error}")
         if first:
             logger.warning(
                 "tracelet backend %r failed (%s: %s); retrying with backoff, nothing is lost "

@@ -19,46 +19,76 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class RunLock:
-    """An exclusive, non-blocking lock on one file, held until :meth:`release`."""
+    """An exclusive, non-blocking lock on one file, held until :meth:`release`.
+
+    Only the process that took the lock releases it (a forked child inherits the file
+    descriptor but not the ownership), and a lock taken on a file that another process
+    unlinked meanwhile is dropped and taken again on the new file.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self._owner: int | None = None
 
     def acquire(self) -> bool:
         """Take the lock; return False (holding nothing) if another holder has it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _lock(fd)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                _lock(fd)
+            except OSError:
+                os.close(fd)
+                return False
+            if _same_file(fd, self.path):
+                self._fd, self._owner = fd, os.getpid()
+                return True
+            os.close(fd)  # the file was unlinked between open and lock: try the new one
+        return False
 
     def release(self, remove: bool = False) -> None:
-        """Drop the lock (and delete the lock file when ``remove``)."""
+        """Drop the lock (and delete the lock file when ``remove``), in the owning process."""
         if self._fd is None:
             return
-        if remove:
-            self.path.unlink(missing_ok=True)
-        os.close(self._fd)
+        if self._owner == os.getpid():
+            if remove:
+                self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+        self._fd = None
+
+    def abandon(self) -> None:
+        """Forget the lock without touching it (in a forked child: the parent keeps it)."""
+        if self._fd is not None and self._owner != os.getpid():
+            os.close(self._fd)  # the parent's descriptor keeps the lock
         self._fd = None
 
     @property
     def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._fd is not None
+        """Whether this process holds the lock."""
+        return self._fd is not None and self._owner == os.getpid()
 
 
 def is_locked(path: str | os.PathLike[str]) -> bool:
-    """Whether some live process holds the lock at ``path``."""
-    probe = RunLock(path)
-    if probe.acquire():
-        probe.release(remove=True)
+    """Whether some live process holds the lock at ``path`` (a missing file is not locked)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
         return False
-    return True
+    try:
+        _lock(fd)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing also drops the probe's own lock
+    return False
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _lock(fd: int) -> None:

@@ -223,8 +223,18 @@ class LocalStore:
                 " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ?)",
                 (pk,),
             )
-            for table in ("batches", "params", "tags", "texts", "images", "artifacts",
-                          "cursors", "checkpoints", "anomalies", "metric_summaries"):  # fmt: skip
+            for table in (
+                "batches",
+                "params",
+                "tags",
+                "texts",
+                "images",
+                "artifacts",
+                "cursors",
+                "checkpoints",
+                "anomalies",
+                "metric_summaries",
+            ):
                 con.execute(f"DELETE FROM {table} WHERE run = ?", (pk,))
             con.execute("DELETE FROM runs WHERE pk = ?", (pk,))
         self._run_pks.pop(run_id, None)
@@ -451,19 +461,34 @@ class LocalStore:
             (self._pk(run_id),),
         )
         return [
-            {"run_id": run_id, "step": step, "timestamp": ts, "first_step": first,
-             "metrics": json.loads(m), "gradient_stats": json.loads(g),
-             "system_metrics": json.loads(s), "samples": json.loads(samples)}
+            {
+                "run_id": run_id,
+                "step": step,
+                "timestamp": ts,
+                "first_step": first,
+                "metrics": json.loads(m),
+                "gradient_stats": json.loads(g),
+                "system_metrics": json.loads(s),
+                "samples": json.loads(samples),
+            }
             for step, ts, first, m, g, s, samples in rows
-        ]  # fmt: skip
+        ]
 
     def add_anomalies(self, anomalies: Iterable[Mapping[str, Any]]) -> int:
         """Store anomaly dicts (one per run, step, metric and kind); return how many are new."""
         rows = [
-            (self._pk(a["run_id"]), a["step"], a["metric"], a["kind"], a["severity"],
-             _finite_or_none(a.get("value")), a["message"], a.get("timestamp") or time.time())
+            (
+                self._pk(a["run_id"]),
+                a["step"],
+                a["metric"],
+                a["kind"],
+                a["severity"],
+                _finite_or_none(a.get("value")),
+                a["message"],
+                a.get("timestamp") or time.time(),
+            )
             for a in anomalies
-        ]  # fmt: skip
+        ]
         con = self.connection()
         before = con.total_changes
         con.executemany(
@@ -481,11 +506,18 @@ class LocalStore:
             (self._pk(run_id),),
         )
         return [
-            {"run_id": run_id, "step": step, "metric": metric, "kind": kind,
-             "severity": severity, "value": _nan(value),
-             "message": message, "timestamp": ts}
+            {
+                "run_id": run_id,
+                "step": step,
+                "metric": metric,
+                "kind": kind,
+                "severity": severity,
+                "value": _nan(value),
+                "message": message,
+                "timestamp": ts,
+            }
             for step, metric, kind, severity, value, message, ts in rows
-        ]  # fmt: skip
+        ]
 
     def latest_metric_values(self, run_id: str, after_id: int = 0) -> dict[str, tuple[float, int]]:
         """The newest ``(value, step)`` of each metric logged after metric row ``after_id``."""
@@ -527,10 +559,16 @@ class LocalStore:
                         [(pk, seq, *row) for row in rows],
                     )
         return {
-            key: {"count": count, "last": _nan(last), "first_step": first, "last_step": final,
-                  "min": _nan(low), "max": _nan(high)}
+            key: {
+                "count": count,
+                "last": _nan(last),
+                "first_step": first,
+                "last_step": final,
+                "min": _nan(low),
+                "max": _nan(high),
+            }
             for key, count, last, first, final, low, high in rows
-        }  # fmt: skip
+        }
 
     def _summarize_metrics(self, pk: int) -> list[tuple[Any, ...]]:
         con = self.connection()

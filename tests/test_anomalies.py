@@ -1,0 +1,469 @@
+"""Anomaly detection: every rule on real runs in the local store, offline and live."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tracelet import StoreError
+from tracelet.analysis import (
+    AnomalyDetector,
+    DetectorConfig,
+    GradientThresholds,
+    LiveDetector,
+    LossSpikeThresholds,
+    MemoryThresholds,
+    NonFiniteThresholds,
+)
+from tracelet.exceptions import ConfigurationError
+from tracelet.storage import StorageBackend
+
+KEYS = {"run_id", "step", "metric", "kind", "severity", "value", "message", "timestamp"}
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def log_run(series: dict[str, list[float]], every: dict | None = None, live: bool = False) -> str:
+    """Log ``series`` (metric -> value per step; ``every[metric]`` logs it every n steps),
+    with live anomaly detection on the dispatcher thread only if ``live``."""
+    every = every or {}
+    exp = tracelet.start_logging("run", project="anomalies", config={"detect_anomalies": live})
+    steps = max(len(values) * every.get(metric, 1) for metric, values in series.items())
+    for step in range(steps):
+        for metric, values in series.items():
+            n = every.get(metric, 1)
+            if step % n == 0 and step // n < len(values):
+                exp.log_metric(metric, values[step // n], step)
+    tracelet.stop_logging()
+    return exp.id
+
+
+def loss_curve(steps: int = 3000, sigma: float = 0.1, seed: int = 0) -> list[float]:
+    """Decay to a floor, a plateau, an LR bump and a slow 1.8x rise, with lognormal noise."""
+    rng = random.Random(seed)
+    values, clock = [], 0.0
+    for t in range(steps):
+        clock += 0.0 if 1200 <= t < 1600 else 1.0  # a plateau
+        value = 0.3 + 4.0 * math.exp(-clock / 400)
+        value *= 1.0 + 0.4 * math.exp(-(((t - 500) / 150) ** 2))  # an LR warm-up bump
+        value *= 1.8 ** min(1.0, max(0.0, (t - 1600) / 1400))  # a slow rise
+        values.append(value * math.exp(rng.gauss(0.0, sigma)))
+    return values
+
+
+def grad_curve(steps: int = 3000, sigma: float = 0.2, seed: int = 1) -> list[float]:
+    """Norms settling from 5 to 1, drifting up 2x, with benign 2x blips and noise."""
+    rng = random.Random(seed)
+    values = []
+    for t in range(steps):
+        value = (1.0 + 4.0 * math.exp(-t / 300)) * 2.0 ** (t / steps)
+        if t % 97 == 0:
+            value *= 2.0
+        values.append(value * math.exp(rng.gauss(0.0, sigma)))
+    return values
+
+
+def comparable(anomaly: dict) -> dict:
+    """The anomaly with a NaN value replaced by a string (NaN != NaN)."""
+    value = anomaly["value"]
+    return {**anomaly, "value": "nan" if math.isnan(value) else value}
+
+
+def kinds(anomalies: list[dict]) -> list[tuple[int, str, str]]:
+    return [(a["step"], a["metric"], a["kind"]) for a in anomalies]
+
+
+@pytest.fixture
+def detector(read_store):
+    """A detector on the test's local store (open it after the runs are logged)."""
+    return lambda config=None: AnomalyDetector(read_store(), config=config)
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+def test_clean_runs_have_no_anomalies(detector):
+    memory = [50.0 + 30.0 * t / 300 + random.Random(t).gauss(0, 0.5) for t in range(300)]
+    run_id = log_run(
+        {
+            "train/loss": loss_curve(),
+            "grad/total_norm": grad_curve(),
+            "lr": [1e-3] * 3000,
+            "system/gpu0_memory_percent": memory,
+        },
+        every={"system/gpu0_memory_percent": 10},
+    )
+    assert detector().detect_all_anomalies(run_id) == []
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.1, 0.2])
+def test_noisy_losses_are_silent_at_every_noise_level(detector, sigma):
+    run_id = log_run({"loss": loss_curve(sigma=sigma, seed=int(sigma * 100))})
+    assert detector().detect_loss_anomalies(run_id) == []
+
+
+def test_anomalies_are_plain_dicts_sorted_by_step_then_metric(detector):
+    loss, grad = loss_curve(), grad_curve()
+    loss[2000] *= 8
+    grad[2000] *= 200
+    loss[2500] = math.nan
+    run_id = log_run({"zeta/loss": loss, "alpha_grad_norm": grad})
+    found = detector().detect_all_anomalies(run_id)
+    assert kinds(found) == [
+        (2000, "alpha_grad_norm", "gradient_explosion"),
+        (2000, "zeta/loss", "loss_spike"),
+        (2500, "zeta/loss", "nan_or_inf"),
+    ]
+    for anomaly in found:
+        assert set(anomaly) == KEYS
+        assert anomaly["run_id"] == run_id
+        assert anomaly["severity"] in {"warning", "critical"}
+        assert isinstance(anomaly["timestamp"], float)
+        assert "\n" not in anomaly["message"]
+    assert found[1]["value"] == loss[2000]
+
+
+def test_nan_and_inf_are_reported_at_once_on_any_metric(detector):
+    run_id = log_run(
+        {
+            "lr": [math.nan, 0.1, 0.1, math.nan, math.nan, math.nan, 0.1],
+            "accuracy": [0.5, math.inf, -math.inf, 0.5, 0.5, 0.5, 0.5],
+        }
+    )
+    found = detector().detect_nan_inf(run_id)
+    assert kinds(found) == [
+        (0, "lr", "nan_or_inf"),
+        (1, "accuracy", "nan_or_inf"),
+        (3, "lr", "nan_or_inf"),
+    ]  # once per run of non-finite values, from the very first step
+    assert {a["severity"] for a in found} == {"critical"}
+    assert math.isnan(found[0]["value"])
+    assert found[1]["value"] == math.inf
+    assert found[1]["message"] == "accuracy is +inf"
+    only_lr = NonFiniteThresholds(pattern="^lr$")
+    assert [a["metric"] for a in detector(only_lr).detect_nan_inf(run_id)] == ["lr", "lr"]
+
+
+# -- loss spikes -------------------------------------------------------------------------
+
+
+def test_a_loss_spike_is_reported_with_its_robust_z_score(detector):
+    loss = loss_curve()
+    loss[2200] *= 5
+    run_id = log_run({"train/loss": loss})
+    (spike,) = detector().detect_loss_anomalies(run_id)
+    assert (spike["step"], spike["kind"], spike["severity"]) == (2200, "loss_spike", "warning")
+    assert spike["message"].startswith(f"train/loss spiked to {loss[2200]:.4g}, ")
+    assert "x the rolling median" in spike["message"]
+    assert "(robust z " in spike["message"]
+
+
+def test_a_huge_spike_is_critical_and_does_not_hide_the_next_one(detector):
+    loss = loss_curve(sigma=0.05)
+    loss[2000] *= 50
+    loss[2002] *= 4
+    run_id = log_run({"loss": loss})
+    found = detector().detect_loss_anomalies(run_id)
+    assert [(a["step"], a["severity"]) for a in found] == [(2000, "critical"), (2002, "warning")]
+
+
+def test_a_level_shift_is_reported_once_then_becomes_the_new_level(detector):
+    rng = random.Random(3)
+    loss = [(1.0 if t < 1000 else 3.0) * math.exp(rng.gauss(0, 0.05)) for t in range(2000)]
+    loss[1500] *= 6
+    run_id = log_run({"loss": loss})
+    assert [a["step"] for a in detector().detect_loss_anomalies(run_id)] == [1000, 1500]
+
+
+def test_loss_thresholds_are_settable(detector):
+    loss = loss_curve(sigma=0.02)
+    loss[1000] *= 5
+    loss[2000] *= 3
+    loss[2001] *= 3
+    loss[20] *= 5
+    run_id = log_run({"loss": loss, "loss_scale": [2.0 ** (16 + t // 500) for t in range(3000)]})
+    assert [a["step"] for a in detector().detect_loss_anomalies(run_id)] == [1000, 2000]
+    assert [
+        a["step"] for a in detector(LossSpikeThresholds(patience=2)).detect_all_anomalies(run_id)
+    ] == [2001]
+    early = detector(LossSpikeThresholds(warmup=5)).detect_loss_anomalies(run_id)
+    assert [a["step"] for a in early] == [20, 1000, 2000]
+    strict = detector(LossSpikeThresholds(z_threshold=1000)).detect_loss_anomalies(run_id)
+    assert [a["step"] for a in strict] == [1000]  # still above 3x the window's maximum
+    assert "x the recent maximum" in strict[0]["message"]
+    neither = LossSpikeThresholds(z_threshold=1000, max_ratio=10)
+    assert detector(neither).detect_loss_anomalies(run_id) == []
+    scaled = LossSpikeThresholds(pattern="loss")  # the loss scale doubles every 500 steps
+    assert {a["metric"] for a in detector(scaled).detect_loss_anomalies(run_id)} == {
+        "loss",
+        "loss_scale",
+    }
+    off = DetectorConfig(loss=LossSpikeThresholds(enabled=False))
+    assert detector(off).detect_all_anomalies(run_id) == []
+
+
+def test_the_mad_floor_keeps_a_flat_loss_from_flagging_tiny_changes(detector):
+    rng = random.Random(4)
+    loss = [1.0 + rng.gauss(0, 0.0005) for _ in range(500)]
+    loss[300] = 1.2
+    run_id = log_run({"loss": loss})
+    assert detector().detect_loss_anomalies(run_id) == []
+    no_floor = detector(LossSpikeThresholds(min_mad=0)).detect_loss_anomalies(run_id)
+    assert [a["step"] for a in no_floor] == [300]
+
+
+def test_a_loss_with_values_at_or_below_zero_is_judged_on_raw_values(detector):
+    rng = random.Random(5)
+    loss = [-5.0 + rng.gauss(0, 0.1) for _ in range(1000)]
+    loss[600] = -1.0  # up by 80 % of |median|: the floor is relative, as in log space
+    run_id = log_run({"elbo_loss": loss})
+    (spike,) = detector().detect_loss_anomalies(run_id)
+    assert spike["step"] == 600
+    assert "from the rolling median -4.98" in spike["message"]
+
+
+# -- gradients ---------------------------------------------------------------------------
+
+
+def test_gradient_explosion_is_reported_and_escalates_above_the_limit(detector):
+    grad = grad_curve()
+    grad[1000] *= 60
+    grad[2000] *= 30
+    grad[2001] = 5e3
+    run_id = log_run({"grad_norm": grad})
+    found = detector().detect_gradient_anomalies(run_id)
+    assert [(a["step"], a["kind"], a["severity"]) for a in found] == [
+        (1000, "gradient_explosion", "warning"),
+        (2000, "gradient_explosion", "warning"),
+        (2001, "gradient_explosion", "critical"),
+    ]
+    assert "x its moving average" in found[0]["message"]
+    assert "above the limit 1000" in found[2]["message"]
+
+
+def test_gradient_thresholds_are_settable(detector):
+    grad = grad_curve()
+    grad[1500] *= 8
+    run_id = log_run({"grad/total_norm": grad, "lr": [0.1] * 3000})
+    assert [a["step"] for a in detector().detect_gradient_anomalies(run_id)] == [1500]
+    assert detector(GradientThresholds(z_threshold=12)).detect_gradient_anomalies(run_id) == []
+    limited = detector(GradientThresholds(max_norm=8)).detect_gradient_anomalies(run_id)
+    assert {a["severity"] for a in limited} == {"critical"}
+    assert limited[0]["step"] < 100  # the early norms (about 5x2x noise) already pass 8
+
+
+def test_vanishing_gradients_need_patience_and_do_not_look_like_explosions_after(detector):
+    grad = grad_curve()
+    grad[800:803] = [0.0] * 3  # three zeroed steps: below the default patience of 5
+    grad[1500:1600] = [1e-9] * 100
+    run_id = log_run({"grad_norm": grad})
+    found = detector().detect_gradient_anomalies(run_id)
+    assert [(a["step"], a["kind"], a["severity"]) for a in found] == [
+        (1504, "vanishing_gradient", "warning")
+    ]
+    assert found[0]["message"] == "grad_norm stayed below 1e-07 for 5 points in a row (now 1e-09)"
+    eager = detector(GradientThresholds(vanishing_patience=3)).detect_gradient_anomalies(run_id)
+    assert [a["step"] for a in eager] == [802, 1502]
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def test_memory_climbing_to_the_limit_warns_then_is_critical(detector):
+    memory = [60.0 + t * 0.5 for t in range(80)] + [91.0, 89.0, 91.0, 50.0, 91.0]
+    run_id = log_run({"system/gpu0_memory_percent": memory, "system/cpu_percent": [99.0] * 85})
+    found = detector().detect_memory_spikes(run_id)
+    assert [(a["step"], a["severity"], a["value"]) for a in found] == [
+        (61, "warning", 90.5),
+        (75, "critical", 97.5),
+        (84, "warning", 91.0),  # after falling below 85: reported again
+    ]
+    assert found[0]["message"] == "system/gpu0_memory_percent at 90.5%, above 90%"
+    higher = MemoryThresholds(warning=95, critical=99)
+    assert [a["step"] for a in detector(higher).detect_memory_spikes(run_id)] == [71, 79]
+
+
+# -- offline, live, storage --------------------------------------------------------------
+
+
+def anomalous_run(live: bool = False) -> str:
+    loss, grad = loss_curve(), grad_curve()
+    loss[1100] *= 9
+    loss[2400] = math.inf
+    grad[1700] *= 100
+    grad[2600:2620] = [0.0] * 20
+    memory = [70.0 + t * 0.1 for t in range(300)]
+    return log_run(
+        {
+            "loss": loss,
+            "grad_norm": grad,
+            "acc": [0.5] * 2999 + [math.nan],
+            "system/memory_percent": memory,
+        },
+        every={"system/memory_percent": 10},
+        live=live,
+    )
+
+
+def test_offline_and_live_find_the_same_anomalies(detector, read_store):
+    run_id = anomalous_run()
+    offline = detector().detect_all_anomalies(run_id)
+    assert {a["kind"] for a in offline} == {
+        "loss_spike",
+        "nan_or_inf",
+        "gradient_explosion",
+        "vanishing_gradient",
+        "memory_pressure",
+    }
+    points = read_store().metrics(run_id)
+    rng = random.Random(6)
+    live, found, start = LiveDetector(run_id), [], 0
+    while start < len(points):
+        size = rng.randrange(1, 2000)
+        found.extend(live.observe(points[start : start + size]))
+        start += size
+    live_sorted = sorted(found, key=lambda a: (a["step"], a["metric"]))
+    assert [comparable(a) for a in live_sorted] == [comparable(a) for a in offline]
+
+
+def test_live_detection_while_logging_stores_what_the_offline_detector_finds(detector, read_store):
+    run_id = anomalous_run(live=True)
+    stored = read_store().anomalies(run_id)
+    offline = detector().detect_all_anomalies(run_id)
+    assert len(offline) == 7
+    assert [comparable(a) for a in stored] == [comparable(a) for a in offline]
+
+
+def test_each_detect_method_returns_its_own_kinds(detector):
+    run_id = anomalous_run()
+    d = detector()
+    parts = [
+        (d.detect_loss_anomalies(run_id), {"loss_spike"}),
+        (d.detect_gradient_anomalies(run_id), {"gradient_explosion", "vanishing_gradient"}),
+        (d.detect_nan_inf(run_id), {"nan_or_inf"}),
+        (d.detect_memory_spikes(run_id), {"memory_pressure"}),
+    ]
+    for found, expected in parts:
+        assert {a["kind"] for a in found} == expected
+    everything = sorted((a for found, _ in parts for a in found), key=lambda a: a["step"])
+    assert kinds(d.detect_all_anomalies(run_id)) == kinds(everything)
+
+
+def test_store_anomalies_stores_and_dedupes(detector, read_store):
+    run_id = anomalous_run()
+    d = detector()
+    found = d.detect_all_anomalies(run_id)
+    assert d.store_anomalies(found) == len(found)
+    assert d.store_anomalies(d.detect_all_anomalies(run_id)) == 0
+    stored = read_store().anomalies(run_id)
+    assert kinds(stored) == kinds(found)
+    assert [a["message"] for a in stored] == [a["message"] for a in found]
+
+
+def test_live_detector_warns_once_per_kind_and_metric(caplog):
+    live = LiveDetector("r1")
+    points = [("loss", 1.0 + 0.01 * (t % 7), t, 0.0) for t in range(100)]
+    points[50] = ("loss", 10.0, 50, 0.0)
+    points[70] = ("loss", 10.0, 70, 0.0)
+    with caplog.at_level(logging.WARNING, logger="tracelet"):
+        found = live.observe(points[:60]) + live.observe(points[60:])
+        found += live.observe([("loss", math.nan, 100, 0.0), ("other", math.inf, 100, 0.0)])
+    assert kinds(found) == [
+        (50, "loss", "loss_spike"),
+        (70, "loss", "loss_spike"),
+        (100, "loss", "nan_or_inf"),
+        (100, "other", "nan_or_inf"),
+    ]
+    messages = [r.getMessage() for r in caplog.records if r.name == "tracelet"]
+    assert len(messages) == 3
+    assert messages[0] == (
+        "tracelet: loss_spike (warning) at step 50 of run r1: loss spiked to 10, 9.71x the"
+        " rolling median 1.03 (robust z 30.7); further loss_spike anomalies of loss are not logged"
+    )
+
+
+def test_the_callback_gets_every_anomaly_and_its_errors_are_logged(caplog):
+    seen = []
+    live = LiveDetector("r1", on_anomaly=seen.append)
+    assert live.observe([("a", math.nan, 1, 0.0), ("b", math.inf, 1, 0.0)]) == seen
+    assert len(seen) == 2
+
+    def broken(anomaly):
+        raise RuntimeError("callback bug")
+
+    live = LiveDetector("r1", on_anomaly=broken)
+    with caplog.at_level(logging.WARNING, logger="tracelet"):
+        found = live.observe([("a", math.nan, 1, 0.0)])
+    assert len(found) == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "on_anomaly callback raised" in errors[0].getMessage()
+    assert errors[0].exc_info[1].args == ("callback bug",)
+
+
+def test_live_detector_takes_any_config_part():
+    live = LiveDetector("r1", config=MemoryThresholds(warning=50, critical=60))
+    found = live.observe([("system/memory_percent", 55.0, 1, 0.0)])
+    assert [a["severity"] for a in found] == ["warning"]
+    assert live.config.loss == LossSpikeThresholds()
+
+
+def test_the_detector_opens_a_store_from_a_path_a_store_or_a_backend(store_path, read_store):
+    run_id = log_run({"loss": [math.nan]})
+    backend = StorageBackend(store_path)
+    try:
+        for storage in (read_store(), backend):
+            assert len(AnomalyDetector(storage).detect_all_anomalies(run_id)) == 1
+    finally:
+        backend.close()
+    for storage in (store_path, str(store_path)):
+        with AnomalyDetector(storage) as opened:
+            assert len(opened.detect_nan_inf(run_id)) == 1
+    with pytest.raises(TypeError, match="storage must be"):
+        AnomalyDetector(42)
+    with pytest.raises(StoreError, match="no Tracelet store"):
+        AnomalyDetector(Path("nowhere"))
+    assert not Path("nowhere").exists()
+
+
+def test_an_unknown_run_raises_store_error(detector):
+    log_run({"loss": [1.0]})
+    d = detector()
+    for method in (d.detect_all_anomalies, d.detect_loss_anomalies, d.detect_nan_inf):
+        with pytest.raises(StoreError, match="no run 'missing'"):
+            method("missing")
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(ConfigurationError, match=r"LossSpikeThresholds.window must be an int >= 3"):
+        LossSpikeThresholds(window=2)
+    with pytest.raises(ConfigurationError, match="warmup"):
+        LossSpikeThresholds(window=20, warmup=30)
+    with pytest.raises(ConfigurationError, match="must be an int"):
+        GradientThresholds(vanishing_patience=True)
+    with pytest.raises(ConfigurationError, match="alpha must be <= 1"):
+        GradientThresholds(alpha=2.0)
+    with pytest.raises(ConfigurationError, match="critical"):
+        MemoryThresholds(warning=95, critical=90)
+    with pytest.raises(ConfigurationError, match="regular expression"):
+        NonFiniteThresholds(pattern="(")
+    with pytest.raises(ConfigurationError, match="must be a bool"):
+        MemoryThresholds(enabled="yes")
+    with pytest.raises(TypeError, match="config must be"):
+        DetectorConfig.of({"loss": {}})
+    with pytest.raises(AttributeError):
+        LossSpikeThresholds().window = 5  # frozen
+
+
+def test_importing_the_analysis_package_loads_no_numpy():
+    code = "import sys, tracelet.analysis; print('numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
