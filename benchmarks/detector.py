@@ -257,7 +257,7 @@ def live_check(store: LocalStore, runs: list[Run], offline: dict[str, list]) -> 
             found.extend(live.observe(batch))
         seconds += time.perf_counter() - start
         points += len(stored)
-        found.sort(key=lambda a: (a["step"], a["metric"], KINDS.index(a["kind"])))
+        found.sort(key=lambda a: (a["step"], a["metric"], a["kind"]))
         same &= _essence(found) == _essence(offline[run.run_id])
     return same, points / seconds
 

@@ -334,6 +334,23 @@ def test_offline_and_live_find_the_same_anomalies(detector, read_store):
     assert [comparable(a) for a in live_sorted] == [comparable(a) for a in offline]
 
 
+def test_a_primed_live_detector_continues_where_the_history_ends(detector, read_store, caplog):
+    run_id = anomalous_run()
+    offline = detector().detect_all_anomalies(run_id)
+    points = read_store().metrics(run_id)
+    half = len(points) // 2
+    seen = []
+    live = LiveDetector(run_id, on_anomaly=seen.append)
+    with caplog.at_level(logging.WARNING, logger="tracelet"):
+        before = live.prime(points[:half])
+    assert seen == []
+    assert caplog.records == []
+    after = live.observe(points[half:])
+    assert seen == after
+    assert kinds(before) + kinds(after) == kinds(offline)
+    assert kinds(after) == [k for k in kinds(offline) if k[0] > points[half - 1][2]]
+
+
 def test_live_detection_while_logging_stores_what_the_offline_detector_finds(detector, read_store):
     run_id = anomalous_run(live=True)
     stored = read_store().anomalies(run_id)

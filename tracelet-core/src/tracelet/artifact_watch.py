@@ -4,7 +4,8 @@ On with ``watch_filesystem`` (every new or changed file) or ``automagic_artifact
 files that look like ML artifacts: checkpoints, models, images, configs, tables). It
 watches ``artifact_watch_dirs`` (default: the working directory) by polling, on its own
 thread; a file is logged once its size has stopped changing between two polls, and a last
-scan at stop takes whatever is left. Files present before the run are not logged.
+scan at stop takes whatever is left. Files present before the run are not logged, nor
+anything inside the run's own store (wherever it is), hidden folders, ``mlruns`` or ``wandb``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ArtifactWatcher(FrameworkPlugin):
         super().__init__()
         self._experiment: Experiment | None = None
         self._roots: list[Path] = []
+        self._store: Path | None = None
         self._seen: Snapshot = {}
         self._pending: Snapshot = {}
         self._stop = threading.Event()
@@ -73,6 +75,7 @@ class ArtifactWatcher(FrameworkPlugin):
         self._experiment = experiment
         dirs = self.config.get("artifact_watch_dirs") or ["."]
         self._roots = [Path(d).expanduser().resolve() for d in dirs]
+        self._store = experiment.store.path
         self._seen = self._scan()
         self.start()
 
@@ -95,7 +98,13 @@ class ArtifactWatcher(FrameworkPlugin):
         found: Snapshot = {}
         for root in self._roots:
             for folder, dirs, files in os.walk(root):
-                dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.startswith(".")]
+                dirs[:] = [
+                    d
+                    for d in dirs
+                    if d not in SKIPPED_DIRS
+                    and not d.startswith(".")
+                    and Path(folder, d) != self._store
+                ]
                 for name in files:
                     path = Path(folder, name)
                     if self._wanted(path):

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from tracelet.redaction import is_secret_key
 from tracelet.values import ParamValue
 
 MAX_TEXT = 250
@@ -22,11 +23,14 @@ def hyperparameters_in(namespace: Mapping[str, Any]) -> dict[str, ParamValue]:
     """The names in ``namespace`` that look like hyperparameters.
 
     Kept: public names bound to a bool, int, float, short str, or a short list/tuple of
-    those. Skipped: private names, modules, classes, functions, and everything else.
+    those. Skipped: private names, names that say they hold a secret (``api_key``,
+    ``token`` ...), modules, classes, functions, and everything else.
     """
     found: dict[str, ParamValue] = {}
     for name, value in namespace.items():
         if name.startswith("_") or inspect.ismodule(value) or callable(value):
+            continue
+        if is_secret_key(name):
             continue
         if _is_simple(value):
             found[name] = value

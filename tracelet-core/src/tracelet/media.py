@@ -144,7 +144,13 @@ def _to_hwc_uint8(name: str, array: Any) -> Any:
             f"image {name!r}: shape {array.shape} is not an image; use HW, HWC or CHW "
             "with 1, 3 or 4 channels"
         )
-    if array.dtype != np.uint8:
+    if 0 in array.shape:
+        raise TypeError(f"image {name!r}: shape {array.shape} has no pixels")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif not (np.issubdtype(array.dtype, np.number)):
+        raise TypeError(f"image {name!r}: pixels of dtype {array.dtype} are not numbers")
+    elif array.dtype != np.uint8:
         if np.issubdtype(array.dtype, np.floating) and np.nanmax(array, initial=0.0) <= 1.0:
             array = array * 255.0
         array = np.clip(np.nan_to_num(array), 0, 255).astype(np.uint8)

@@ -12,6 +12,7 @@ import abc
 import copy
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -68,13 +69,13 @@ class _Number(_Kind):
     def __init__(self, kind: type, minimum: float) -> None:
         self.kind = kind
         self.minimum = minimum
-        self.name = f"{'an int' if kind is int else 'a number'} >= {minimum}"
+        self.name = f"{'an int' if kind is int else 'a finite number'} >= {minimum}"
 
     def check(self, key: str, value: Any) -> Any:
         ok_types = (int,) if self.kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_types):
             raise self.fail(key, value)
-        if value < self.minimum:
+        if not math.isfinite(value) or value < self.minimum:
             raise self.fail(key, value)
         return self.kind(value)
 

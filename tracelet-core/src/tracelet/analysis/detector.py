@@ -109,7 +109,8 @@ class RuleStream:
 class LiveDetector:
     """Runs the rules on a run's points while it trains (on the dispatcher thread).
 
-    Call :meth:`observe` with each journaled batch's points. The first anomaly of each
+    Call :meth:`observe` with each journaled batch's points (and :meth:`prime` first with
+    the stored points of a resumed run). The first anomaly of each
     ``(kind, metric)`` is logged as a warning on the ``tracelet`` logger; ``on_anomaly``,
     if given, is called with every anomaly (an exception it raises is logged, not raised).
     ``config`` is a :class:`DetectorConfig`, the thresholds of one rule, or None.
@@ -136,6 +137,14 @@ class LiveDetector:
         for anomaly in found:
             self._report(anomaly)
         return found
+
+    def prime(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
+        """Feed history (a resumed run's stored points) silently: no warning, no callback.
+
+        Afterwards the rules are where the offline detector's would be. Returns the
+        anomalies the history holds.
+        """
+        return self._stream.feed(points)
 
     def _report(self, anomaly: Anomaly) -> None:
         key = (anomaly["kind"], anomaly["metric"])
@@ -220,7 +229,7 @@ class AnomalyDetector:
             for batch in batches:
                 found.extend(stream.feed(batch.metrics))
             seq = batches[-1].seq
-        found.sort(key=lambda a: (a["step"], a["metric"], KINDS.index(a["kind"])))
+        found.sort(key=lambda a: (a["step"], a["metric"], a["kind"]))  # the store's order
         return found
 
 

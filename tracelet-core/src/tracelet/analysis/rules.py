@@ -152,7 +152,8 @@ class GradientThresholds:
     in any case (``grad_norm``, ``grad/total_norm``, ``gradient_norm/layer1``)."""
     alpha: float = attrs.field(default=0.02, validator=_number(0, strict=True))
     """Weight of a new point in the moving mean and variance (default 0.02: a memory of
-    about 50 points, 100 for the variance); at most 1."""
+    about 50 points, long enough for a stable spread, short enough to follow drifts);
+    at most 1."""
     warmup: int = attrs.field(default=30, validator=_number(2, integer=True))
     """Points averaged before the z-score is used (default 30); ``max_norm`` and the
     vanishing check apply from the first point."""

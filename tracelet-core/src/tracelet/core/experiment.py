@@ -33,9 +33,12 @@ from tracelet.redaction import redact
 from tracelet.settings import ExperimentConfig, TraceletSettings
 from tracelet.storage import LocalStore
 from tracelet.values import (
+    MAX_STEP,
     check_name,
     check_relative_path,
+    check_run_id,
     check_step,
+    check_text,
     flatten_params,
     to_metric_value,
 )
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from tracelet.storage.locks import RunLock
 
 _time = time.time
+_MAX_STEP = MAX_STEP
 
 
 class Experiment:
@@ -82,10 +86,12 @@ class Experiment:
         )
         self.automagic_config = automagic_config
         self._name = name or self.settings.experiment_name or _generated_name()
-        self._tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self._tags = [
+            check_name(t, "tag") for t in ([tags] if isinstance(tags, str) else tags or [])
+        ]
         self._run_tags: dict[str, str] = dict.fromkeys(self._tags, "")
         self._backend_options = {k: dict(v) for k, v in (backend_options or {}).items()}
-        self._id = run_id or uuid.uuid4().hex
+        self._id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         self._created_at = _time()
         self._registry = registry
         self._on_anomaly = on_anomaly
@@ -102,6 +108,8 @@ class Experiment:
         self._stop_lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._info: RunInfo | None = None
+        self._reader: LocalStore | None = None
+        self._forked = False
         self._collectors: CollectorRunner | None = None
         self._frameworks: list[FrameworkPlugin] = []
         self._gradients: dict[str, float] = {}
@@ -122,8 +130,14 @@ class Experiment:
         ]
         self._plugins = [plugin for _, plugin in plugins if plugin is not None]
         self._store = LocalStore(self.settings.store_path)
-        self._lock = self._store.lock_run(self._id)
-        info, resumed_backends = self._create_run(self._store)
+        try:
+            self._lock = self._store.lock_run(self._id)
+            info, resumed_backends = self._create_run(self._store)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            self._store.close()
+            raise
         self._info = info
         orchestrator = Orchestrator(
             self._store,
@@ -180,7 +194,8 @@ class Experiment:
         return tracking
 
     def _create_run(self, store: LocalStore) -> tuple[RunInfo, set[str]]:
-        """Create (or reopen) the run; return it and the backends it already had."""
+        """Create (or reopen) the run; return it and the backends that already delivered
+        to it (those are told they resume it)."""
         stored = store.get_run(self._id)
         if stored is not None:
             self._name, self._created_at = stored.name, stored.created_at
@@ -199,7 +214,7 @@ class Experiment:
         store.create_run(info, backends=self.settings.backend, config=snapshot)
         if stored is None:
             return info, set()
-        self._iteration = max((p[2] for p in store.metrics(self._id)), default=0)
+        self._iteration = store.last_step(self._id)
         for artifact in store.artifacts(self._id):
             key = (
                 artifact.name
@@ -207,7 +222,7 @@ class Experiment:
                 else (artifact.artifact_path)
             )
             self._versions[key] = max(self._versions.get(key, 0), artifact.version)
-        return info, set(stored.backends)
+        return info, set(store.cursors(self._id))
 
     def stop(self, status: RunStatus | str = RunStatus.FINISHED) -> None:
         """Flush everything, finish the run with ``status``, and release its resources.
@@ -218,7 +233,7 @@ class Experiment:
         """
         status = RunStatus.parse(status)
         with self._stop_lock:
-            if self._status is not RunStatus.RUNNING:
+            if self._status is not RunStatus.RUNNING or self._forked:
                 return
             for framework in reversed(self._frameworks):
                 try:
@@ -255,9 +270,14 @@ class Experiment:
         self.stop()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Journal everything logged so far; wait up to ``timeout`` for every backend."""
+        """Journal everything logged so far; wait up to ``timeout`` for every backend.
+
+        Returns whether every backend is up to date (after ``stop``: at once, no waiting).
+        """
         if self._orchestrator is None:
             return True
+        if not self.is_running:
+            return not self._orchestrator.undelivered()
         return self._orchestrator.flush(timeout)
 
     def __enter__(self) -> Experiment:
@@ -282,7 +302,7 @@ class Experiment:
             iteration = self._iteration if step is None else step
         elif step is not None:
             raise TypeError(f"metric {name!r}: give the step once, as iteration or as step=")
-        if iteration.__class__ is not int or iteration < 0:
+        if iteration.__class__ is not int or not 0 <= iteration <= _MAX_STEP:
             iteration = check_step(iteration, name)
         if len(self._buffer) >= self._capacity:
             self._full()
@@ -354,6 +374,7 @@ class Experiment:
         """Log a piece of text at ``step`` (default: the current iteration)."""
         if not isinstance(text, str):
             raise TypeError(f"text {name!r} must be a str, not {type(text).__name__}")
+        check_text(text)
         self._put(Text(check_name(name, "text"), text, self._step(step), _time()))
 
     def log_image(self, name: str, image: Any, step: int | None = None) -> None:
@@ -376,20 +397,33 @@ class Experiment:
         if not self.is_running:
             self._not_running(artifact)
         if isinstance(artifact, TraceletArtifact):
-            version = self._next_version(artifact.name)
+            version = self._versions.get(artifact.name, 0) + 1
             staging = self.store.files_dir(self._id) / "staging" / f"{artifact.name}-v{version}"
-            for path, target in artifact.materialize(staging):
-                moved = Path(path).is_relative_to(staging)
-                self._put_file(path, target, artifact.name, artifact.type.value, version, moved)
-            return results_for(self, artifact.name, version)
-        if not isinstance(artifact, str | os.PathLike):
+            pending = [
+                self._pending_file(
+                    path,
+                    target,
+                    artifact.name,
+                    artifact.type.value,
+                    version,
+                    Path(path).is_relative_to(staging),
+                )
+                for path, target in artifact.materialize(staging)
+            ]
+            key = artifact.name
+        elif isinstance(artifact, str | os.PathLike):
+            key = artifact_path or Path(artifact).name
+            version = self._versions.get(key, 0) + 1
+            kind = artifact_kind(key)
+            pending = [self._pending_file(artifact, key, Path(artifact).name, kind, version)]
+        else:
             raise TypeError(
                 f"artifact must be a path or a TraceletArtifact, not {type(artifact).__name__}"
             )
-        target = artifact_path or Path(artifact).name
-        version = self._next_version(target)
-        self._put_file(artifact, target, Path(artifact).name, artifact_kind(target), version)
-        return results_for(self, target, version)
+        self._versions[key] = version  # taken only once every file is known to be good
+        for record in pending:
+            self._put(record)
+        return results_for(self, key, version)
 
     def log_file_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         """Log one file (the older name of :meth:`log_artifact` for paths)."""
@@ -463,28 +497,25 @@ class Experiment:
         if backend is not None and backend not in names:
             raise ValueError(f"backend {backend!r} does not receive this run (it has: {names})")
 
-    def _next_version(self, key: str) -> int:
-        self._versions[key] = self._versions.get(key, 0) + 1
-        return self._versions[key]
-
-    def _put_file(
+    def _pending_file(
         self,
         path: str | os.PathLike[str],
         artifact_path: str,
         name: str,
         kind: str,
         version: int,
-        move: bool = False,
-    ) -> None:
+        owned: bool = False,
+    ) -> PendingArtifact:
+        """Check one file and snapshot it (unless Tracelet wrote it: ``owned``)."""
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"artifact {str(path)!r} is not a file; check the path")
         check_relative_path(artifact_path)
-        if not move:  # snapshot now: the caller may overwrite the file right after this call
+        if not owned:  # snapshot now: the caller may overwrite the file right after this call
             staging = self.store.files_dir(self._id) / "staging"
             staging.mkdir(parents=True, exist_ok=True)
             source = Path(shutil.copyfile(source, staging / f"{uuid.uuid4().hex}-{source.name}"))
-        self._put(PendingArtifact(name, str(source), artifact_path, kind, _time(), version, True))
+        return PendingArtifact(name, str(source), artifact_path, kind, _time(), version, True)
 
     def _put(self, record: Any) -> None:
         if len(self._buffer) >= self._capacity:
@@ -497,6 +528,19 @@ class Experiment:
 
     def _step(self, step: int | None) -> int:
         return self._iteration if step is None else check_step(step)
+
+    def _disown(self) -> None:
+        """In a forked child: the run belongs to the parent; logging here raises."""
+        self._forked = True
+        self._append = self._in_forked_child
+        if self._lock is not None:
+            self._lock.abandon()
+
+    def _in_forked_child(self, record: object) -> None:
+        raise RuntimeError(
+            f"this process was forked from the one running experiment {self._name!r}; its "
+            "records would be lost here. Log from the parent, or start a run in this process"
+        )
 
     def _not_running(self, record: object) -> None:
         if self._status is None:
@@ -561,15 +605,17 @@ class Experiment:
 
     @property
     def is_running(self) -> bool:
-        """Whether the run accepts records."""
-        return self._status is RunStatus.RUNNING
+        """Whether the run accepts records (in this process)."""
+        return self._status is RunStatus.RUNNING and not self._forked
 
     @property
     def store(self) -> LocalStore:
-        """The local store journaling this run (a fresh handle after ``stop``)."""
-        return (
-            self._store if self.is_running and self._store else LocalStore(self.settings.store_path)
-        )
+        """The local store journaling this run (a reading handle after ``stop``)."""
+        if self.is_running and self._store is not None:
+            return self._store
+        if self._reader is None:
+            self._reader = LocalStore(self.settings.store_path)
+        return self._reader
 
     def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
         """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
@@ -625,12 +671,20 @@ _previous_excepthook: list[Callable[..., Any]] = []
 
 
 def _watch_exit() -> None:
-    """Once per process: stop forgotten runs at exit, failed if an exception ended it."""
+    """Once per process: stop forgotten runs at exit (failed if an exception ended it), and
+    let a forked child leave its parent's runs alone."""
     if _previous_excepthook:
         return
     _previous_excepthook.append(sys.excepthook)
     sys.excepthook = _remember_unhandled
     atexit.register(_stop_all_at_exit)
+    os.register_at_fork(after_in_child=_disown_in_child)
+
+
+def _disown_in_child() -> None:
+    for experiment in list(_running):
+        experiment._disown()
+    _running.clear()
 
 
 def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any) -> None:

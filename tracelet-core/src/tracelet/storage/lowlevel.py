@@ -27,7 +27,7 @@ from tracelet.records import Batch, RunInfo, RunStatus
 from tracelet.settings import TraceletSettings
 from tracelet.storage.locks import RunLock
 from tracelet.storage.store import LocalStore, StoredRun
-from tracelet.values import flatten_params, to_metric_value
+from tracelet.values import check_run_id, flatten_params, to_metric_value
 
 
 class StorageBackend:
@@ -48,6 +48,7 @@ class StorageBackend:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         """Create a running run; ``config`` is stored as its parameters."""
+        check_run_id(run_id)
         self._locks[run_id] = self.store.lock_run(run_id)
         self.store.create_run(RunInfo(run_id, run_name, project_name, start_time))
         if config:
