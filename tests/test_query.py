@@ -302,3 +302,21 @@ def test_live_detection_can_be_switched_off(read_store):
     tracelet.log({"loss": math.nan})
     tracelet.finish()
     assert read_store().anomalies(exp.id) == []
+
+
+def test_live_thresholds_are_settable(read_store):
+    from tracelet.analysis import DetectorConfig, LossSpikeThresholds
+
+    quiet = DetectorConfig(loss=LossSpikeThresholds(enabled=False))
+    exp = tracelet.init(project="p", anomaly_config=quiet)
+    for step in range(200):
+        tracelet.log({"loss": 100.0 if step == 150 else 1.0})
+        tracelet.step()
+    tracelet.finish()
+    assert read_store().anomalies(exp.id) == []
+    loud = tracelet.init(project="p")
+    for step in range(200):
+        tracelet.log({"loss": 100.0 if step == 150 else 1.0})
+        tracelet.step()
+    tracelet.finish()
+    assert [a["kind"] for a in read_store().anomalies(loud.id)] == ["loss_spike"]

@@ -67,6 +67,7 @@ def start_logging(
         backend_options=options,
         registry=registry,
         on_anomaly=run_keys.get("on_anomaly"),
+        anomaly_config=run_keys.get("anomaly_config"),
     )
     if run_keys.get("tags"):
         experiment.add_tags(run_keys["tags"])

@@ -2,6 +2,7 @@
 
 from tracelet.analysis.detector import AnomalyDetector as AnomalyDetector
 from tracelet.analysis.detector import LiveDetector as LiveDetector
+from tracelet.analysis.query import QueryEngine as QueryEngine
 from tracelet.analysis.rules import DetectorConfig as DetectorConfig
 from tracelet.analysis.rules import GradientThresholds as GradientThresholds
 from tracelet.analysis.rules import LossSpikeThresholds as LossSpikeThresholds

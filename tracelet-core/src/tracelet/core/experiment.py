@@ -71,6 +71,7 @@ class Experiment:
         run_id: str | None = None,
         registry: PluginRegistry | None = None,
         on_anomaly: Callable[[dict[str, Any]], object] | None = None,
+        anomaly_config: Any = None,
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
@@ -95,6 +96,7 @@ class Experiment:
         self._created_at = _time()
         self._registry = registry
         self._on_anomaly = on_anomaly
+        self._anomaly_config = anomaly_config
         self._iteration = 0
         self._status: RunStatus | None = None
         self._plugins: list[BackendPlugin] = []
@@ -149,7 +151,10 @@ class Experiment:
         if self.settings.detect_anomalies:
             from tracelet.analysis.detector import LiveDetector
 
-            orchestrator.detector = LiveDetector(self._id, on_anomaly=self._on_anomaly)
+            orchestrator.detector = LiveDetector(
+                self._id, config=self._anomaly_config, on_anomaly=self._on_anomaly
+            )
+            orchestrator.detector.prime(self._recent_points(self._store))
         for name, plugin in plugins:
             if plugin is not None:
                 orchestrator.add_backend(plugin, name, resumed=name in resumed_backends)
@@ -223,6 +228,13 @@ class Experiment:
             )
             self._versions[key] = max(self._versions.get(key, 0), artifact.version)
         return info, set(store.cursors(self._id))
+
+    def _recent_points(self, store: LocalStore, batches: int = 64) -> list[Any]:
+        """The metric points of the run's last ``batches`` batches (none for a new run), to
+        give the live detector a resumed run's recent history."""
+        last = store.last_seq(self._id)
+        recent = store.read_batches(self._id, max(0, last - batches), last, limit=batches)
+        return [point for batch in recent for point in batch.metrics]
 
     def stop(self, status: RunStatus | str = RunStatus.FINISHED) -> None:
         """Flush everything, finish the run with ``status``, and release its resources.

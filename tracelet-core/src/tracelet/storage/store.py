@@ -148,7 +148,7 @@ class LocalStore:
         """Record the run's final status."""
         self.connection().execute(
             "UPDATE runs SET status = ?, ended_at = ? WHERE id = ?",
-            (status.value, ended_at or time.time(), run_id),
+            (status.value, time.time() if ended_at is None else ended_at, run_id),
         )
 
     def get_run(self, run_id: str) -> StoredRun | None:
@@ -497,7 +497,7 @@ class LocalStore:
                 a["severity"],
                 _finite_or_none(a.get("value")),
                 a["message"],
-                a.get("timestamp") or time.time(),
+                time.time() if a.get("timestamp") is None else a["timestamp"],
             )
             for a in anomalies
         ]
