@@ -341,3 +341,30 @@ def test_checkpoints_and_anomalies_round_trip(store_path):
     assert math.isnan(stored.pop("value"))
     assert stored == {k: v for k, v in anomaly.items() if k != "value"}
     store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inside_with", [True, False], ids=["with-block", "no-stop"])
+def test_sigterm_ends_the_run_as_killed_and_keeps_its_points(tmp_path, read_store, inside_with):
+    body = (
+        "with tracelet.start_logging('terminated') as exp:\n    work(exp)\n"
+        if inside_with
+        else "exp = tracelet.start_logging('terminated')\nwork(exp)\n"
+    )
+    child = run_python(
+        "import time, tracelet\n"
+        "def work(exp):\n"
+        "    for step in range(1000):\n"
+        "        exp.log_metric('loss', float(step), step)\n"
+        "    exp.flush()\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n" + body,
+        tmp_path,
+    )
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 143
+    store = read_store()
+    (run,) = store.list_runs()
+    assert run.status is RunStatus.KILLED
+    assert len(store.metrics(run.id)) == 1000

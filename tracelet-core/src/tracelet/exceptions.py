@@ -28,6 +28,17 @@ class StoreError(TraceletException):
     """The local store cannot be used: unreadable, or written by a newer Tracelet."""
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread when the process gets SIGTERM (exit status 143).
+
+    Tracelet installs this handler only where SIGTERM still has its default action; a run
+    it ends is recorded as ``killed``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
 class NotFoundError(TraceletException, LookupError):
     """No such run, metric or store; the message lists what there is."""
 

@@ -6,6 +6,7 @@
     tracelet anomalies RUN [--auto] [--kind K ...] [--json]
     tracelet plot RUN[,RUN...] METRIC... [--out FILE] [--smooth F]
     tracelet export RUN --format csv|json [--out FILE]
+    tracelet sync [RUN] [--backend NAME ...]
     tracelet gc [--older-than DAYS] [--dry-run]
 
 ``--store PATH`` (before the command) picks the store; the default is the ``store_path``
@@ -59,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run")
     export.add_argument("--format", choices=["csv", "json"], required=True)
     export.add_argument("--out", help="file to write (default: standard output)")
+
+    sync = commands.add_parser("sync", help="deliver what backends missed (all runs, or RUN)")
+    sync.add_argument("run", nargs="?", help="one run (default: every run with backlog)")
+    sync.add_argument("--backend", action="append", dest="backends", metavar="NAME")
 
     gc = commands.add_parser("gc", help="remove runs older than retention_days")
     gc.add_argument("--older-than", type=float, metavar="DAYS", dest="days")

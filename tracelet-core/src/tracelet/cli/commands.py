@@ -180,6 +180,35 @@ def export(engine: QueryEngine, args: argparse.Namespace) -> int:
     return 0
 
 
+def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
+    """``tracelet sync [RUN]``: deliver what backends did not get."""
+    from rich.progress import Progress
+
+    from tracelet.sync import pending, sync_run
+
+    runs = [engine.resolve(args.run).id] if args.run else list(pending(engine.store))
+    failed = False
+    with Progress(transient=True) as bar:
+        for run_id in runs:
+            tasks: dict[str, Any] = {}
+
+            def progress(backend: str, done: int, total: int, run_id: str = run_id) -> None:
+                if backend not in tasks:
+                    tasks[backend] = bar.add_task(f"{run_id[:12]} -> {backend}", total=total)
+                bar.update(tasks[backend], completed=done)
+
+            for result in sync_run(engine.store, run_id, backends=args.backends, progress=progress):
+                failed |= result.error is not None
+                outcome = f"failed: {result.error}" if result.error else "up to date"
+                bar.console.print(
+                    f"{run_id[:12]} {result.backend}: delivered {result.delivered} batch(es), "
+                    f"{result.remaining} left, {outcome}"
+                )
+    if not runs:
+        print("nothing to sync: every backend has every batch")
+    return 1 if failed else 0
+
+
 def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
     """``tracelet gc``: remove finished runs older than ``retention_days``."""
     days = args.days if args.days is not None else TraceletSettings.load().retention_days
@@ -205,6 +234,7 @@ COMMANDS = {
     "anomalies": anomalies,
     "plot": plot,
     "export": export,
+    "sync": sync,
     "gc": gc,
 }
 

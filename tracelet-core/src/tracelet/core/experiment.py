@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.core.registry import PluginRegistry, default_registry, logger, report_once
-from tracelet.exceptions import ConfigurationError
+from tracelet.exceptions import ConfigurationError, Terminated
 from tracelet.media import PendingArtifact, PendingImage
 from tracelet.records import CheckpointRequest, Params, RunInfo, RunStatus, Sample, Tags, Text
 from tracelet.redaction import redact
@@ -666,7 +667,7 @@ def _build(
 def _status_for(kind: type[BaseException] | None) -> RunStatus:
     if kind is None:
         return RunStatus.FINISHED
-    if issubclass(kind, KeyboardInterrupt):
+    if issubclass(kind, KeyboardInterrupt | Terminated):
         return RunStatus.KILLED
     return RunStatus.FAILED
 
@@ -691,6 +692,15 @@ def _watch_exit() -> None:
     sys.excepthook = _remember_unhandled
     atexit.register(_stop_all_at_exit)
     os.register_at_fork(after_in_child=_disown_in_child)
+    is_main = threading.current_thread() is threading.main_thread()
+    if is_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM: unwind the main thread (``with`` blocks end their runs as killed)."""
+    _unhandled.append(Terminated)
+    raise Terminated()
 
 
 def _disown_in_child() -> None:
@@ -705,7 +715,8 @@ def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any
 
 
 def _stop_all_at_exit() -> None:
-    """Stop every run still running when the interpreter exits (a forgotten ``stop``)."""
+    """Stop every run still running when the interpreter exits (a forgotten ``stop``):
+    killed after SIGTERM or Ctrl-C, failed after an unhandled exception, else finished."""
     status = _status_for(_unhandled[-1] if _unhandled else None)
     for experiment in list(_running):
         try:

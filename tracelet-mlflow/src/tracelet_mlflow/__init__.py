@@ -1,0 +1,3 @@
+"""Tracelet's MLflow backend: runs, metrics, params, tags, texts, images and artifacts."""
+
+__version__ = "0.1.0"

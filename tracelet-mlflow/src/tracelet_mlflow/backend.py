@@ -1,0 +1,252 @@
+"""The MLflow backend: one Tracelet run is one MLflow run.
+
+- The Tracelet project is the MLflow experiment (``experiment_name`` or
+  ``MLFLOW_EXPERIMENT_NAME`` when given); the Tracelet run name is the MLflow run name
+  (``run_name`` when given). The tracking URI is ``tracking_uri``, else
+  ``MLFLOW_TRACKING_URI``, else MLflow's default.
+- The MLflow run carries the tag ``tracelet.run_id``: starting again with the same run id
+  (a resumed run, or ``tracelet sync``) continues the same MLflow run.
+- Metrics go through ``log_batch`` in calls of at most 1000 metrics or 100 params/tags,
+  with every point's step and original timestamp (in milliseconds, MLflow's unit).
+- The tag ``tracelet.seq`` holds the last batch delivered, so a batch delivered again is
+  skipped: replays never duplicate.
+- Texts, images and files land as artifacts: ``tracelet/texts/<name>/step_<step>.txt``,
+  ``tracelet/images/<name>/step_<step>.png``, and each artifact at its own path.
+
+Everything runs on the backend's sink thread; ``MlflowClient`` is used with an explicit
+tracking URI, never MLflow's process-global fluent state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from tracelet.core.plugins import BackendPlugin, PluginMetadata, PluginType
+from tracelet.exceptions import ConfigurationError
+from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet_mlflow import __version__
+from tracelet_mlflow.names import MAX_NAME, MAX_TAG_VALUE, cut, legal_name, param_text
+from tracelet_mlflow.plugin import OPTIONS
+
+logger = logging.getLogger("tracelet")
+
+RUN_ID_TAG = "tracelet.run_id"
+SEQ_TAG = "tracelet.seq"
+METRICS_PER_CALL = 1000
+PARAMS_OR_TAGS_PER_CALL = 100
+STATUS = {
+    RunStatus.FINISHED: "FINISHED",
+    RunStatus.FAILED: "FAILED",
+    RunStatus.KILLED: "KILLED",
+    RunStatus.CRASHED: "FAILED",
+    RunStatus.RUNNING: "RUNNING",
+}
+
+
+class MlflowBackend(BackendPlugin):
+    """Delivers a Tracelet run to MLflow (tracking server, SQLite or file store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: Any = None
+        self.run_id: str | None = None
+        self.delivered_seq = 0
+        self._params: dict[str, str] = {}
+        self._names: dict[str, str] = {}
+        self._unrecorded: list[tuple[str, str]] = []
+        self._warned_params: set[str] = set()
+
+    @classmethod
+    def get_metadata(cls) -> PluginMetadata:
+        """The MLflow backend's metadata."""
+        return PluginMetadata("mlflow", __version__, PluginType.BACKEND, "MLflow tracking")
+
+    def initialize(self, config: Mapping[str, Any]) -> None:
+        """Check the options (see :data:`tracelet_mlflow.plugin.OPTIONS`)."""
+        unknown = sorted(set(config) - OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown MLflow option(s) {unknown}; the options are {sorted(OPTIONS)}"
+            )
+        for key in ("tracking_uri", "experiment_name", "run_name", "artifact_location"):
+            if config.get(key) is not None and not isinstance(config[key], str):
+                raise ConfigurationError(f"MLflow option {key!r} must be a string")
+        tags = config.get("tags")
+        if tags is not None and not isinstance(tags, Mapping | list | tuple | str):
+            raise ConfigurationError("MLflow option 'tags' must be a dict or a list of strings")
+        super().initialize(config)
+
+    def start(self) -> None:
+        """Create the client (imports MLflow)."""
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.config.get("tracking_uri"))
+        self.started = True
+
+    def start_run(self, run: RunInfo, resumed: bool) -> None:
+        """Find the MLflow run of this Tracelet run, or create it."""
+        experiment_id = self._experiment_id(run)
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run.id}'", max_results=1
+        )
+        if found:
+            existing = found[0]
+            self.run_id = existing.info.run_id
+            self.delivered_seq = int(existing.data.tags.get(SEQ_TAG, 0))
+            self._params = dict(existing.data.params)
+            if existing.info.status != "RUNNING":
+                self.client.update_run(self.run_id, status="RUNNING")
+            return
+        tags = {RUN_ID_TAG: run.id, "tracelet.project": run.project, **self._option_tags()}
+        created = self.client.create_run(
+            experiment_id,
+            start_time=int(run.created_at * 1000),
+            tags=tags,
+            run_name=self.config.get("run_name") or run.name,
+        )
+        self.run_id = created.info.run_id
+
+    def _experiment_id(self, run: RunInfo) -> str:
+        name = (
+            self.config.get("experiment_name")
+            or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+            or run.project
+        )
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=self.config.get("artifact_location")
+            )
+        except MlflowException:  # created meanwhile by another process
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def _option_tags(self) -> dict[str, str]:
+        tags = self.config.get("tags") or {}
+        if isinstance(tags, str):
+            tags = [tags]
+        pairs = tags.items() if isinstance(tags, Mapping) else ((t, "") for t in tags)
+        return {legal_name(str(k)): cut(str(v), MAX_TAG_VALUE) for k, v in pairs}
+
+    def log_batch(self, batch: Batch) -> None:
+        """Deliver ``batch`` (skipped when MLflow already has it)."""
+        if batch.seq <= self.delivered_seq:
+            return
+        from mlflow.entities import Metric, Param, RunTag
+
+        metrics = [
+            Metric(self._name(name), value, round(ts * 1000), step)
+            for name, value, step, ts in batch.metrics
+        ]
+        params, tags = self._params_and_tags(batch)  # after the names: it records mappings
+        tags.append((SEQ_TAG, str(batch.seq)))  # last: a batch counts once all of it is in
+        self._log_files(batch)
+        calls = _calls(metrics, [Param(k, v) for k, v in params], [RunTag(k, v) for k, v in tags])
+        for metric_part, param_part, tag_part in calls:
+            self.client.log_batch(
+                self.run_id, metrics=metric_part, params=param_part, tags=tag_part
+            )
+        self._params.update(params)
+        self.delivered_seq = batch.seq
+
+    def _params_and_tags(self, batch: Batch) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        params: list[tuple[str, str]] = []
+        tags = [(self._name(k), cut(str(v), MAX_TAG_VALUE)) for k, v in batch.tags.items()]
+        for key, value in batch.params.items():
+            name, text = self._name(key), param_text(value)
+            if self._params.get(name, text) == text:
+                params.append((name, text))
+                continue
+            # MLflow never changes a logged param: keep the new value as a tag instead.
+            tags.append((legal_name(f"tracelet.param.{name}"), cut(text, MAX_TAG_VALUE)))
+            if name not in self._warned_params:
+                self._warned_params.add(name)
+                logger.warning(
+                    "tracelet mlflow: param %r changed; MLflow keeps the first "
+                    "value, the new one is in tag tracelet.param.%s",
+                    key,
+                    name,
+                )
+        tags += self._pending_name_tags()
+        return params, tags
+
+    def _name(self, name: str) -> str:
+        legal = self._names.get(name)
+        if legal is None:
+            legal = self._names[name] = legal_name(name)
+            if legal != name:
+                self._unrecorded.append((name, legal))
+        return legal
+
+    def _pending_name_tags(self) -> list[tuple[str, str]]:
+        tags = [
+            (legal_name(f"tracelet.name.{legal}")[:MAX_NAME], cut(original, MAX_TAG_VALUE))
+            for original, legal in self._unrecorded
+        ]
+        self._unrecorded = []
+        return tags
+
+    def _log_files(self, batch: Batch) -> None:
+        for text in batch.texts:
+            path = f"tracelet/texts/{_path_part(text.name)}/step_{text.step}.txt"
+            self.client.log_text(self.run_id, text.text, path)
+        with tempfile.TemporaryDirectory() as folder:
+            for image in batch.images:
+                local = Path(folder, _path_part(image.name), f"step_{image.step}.png")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(image.path, local)
+                self.client.log_artifact(
+                    self.run_id, str(local), f"tracelet/images/{_path_part(image.name)}"
+                )
+        for artifact in batch.artifacts:
+            folder = str(Path(artifact.artifact_path).parent)
+            self.client.log_artifact(self.run_id, artifact.path, None if folder == "." else folder)
+
+    def finish_run(self, status: RunStatus) -> None:
+        """Set the MLflow run's status: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(
+            self.run_id, status=STATUS[status], end_time=int(time.time() * 1000)
+        )
+
+    def stop(self) -> None:
+        """Drop the client."""
+        self.client = None
+        super().stop()
+
+    def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
+        """``runs:/<mlflow run id>/<artifact path>`` once the MLflow run exists."""
+        if self.run_id is None:
+            return super().artifact_uri(run, artifact_path, version)
+        return f"runs:/{self.run_id}/{artifact_path}"
+
+
+def _calls(
+    metrics: list[Any], params: list[Any], tags: list[Any]
+) -> Iterator[tuple[list[Any], list[Any], list[Any]]]:
+    """Split entities into ``log_batch`` calls within MLflow's limits: params, then
+    metrics, then tags (so the ``tracelet.seq`` tag, last of all, marks a whole batch)."""
+    for start in range(0, len(params), PARAMS_OR_TAGS_PER_CALL):
+        yield [], params[start : start + PARAMS_OR_TAGS_PER_CALL], []
+    for start in range(0, len(metrics), METRICS_PER_CALL):
+        yield metrics[start : start + METRICS_PER_CALL], [], []
+    for start in range(0, len(tags), PARAMS_OR_TAGS_PER_CALL):
+        yield [], [], tags[start : start + PARAMS_OR_TAGS_PER_CALL]
+
+
+def _path_part(name: str) -> str:
+    """A metric or image name as a safe relative artifact path."""
+    parts = [legal_name(p) for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "_"
