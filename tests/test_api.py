@@ -354,8 +354,8 @@ def test_unknown_backend_is_a_configuration_error_naming_the_fix():
     message = str(caught.value)
     assert "invalid_backend" in message
     assert "installed: local" in message
-    with pytest.raises(ValueError, match="pip install tracelet-mlflow"):
-        tracelet.start_logging("x", backend="mlflow")
+    with pytest.raises(ValueError, match="pip install tracelet-wandb"):
+        tracelet.start_logging("x", backend="wandb")
     assert tracelet.get_active_experiment() is None
 
 

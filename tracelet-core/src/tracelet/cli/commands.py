@@ -190,13 +190,7 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
     failed = False
     with Progress(transient=True) as bar:
         for run_id in runs:
-            tasks: dict[str, Any] = {}
-
-            def progress(backend: str, done: int, total: int, run_id: str = run_id) -> None:
-                if backend not in tasks:
-                    tasks[backend] = bar.add_task(f"{run_id[:12]} -> {backend}", total=total)
-                bar.update(tasks[backend], completed=done)
-
+            progress = ProgressBars(bar, run_id)
             for result in sync_run(engine.store, run_id, backends=args.backends, progress=progress):
                 failed |= result.error is not None
                 outcome = f"failed: {result.error}" if result.error else "up to date"
@@ -207,6 +201,20 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
     if not runs:
         print("nothing to sync: every backend has every batch")
     return 1 if failed else 0
+
+
+class ProgressBars:
+    """One rich progress bar per backend of a run being synced."""
+
+    def __init__(self, bar: Any, run_id: str) -> None:
+        self.bar, self.run_id = bar, run_id
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, backend: str, done: int, total: int) -> None:
+        if backend not in self.tasks:
+            label = f"{self.run_id[:12]} -> {backend}"
+            self.tasks[backend] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[backend], completed=done)
 
 
 def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
