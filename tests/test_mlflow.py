@@ -1,0 +1,235 @@
+"""The MLflow backend against real MLflow: a SQLite tracking URI and a real ``mlflow server``."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tracelet
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow import MlflowClient  # noqa: E402
+
+QUIET = {"track_system": False, "track_env": False, "track_git": False, "flush_interval": 0.02}
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory) -> str:
+    """One SQLite tracking database for the module (creating its schema takes a second)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-sqlite') / 'mlflow.db'}"
+
+
+def mlflow_run(uri: str, tracelet_run_id: str):
+    """The MLflow run carrying ``tracelet.run_id``."""
+    client = MlflowClient(uri)
+    found = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`tracelet.run_id` = '{tracelet_run_id}'",
+    )
+    assert len(found) == 1, f"{len(found)} MLflow runs for one Tracelet run"
+    return client, found[0]
+
+
+def history(client, run, name: str) -> list[tuple[int, float, int]]:
+    return sorted(
+        (m.step, m.value, m.timestamp) for m in client.get_metric_history(run.info.run_id, name)
+    )
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["nested", "prefixed", "plain"],
+)
+def test_options_in_every_documented_form(form, sqlite_uri, tmp_path):
+    options = {
+        "tracking_uri": sqlite_uri,
+        "experiment_name": f"exp-{form}",
+        "run_name": "r1",
+        "tags": {"team": "ml", "version": "v1.0"},
+    }
+    config = {
+        "nested": {"mlflow": options},
+        "prefixed": {f"mlflow_{k}": v for k, v in options.items()},
+        "plain": options,
+    }[form]
+    with tracelet.start_logging(
+        "ignored-name", project="p", backend="mlflow", config={**config, **QUIET}
+    ) as exp:
+        exp.log_metric("loss", 0.5, 1)
+    client, run = mlflow_run(sqlite_uri, exp.id)
+    assert client.get_experiment(run.info.experiment_id).name == f"exp-{form}"
+    assert run.info.run_name == "r1"
+    assert run.data.tags["team"] == "ml"
+    assert run.info.status == "FINISHED"
+    assert [(s, v) for s, v, _ in history(client, run, "loss")] == [(1, 0.5)]
+
+
+def test_project_and_name_by_default_and_environment(sqlite_uri, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    with tracelet.start_logging(
+        "my-run", project="my-project", backend="mlflow", config=QUIET
+    ) as a:
+        a.log_metric("m", 1.0, 0)
+    client, run = mlflow_run(sqlite_uri, a.id)
+    assert client.get_experiment(run.info.experiment_id).name == "my-project"
+    assert run.info.run_name == "my-run"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-environment")
+    with tracelet.start_logging("other", project="my-project", backend="mlflow", config=QUIET) as b:
+        b.log_metric("m", 1.0, 0)
+    client, run = mlflow_run(sqlite_uri, b.id)
+    assert client.get_experiment(run.info.experiment_id).name == "from-environment"
+
+
+def test_tracelet_yaml_section(sqlite_uri, tmp_path):
+    (tmp_path / "tracelet.yaml").write_text(
+        f"backend: mlflow\nproject: from-file\nmlflow:\n  tracking_uri: {sqlite_uri}\n"
+        "  experiment_name: Yaml Experiments\n"
+    )
+    with tracelet.start_logging("yaml-run", config=QUIET) as exp:
+        exp.log_metric("m", 1.0, 0)
+    client, run = mlflow_run(sqlite_uri, exp.id)
+    assert client.get_experiment(run.info.experiment_id).name == "Yaml Experiments"
+
+
+def test_bad_options_fail_at_start():
+    with pytest.raises(tracelet.ConfigurationError, match="unknown setting 'trackin_uri'"):
+        tracelet.start_logging("x", backend="mlflow", config={"trackin_uri": "x"})
+    with pytest.raises(tracelet.ConfigurationError, match="'tracking_uri' must be a string"):
+        tracelet.start_logging("x", backend="mlflow", config={"mlflow": {"tracking_uri": 5}})
+
+
+def test_everything_arrives_with_mlflow_semantics(sqlite_uri, tmp_path, read_store):
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "all"}, **QUIET}
+    with tracelet.start_logging("everything", backend=["local", "mlflow"], config=config) as e:
+        e.log_params({"optimizer": {"lr": 1e-3, "name": "adam"}, "notes": "x" * 7000})
+        assert e.flush(timeout=60)
+        e.log_params({"optimizer": {"lr": 2e-3}})  # MLflow never changes a param
+        e.add_tags({"stage": "dev"})
+        for step in range(1500):
+            e.log_metric("loss@train", 1.0 / (step + 1), step)
+        e.log_metric("weird", math.nan, 0)
+        e.log_metric("weird", math.inf, 1)
+        e.log_text("summary", "it worked", 7)
+        e.log_image("sample", np.full((4, 4, 3), 200, dtype=np.uint8), 3)
+        e.log_artifact("model.pt", "checkpoints/model.pt")
+    client, run = mlflow_run(sqlite_uri, e.id)
+    params = run.data.params
+    assert params["optimizer/lr"] == "0.001"
+    assert run.data.tags["tracelet.param.optimizer/lr"] == "0.002"
+    assert len(params["notes"]) == 6000
+    assert params["notes"].endswith("the full value is in the local store]")
+    assert read_store().params(e.id)["notes"] == "x" * 7000
+    assert run.data.tags["stage"] == "dev"
+    assert run.data.tags["tracelet.name.loss_train"] == "loss@train"
+    points = history(client, run, "loss_train")
+    stored = read_store().metrics(e.id, "loss@train")
+    assert [(s, v, t) for s, v, t in points] == [(p[2], p[1], round(p[3] * 1000)) for p in stored]
+    weird = [v for _, v, _ in history(client, run, "weird")]
+    assert math.isnan(weird[0])
+    assert weird[1] == 1.7976931348623157e308
+    run_id = run.info.run_id
+    assert (
+        Path(client.download_artifacts(run_id, "checkpoints/model.pt", tmp_path / "d")).read_bytes()
+        == b"weights"
+    )
+    text = client.download_artifacts(run_id, "tracelet/texts/summary/step_7.txt", tmp_path / "t")
+    assert Path(text).read_text() == "it worked"
+    image = client.download_artifacts(run_id, "tracelet/images/sample/step_3.png", tmp_path / "i")
+    assert Path(image).read_bytes() == Path(read_store().images(e.id)[0].path).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("ending", "expected"),
+    [
+        ("finish", "FINISHED"),
+        ("error", "FAILED"),
+        ("stop-failed", "FAILED"),
+        ("interrupt", "KILLED"),
+    ],
+)
+def test_run_status(ending, expected, sqlite_uri):
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "status"}, **QUIET}
+    exp = tracelet.start_logging(f"status-{ending}", backend="mlflow", config=config)
+    exp.log_metric("m", 1.0, 0)
+    if ending == "finish":
+        exp.stop()
+    elif ending == "stop-failed":
+        exp.stop(status="failed")
+    else:
+        error = ValueError if ending == "error" else KeyboardInterrupt
+        with pytest.raises(error), exp:
+            raise error
+    _, run = mlflow_run(sqlite_uri, exp.id)
+    assert run.info.status == expected
+
+
+def test_resume_continues_the_same_mlflow_run(sqlite_uri):
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "resume"}, **QUIET}
+    settings = tracelet.TraceletSettings.load({**QUIET, "backend": "mlflow"})
+    first = tracelet.Experiment(
+        "resumable", settings=settings, backend_options={"mlflow": config["mlflow"]}
+    ).start()
+    first.log_metric("loss", 1.0, 0)
+    first.stop(status="failed")
+    second = tracelet.Experiment(
+        "resumable",
+        settings=settings,
+        run_id=first.id,
+        backend_options={"mlflow": config["mlflow"]},
+    ).start()
+    second.log_metric("loss", 0.5, 1)
+    second.stop()
+    client, run = mlflow_run(sqlite_uri, first.id)
+    assert [(s, v) for s, v, _ in history(client, run, "loss")] == [(0, 1.0), (1, 0.5)]
+    assert run.info.status == "FINISHED"
+
+
+def test_a_replayed_batch_is_not_duplicated(sqlite_uri, read_store):
+    from tracelet.records import Batch, RunInfo
+    from tracelet_mlflow.backend import MlflowBackend
+
+    backend = MlflowBackend()
+    backend.initialize({"tracking_uri": sqlite_uri, "experiment_name": "replay"})
+    backend.start()
+    info = RunInfo("replayrun0000000000000000000000a", "replay", "p", 1000.0)
+    backend.start_run(info, False)
+    batch = Batch(info.id, 1, [("loss", 0.5, 0, 1000.0), ("loss", 0.25, 1, 1000.5)])
+    backend.log_batch(batch)
+    again = MlflowBackend()  # a new process replaying from the journal
+    again.initialize({"tracking_uri": sqlite_uri, "experiment_name": "replay"})
+    again.start()
+    again.start_run(info, True)
+    again.log_batch(batch)
+    client, run = mlflow_run(sqlite_uri, info.id)
+    assert [(s, v) for s, v, _ in history(client, run, "loss")] == [(0, 0.5), (1, 0.25)]
+
+
+def test_credentials_in_the_tracking_uri_never_leak(mlflow_server, caplog, read_store):
+    secret_uri = mlflow_server.url.replace("http://", "http://alice:hunter2@")
+    config = {"mlflow": {"tracking_uri": secret_uri, "experiment_name": "secrets"}, **QUIET}
+    with (
+        caplog.at_level(logging.DEBUG, "tracelet"),
+        tracelet.start_logging("secret-run", backend=["local", "mlflow"], config=config) as e,
+    ):
+        e.log_metric("m", 1.0, 0)
+    _, run = mlflow_run(mlflow_server.url, e.id)
+    everything = repr(run.data.params) + repr(run.data.tags) + caplog.text
+    everything += repr(read_store().get_run(e.id).config) + repr(read_store().params(e.id))
+    assert "hunter2" not in everything
+    assert run.info.status == "FINISHED"
+
+
+def test_artifact_results_name_the_mlflow_run(sqlite_uri, tmp_path):
+    (tmp_path / "f.bin").write_bytes(b"1")
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "uris"}, **QUIET}
+    with tracelet.start_logging("uris", backend=["local", "mlflow"], config=config) as exp:
+        exp.log_metric("m", 1.0, 0)
+        assert exp.flush(timeout=30)
+        results = exp.log_artifact("f.bin")
+    _, run = mlflow_run(sqlite_uri, exp.id)
+    assert results["mlflow"].uri == f"runs:/{run.info.run_id}/f.bin"
