@@ -97,4 +97,6 @@ def compare_subset(
 
 def _short(item: Any, limit: int = 160) -> str:
     text = repr(item)
-    return text if len(text) <= limit else f"{text[: limit - 30]}...{text[-20:]} ({len(text)} chars)"
+    return (
+        text if len(text) <= limit else f"{text[: limit - 30]}...{text[-20:]} ({len(text)} chars)"
+    )

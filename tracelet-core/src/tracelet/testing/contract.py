@@ -71,7 +71,9 @@ def _check_read_back(instance: Any, attribute: attrs.Attribute, value: Any) -> N
 
 
 def _check_param_length(instance: BackendUnderTest, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (not isinstance(value, int) or value <= len(instance.truncation_marker)):
+    if value is not None and (
+        not isinstance(value, int) or value <= len(instance.truncation_marker)
+    ):
         raise ValueError(
             f"max_param_length must be None or an int longer than the truncation marker, "
             f"got {value!r}"

@@ -46,7 +46,9 @@ def expect_metrics(kit: Harness, run_id: str, logged: Sequence[tuple[str, float,
 def expect_params(kit: Harness, run_id: str, logged: Mapping[str, Any]) -> None:
     """The local store keeps every parameter whole; the tool holds each as declared."""
     flat = flatten_params(logged)
-    require(compare_subset(flat, kit.journal.params(run_id)), f"parameters of run {run_id} in {JOURNAL}")
+    require(
+        compare_subset(flat, kit.journal.params(run_id)), f"parameters of run {run_id} in {JOURNAL}"
+    )
     backend = kit.backend
     expected = {backend.map_name(k): backend.stored_param(v) for k, v in flat.items()}
     require(

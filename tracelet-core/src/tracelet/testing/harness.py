@@ -81,7 +81,9 @@ class Harness:
         ``journal_only``: with the ``local`` backend writing to the journal itself instead,
         so that the tool never sees the run.
         """
-        chosen, options = ("local", {}) if journal_only else (self.backend.name, self.backend.options)
+        chosen, options = (
+            ("local", {}) if journal_only else (self.backend.name, self.backend.options)
+        )
         return tracelet.start_logging(
             f"conformance-{name}",
             backend=[chosen],
@@ -179,10 +181,26 @@ class Harness:
         return f"; its latest error: {error}" if error else ""
 
 
+@contextmanager
+def open_kit(backend: object, tmp_path: Path) -> Iterator[Harness]:
+    """The harness of one test, under ``tmp_path``; ``backend`` is what the suite's
+    ``backend_under_test`` fixture returned."""
+    if not isinstance(backend, BackendUnderTest):
+        raise TypeError(
+            "the backend_under_test fixture must return a tracelet.testing.BackendUnderTest, "
+            f"not {type(backend).__name__}"
+        )
+    with Harness.open(backend, tmp_path / "tracelet-conformance") as kit:
+        yield kit
+
+
 def png(width: int, height: int, seed: int) -> bytes:
     """A small RGB PNG whose pixels depend on ``seed``."""
     rows = b"".join(
-        b"\x00" + bytes((x * 31 + y * 17 + seed * 53 + c * 89) % 256 for x in range(width) for c in range(3))
+        b"\x00"
+        + bytes(
+            (x * 31 + y * 17 + seed * 53 + c * 89) % 256 for x in range(width) for c in range(3)
+        )
         for y in range(height)
     )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)

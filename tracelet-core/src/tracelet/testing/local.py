@@ -48,13 +48,17 @@ class LocalReadBack:
     def images(self, run_id: str) -> list[tuple[str, int, bytes]]:
         """Every image as ``(name, step, PNG bytes)``, read from the stored files."""
         return self._read(
-            lambda store: [(i.name, i.step, Path(i.path).read_bytes()) for i in store.images(run_id)]
+            lambda store: [
+                (i.name, i.step, Path(i.path).read_bytes()) for i in store.images(run_id)
+            ]
         )
 
     def artifacts(self, run_id: str) -> dict[str, bytes]:
         """Artifact path to the bytes of its stored file (the latest version)."""
         return self._read(
-            lambda store: {a.artifact_path: Path(a.path).read_bytes() for a in store.artifacts(run_id)}
+            lambda store: {
+                a.artifact_path: Path(a.path).read_bytes() for a in store.artifacts(run_id)
+            }
         )
 
     def status(self, run_id: str) -> str:
