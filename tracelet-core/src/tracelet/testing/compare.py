@@ -35,30 +35,51 @@ def compare_points(
     tolerance: float,
 ) -> list[str]:
     """Compare metric points as multisets of ``(name, value, step)``, each point's timestamp
-    within ``tolerance`` seconds of its match."""
-    want: dict[Hashable, list[float]] = defaultdict(list)
-    got: dict[Hashable, list[float]] = defaultdict(list)
+    within ``tolerance`` seconds of its match. A point stored with another value than the
+    one logged at its name and step is reported as one problem."""
+    want: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+    got: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for name, value, step, timestamp in expected:
-        want[name, value_key(value), step].append(timestamp)
+        want[name, int(step), value_key(value)].append(timestamp)
     for name, value, step, timestamp in actual:
-        got[name, value_key(value), int(step)].append(float(timestamp))
+        got[name, int(step), value_key(value)].append(float(timestamp))
     problems = []
-    for key in sorted(want.keys() | got.keys(), key=repr):
+    missing: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    extra: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for key in sorted(want.keys() | got.keys(), key=lambda k: (str(k[0]), k[1], repr(k[2]))):
         wanted, found = sorted(want.get(key, ())), sorted(got.get(key, ()))
-        name, value, step = key
-        point = f"{name!r} step {step} value {value}"
+        name, step, value = key
         if len(found) < len(wanted):
-            problems.append(f"missing: {point} ({len(wanted) - len(found)} of {len(wanted)})")
+            missing[name, step].append(value)
+        elif len(found) > len(wanted) and wanted:
+            problems.append(
+                f"duplicated: {name!r} step {step} value {value} "
+                f"(stored {len(found)}x, logged {len(wanted)}x)"
+            )
         elif len(found) > len(wanted):
-            extra = "unexpected" if not wanted else "duplicated"
-            problems.append(f"{extra}: {point} (stored {len(found)}x, logged {len(wanted)}x)")
+            extra[name, step].append(value)
         else:
-            for logged, stored in zip(wanted, found, strict=True):
-                if abs(stored - logged) > tolerance:
-                    problems.append(
-                        f"timestamp of {point}: stored {stored!r}, logged {logged!r} "
-                        f"(off by {stored - logged:+.6f} s, allowed {tolerance:g} s)"
-                    )
+            problems += [
+                f"timestamp of {name!r} step {step} value {value}: stored {stored!r}, logged "
+                f"{logged!r} (off by {stored - logged:+.6f} s, allowed {tolerance:g} s)"
+                for logged, stored in zip(wanted, found, strict=True)
+                if abs(stored - logged) > tolerance
+            ]
+    for (name, step), values in missing.items():
+        stored = extra.pop((name, step), [])
+        for value in values:
+            if stored:
+                problems.append(
+                    f"value of {name!r} step {step}: stored {stored.pop(0)}, logged {value}"
+                )
+            else:
+                problems.append(f"missing: {name!r} step {step} value {value}")
+        extra[name, step] = stored
+    problems += [
+        f"unexpected: {name!r} step {step} value {value} (never logged)"
+        for (name, step), values in extra.items()
+        for value in values
+    ]
     return problems
 
 
