@@ -22,8 +22,7 @@ import tracelet
 from tracelet.core.registry import default_registry
 from tracelet.records import RunStatus
 from tracelet.storage.backend import LocalBackend
-from tracelet.testing import CHECKS, BackendUnderTest, LocalReadBack
-from tracelet.testing.harness import open_kit
+from tracelet.testing import CHECKS, BackendUnderTest, LocalReadBack, open_kit
 
 pytest_plugins = ["pytester"]
 
@@ -141,11 +140,19 @@ def test_a_tool_that_transforms_data_passes_once_it_declares_how(tmp_path, check
 @pytest.mark.parametrize(
     ("undeclared", "check", "message"),
     [
-        ({"timestamp_resolution": 0.0}, "metrics_round_trip", "timestamp of 'loss' step"),
-        ({"infinity": math.inf}, "nan_and_infinity", "missing: 'only_inf' step 0 value inf"),
+        (
+            {"timestamp_resolution": 0.0},
+            "metrics_round_trip",
+            "timestamp of 'accuracy' step 0 value",
+        ),
+        (
+            {"infinity": math.inf},
+            "nan_and_infinity",
+            "value of 'only_inf' step 0: stored 1.7976931348623157e+308, logged inf",
+        ),
         ({"params_as_strings": False}, "params_round_trip", "'epochs': stored '10' (str)"),
         ({"truncation_marker": ""}, "params_round_trip", "'prompt': stored"),
-        ({"map_name": str}, "name_mapping", "missing: 'loss@train' step 0"),
+        ({"map_name": str}, "name_mapping", "missing: 'loss@train' step 0 value 0.0"),
     ],
 )
 def test_each_undeclared_transformation_fails_its_check(tmp_path, undeclared, check, message):
@@ -154,12 +161,20 @@ def test_each_undeclared_transformation_fails_its_check(tmp_path, undeclared, ch
 
 
 def test_a_lost_point_fails_the_metrics_check(tmp_path):
-    with pytest.raises(AssertionError, match=r"1 problem\(s\)\n  missing: 'loss' step 9 "):
+    with pytest.raises(
+        AssertionError, match=r": 1 problem\(s\)\n  missing: 'loss' step 9 value \S+$"
+    ):
         run_check("metrics_round_trip", local(tmp_path, read_back=DropsOnePoint), tmp_path)
 
 
 def test_a_backend_that_is_not_idempotent_fails_the_replay_check(tmp_path):
-    with flawed_backends(), pytest.raises(AssertionError, match="duplicated: 'loss' step 0"):
+    with (
+        flawed_backends(),
+        pytest.raises(
+            AssertionError,
+            match=r"600 problem\(s\)\n  duplicated: 'accuracy' step 0 .* \(stored 4x, logged 1x\)",
+        ),
+    ):
         run_check("replay_creates_no_duplicates", local(tmp_path, "forgetful"), tmp_path)
 
 
@@ -253,7 +268,10 @@ def test_both_routes_collect_every_check_and_report_failures(pytester):
     )
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
-        ["*TestBroken::test_metrics_round_trip*", "*missing: 'loss' step 9*"]
+        [
+            "E  * missing: 'loss' step 9 value *",
+            "FAILED test_base.py::TestBroken::test_metrics_round_trip*",
+        ]
     )
 
 

@@ -7,12 +7,10 @@ a handful of class checks, one tuple, one append.
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import json
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -23,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from tracelet.core import process
 from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.plugins import BackendPlugin, FrameworkPlugin
-from tracelet.core.registry import PluginRegistry, default_registry, logger, report_once
-from tracelet.exceptions import ConfigurationError, Terminated
+from tracelet.core.process import status_for
+from tracelet.core.registry import PluginRegistry, default_registry, report_once
+from tracelet.exceptions import ConfigurationError
 from tracelet.media import PendingArtifact, PendingImage
 from tracelet.records import CheckpointRequest, Params, RunInfo, RunStatus, Sample, Tags, Text
 from tracelet.redaction import redact
@@ -166,8 +166,8 @@ class Experiment:
         self._status = RunStatus.RUNNING
         if self._run_tags:
             self._append(Tags(dict(self._run_tags)))
-        _watch_exit()
-        _running.add(self)
+        process.watch()
+        process.running.add(self)
         self._collectors = CollectorRunner.build(self, registry.collectors(), self._tracking())
         self._collectors.start()
         self._frameworks = self._attach_frameworks(registry)
@@ -271,7 +271,7 @@ class Experiment:
                 self._lock.release(remove=True)
             self._store.close()
             self._status = status
-            _running.discard(self)
+            process.running.discard(self)
         (self._registry or default_registry(self.settings.disable_plugins)).announce(
             "tracelet_run_finished", experiment=self, status=status
         )
@@ -299,7 +299,7 @@ class Experiment:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
-        self.stop(_status_for(kind))
+        self.stop(status_for(kind))
 
     # -- logging -------------------------------------------------------------------------
 
@@ -664,62 +664,5 @@ def _build(
     return plugin
 
 
-def _status_for(kind: type[BaseException] | None) -> RunStatus:
-    if kind is None:
-        return RunStatus.FINISHED
-    if issubclass(kind, KeyboardInterrupt | Terminated):
-        return RunStatus.KILLED
-    return RunStatus.FAILED
-
-
 def _generated_name() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
-# -- runs left running at exit -----------------------------------------------------------
-
-_running: set[Experiment] = set()
-_unhandled: list[type[BaseException]] = []
-_previous_excepthook: list[Callable[..., Any]] = []
-
-
-def _watch_exit() -> None:
-    """Once per process: stop forgotten runs at exit (failed if an exception ended it), and
-    let a forked child leave its parent's runs alone."""
-    if _previous_excepthook:
-        return
-    _previous_excepthook.append(sys.excepthook)
-    sys.excepthook = _remember_unhandled
-    atexit.register(_stop_all_at_exit)
-    os.register_at_fork(after_in_child=_disown_in_child)
-    is_main = threading.current_thread() is threading.main_thread()
-    if is_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM: unwind the main thread (``with`` blocks end their runs as killed)."""
-    _unhandled.append(Terminated)
-    raise Terminated()
-
-
-def _disown_in_child() -> None:
-    for experiment in list(_running):
-        experiment._disown()
-    _running.clear()
-
-
-def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any) -> None:
-    _unhandled.append(kind)
-    _previous_excepthook[0](kind, error, tb)
-
-
-def _stop_all_at_exit() -> None:
-    """Stop every run still running when the interpreter exits (a forgotten ``stop``):
-    killed after SIGTERM or Ctrl-C, failed after an unhandled exception, else finished."""
-    status = _status_for(_unhandled[-1] if _unhandled else None)
-    for experiment in list(_running):
-        try:
-            experiment.stop(status)
-        except Exception as error:  # pragma: no cover - last-chance reporting
-            logger.error("tracelet: could not stop %r at exit: %r", experiment, error)

@@ -21,6 +21,7 @@ from tracelet.exceptions import ConfigurationError
 from tracelet.hookspecs import hookimpl
 from tracelet.media import stored_artifact_path
 from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.storage.locks import RunLock
 from tracelet.storage.store import LocalStore
 
 
@@ -31,6 +32,7 @@ class LocalBackend(BackendPlugin):
         super().__init__()
         self.store: LocalStore | None = None
         self.run: RunInfo | None = None
+        self.lock: RunLock | None = None
 
     @classmethod
     def get_metadata(cls) -> PluginMetadata:
@@ -50,10 +52,19 @@ class LocalBackend(BackendPlugin):
         super().initialize(config)
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
-        """Open the target store and make sure the run exists there."""
+        """Open the target store and make sure the run exists there.
+
+        In a store other than the journal, the run is also locked (so other readers see it
+        running, not crashed) and reopened as running when it was there before.
+        """
         self.run = run
         self.store = LocalStore(self.config.get("path") or run.store_path)
-        self.store.ensure_run(run)
+        if self._is_journal():
+            self.store.ensure_run(run)
+            return
+        if self.lock is None:
+            self.lock = self.store.lock_run(run.id)
+        self.store.create_run(run)
 
     def log_batch(self, batch: Batch) -> None:
         """Journal ``batch`` in the target store, unless it is already there."""
@@ -69,7 +80,10 @@ class LocalBackend(BackendPlugin):
         self.store.finish_run(self.run.id, status)
 
     def stop(self) -> None:
-        """Close the target store."""
+        """Release the run and close the target store."""
+        if self.lock is not None:
+            self.lock.release(remove=True)
+            self.lock = None
         if self.store is not None:
             self.store.close()
         super().stop()

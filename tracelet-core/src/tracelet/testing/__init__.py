@@ -18,7 +18,7 @@ or through the pytest plugin :mod:`tracelet.testing.plugin`. See ``docs/conforma
 
 from tracelet.testing.checks import CHECKS
 from tracelet.testing.contract import BackendUnderTest, ReadBack
-from tracelet.testing.harness import Harness
+from tracelet.testing.harness import Harness, open_kit
 from tracelet.testing.local import LocalReadBack
 from tracelet.testing.suite import BackendConformance
 
@@ -29,4 +29,5 @@ __all__ = [
     "Harness",
     "LocalReadBack",
     "ReadBack",
+    "open_kit",
 ]

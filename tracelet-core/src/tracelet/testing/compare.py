@@ -50,14 +50,14 @@ def compare_points(
         wanted, found = sorted(want.get(key, ())), sorted(got.get(key, ()))
         name, step, value = key
         if len(found) < len(wanted):
-            missing[name, step].append(value)
+            missing[name, step] += [value] * (len(wanted) - len(found))
         elif len(found) > len(wanted) and wanted:
             problems.append(
                 f"duplicated: {name!r} step {step} value {value} "
                 f"(stored {len(found)}x, logged {len(wanted)}x)"
             )
         elif len(found) > len(wanted):
-            extra[name, step].append(value)
+            extra[name, step] += [value] * len(found)
         else:
             problems += [
                 f"timestamp of {name!r} step {step} value {value}: stored {stored!r}, logged "
@@ -87,7 +87,7 @@ def compare_multisets(expected: Iterable[Hashable], actual: Iterable[Hashable]) 
     """Compare two collections of records, counting repeats."""
     want, got = Counter(expected), Counter(actual)
     problems = []
-    for item in sorted(want.keys() | got.keys(), key=repr):
+    for item in sorted(want.keys() | got.keys(), key=lambda i: [str(p) for p in i]):
         shown = _short(item)
         if got[item] < want[item]:
             problems.append(f"missing: {shown} ({want[item] - got[item]} of {want[item]})")

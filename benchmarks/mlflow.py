@@ -1,0 +1,579 @@
+"""Tracelet into MLflow against MLflow's own logging calls, through one local ``mlflow server``.
+
+Run from the repository root::
+
+    python benchmarks/mlflow.py
+
+Starts an ``mlflow server`` (SQLite store, local artifact root, a free port on 127.0.0.1) in a
+temporary directory, logs 100,000 points of one metric ``loss`` (steps 0..99,999, varying
+floats) into it four ways, each into its own MLflow experiment and run, reads every run back
+with ``MlflowClient.get_metric_history``, prints one table and stops the server:
+
+1. Tracelet (``backend="mlflow"``): the caller's cost per ``log_metric`` call, the time
+   ``stop_logging()`` takes to deliver everything, end-to-end throughput;
+2. ``mlflow.log_metric`` (synchronous): a 2,000-call subset, extrapolated to 100,000;
+3. ``mlflow.log_metric(..., synchronous=False)``: per call, and the flush at ``end_run``;
+4. ``MlflowClient.log_batch`` with 1,000 ``Metric`` objects per call.
+
+Exits 1 only when a correctness check fails (a run read back from MLflow differs from what
+was logged); timing targets are informational. See README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named mlflow.py and, run as a script, its folder is sys.path[0]: it would
+# shadow the mlflow package. Drop the folder before anything imports mlflow.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != _HERE]
+
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+# Read by MLflow's async logging thread: without it, every log_metric(synchronous=False) is
+# sent as its own request and the flush at end_run takes minutes. 1 s is the smallest value
+# (the variable is an integer): the queue is drained once a second into log_batch calls.
+os.environ["MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS"] = "1"
+# Keep MLflow's "View run ... at: URL" lines (printed at every set_terminated) off the table.
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+
+import tracelet  # noqa: E402
+from tracelet.storage import LocalStore  # noqa: E402
+from tracelet_mlflow.backend import MlflowBackend  # noqa: E402
+
+POINTS = 100_000
+CHUNK = 1_000
+SYNC_CALLS = 2_000
+SYNC_CHUNK = 100
+BATCH = 1_000
+FLUSH_TIMEOUT = 600.0
+CALLER_TARGET_US = 0.5
+THROUGHPUT_SHARE_TARGET = 0.9
+SPEEDUP_TARGET = 50.0
+METRIC = "loss"
+
+
+class Failure(Exception):
+    """A correctness check failed."""
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MlflowServer:
+    """One ``mlflow server`` (SQLite store, local artifacts) in its own process group.
+
+    The same logic as ``tests/mlflow_server.py``, which benchmarks do not import.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start the server and wait until ``/health`` answers."""
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        with open(self.root / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited:\n{self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"mlflow server did not answer in {timeout:g} s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        """Whether ``/health`` answers 200 now."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.root / "server.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Stop the whole process group (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = os.getpgid(self.process.pid)
+        os.killpg(group, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)  # any child left behind
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def make_values(count: int, seed: int) -> list[float]:
+    """Varying floats (different signs and magnitudes), reproducible from ``seed``."""
+    rng = random.Random(seed)
+    return [rng.gauss(0.0, 1.0) * 10.0 ** rng.randint(-6, 6) for _ in range(count)]
+
+
+def percentile(sorted_data: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted data (``q`` in 0..100)."""
+    pos = (len(sorted_data) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(sorted_data) - 1)
+    return sorted_data[low] + (sorted_data[high] - sorted_data[low]) * (pos - low)
+
+
+def chunk_stats(per_call_us: list[float]) -> dict[str, float]:
+    data = sorted(per_call_us)
+    return {
+        "median": percentile(data, 50),
+        "p90": percentile(data, 90),
+        "p99": percentile(data, 99),
+        "mean": statistics.fmean(data),
+    }
+
+
+def time_chunks(log: Callable[..., Any], chunks: list[list[float]], **kwargs: Any) -> list[float]:
+    """Call ``log("loss", value, step, **kwargs)`` for every value, steps from 0; per-call
+    microseconds per chunk (the timed loop only iterates and calls, as in kernel.py)."""
+    clock = time.perf_counter_ns
+    per_call: list[float] = []
+    step = 0
+    for values in chunks:
+        start = clock()
+        if kwargs:
+            for s, v in enumerate(values, step):
+                log(METRIC, v, s, **kwargs)
+        else:
+            for s, v in enumerate(values, step):
+                log(METRIC, v, s)
+        elapsed = clock() - start
+        per_call.append(elapsed / len(values) / 1_000.0)
+        step += len(values)
+    return per_call
+
+
+def check_history(
+    client: MlflowClient,
+    run_id: str,
+    values: list[float],
+    timestamps_ms: list[int] | None = None,
+) -> None:
+    """Raise ``Failure`` unless the run's ``loss`` history is exactly ``values`` at steps
+    0..len-1 (and, when given, exactly ``timestamps_ms``)."""
+    history = sorted(client.get_metric_history(run_id, METRIC), key=lambda m: m.step)
+    if len(history) != len(values):
+        raise Failure(f"read back {len(history):,} points, logged {len(values):,}")
+    for step, (metric, value) in enumerate(zip(history, values, strict=True)):
+        if metric.step != step or metric.value != value:
+            raise Failure(
+                f"point #{step}: read back step {metric.step} value {metric.value!r}, "
+                f"logged step {step} value {value!r}"
+            )
+        if timestamps_ms is not None and metric.timestamp != timestamps_ms[step]:
+            raise Failure(
+                f"step {step}: MLflow timestamp {metric.timestamp} ms, "
+                f"local store {timestamps_ms[step]} ms"
+            )
+
+
+class SinkTimer:
+    """Times the MLflow backend on Tracelet's sink thread: each ``MlflowBackend.log_batch``
+    (one journaled batch) and, inside it, each ``MlflowClient.log_batch`` request it makes.
+
+    It wraps the two methods while installed (the library is not changed); the wrappers add
+    a few microseconds per batch and per request, against milliseconds per request.
+    """
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.batch_s = 0.0
+        self.requests = 0
+        self.request_s = 0.0
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        timer = self
+        original_log_batch = MlflowBackend.log_batch
+        original_start = MlflowBackend.start
+
+        def log_batch(backend, batch):
+            begin = time.perf_counter()
+            try:
+                original_log_batch(backend, batch)
+            finally:
+                timer.batches += 1
+                timer.batch_s += time.perf_counter() - begin
+
+        def start(backend):
+            original_start(backend)
+            request = backend.client.log_batch
+
+            def timed_request(*args, **kwargs):
+                begin = time.perf_counter()
+                try:
+                    return request(*args, **kwargs)
+                finally:
+                    timer.requests += 1
+                    timer.request_s += time.perf_counter() - begin
+
+            backend.client.log_batch = timed_request
+
+        MlflowBackend.log_batch = log_batch
+        MlflowBackend.start = start
+        try:
+            yield
+        finally:
+            MlflowBackend.log_batch = original_log_batch
+            MlflowBackend.start = original_start
+
+
+def fluent_run(url: str, experiment: str) -> str:
+    """Point MLflow's fluent API at the server, start a run in ``experiment``; its id."""
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment(experiment)
+    return mlflow.start_run(run_name=experiment).info.run_id
+
+
+# -- the four ways -----------------------------------------------------------------------------
+
+
+def warm_up(url: str) -> None:
+    """First requests to a fresh server are slow (lazy imports, schema caches): untimed."""
+    client = MlflowClient(url)
+    run = client.create_run(client.create_experiment("warm-up"))
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id, metrics=[Metric(METRIC, 0.5, now, s) for s in range(BATCH)])
+    client.get_metric_history(run.info.run_id, METRIC)
+    client.set_terminated(run.info.run_id)
+
+
+def bench_tracelet(url: str, values: list[float], chunks: list[list[float]]) -> dict[str, Any]:
+    client = MlflowClient(url)
+    with tempfile.TemporaryDirectory(prefix="tracelet-bench-") as tmp:
+        settings = tracelet.TraceletSettings(
+            store_path=tmp,
+            track_system=False,
+            track_git=False,
+            track_env=False,
+            detect_anomalies=False,
+            flush_timeout=FLUSH_TIMEOUT,
+        )
+        sink = SinkTimer()
+        with sink.installed():
+            exp = tracelet.start_logging(
+                "tracelet",
+                project="bench",
+                backend="mlflow",
+                config={"mlflow": {"tracking_uri": url, "experiment_name": "tracelet"}},
+                settings=settings,
+            )
+            gc.collect()
+            start = time.perf_counter()
+            try:
+                per_call = time_chunks(exp.log_metric, chunks)
+                logged = time.perf_counter()
+            finally:
+                tracelet.stop_logging()
+            stopped = time.perf_counter()
+        result: dict[str, Any] = {
+            "calls": chunk_stats(per_call),
+            "loop_s": logged - start,
+            "stop_s": stopped - logged,
+            "total_s": stopped - start,
+            "sink": sink,
+            "error": "",
+        }
+        store = LocalStore(tmp)
+        try:
+            timestamps = [round(ts * 1000) for _, _, _, ts in store.metrics(exp.id)]
+        finally:
+            store.close()
+    try:
+        found = client.search_runs(
+            [client.get_experiment_by_name("tracelet").experiment_id],
+            filter_string=f"tags.`tracelet.run_id` = '{exp.id}'",
+        )
+        if len(found) != 1:
+            raise Failure(f"{len(found)} MLflow runs carry tracelet.run_id {exp.id}")
+        if len(timestamps) != POINTS:
+            raise Failure(f"the local store holds {len(timestamps):,} points")
+        check_history(client, found[0].info.run_id, values, timestamps)
+        if found[0].info.status != "FINISHED":
+            raise Failure(f"the MLflow run is {found[0].info.status}, not FINISHED")
+    except Failure as error:
+        result["error"] = str(error)
+    return result
+
+
+def bench_sync(url: str, values: list[float]) -> dict[str, Any]:
+    subset = values[:SYNC_CALLS]
+    chunks = [subset[i : i + SYNC_CHUNK] for i in range(0, SYNC_CALLS, SYNC_CHUNK)]
+    run_id = fluent_run(url, "mlflow-sync")
+    try:
+        per_call = time_chunks(mlflow.log_metric, chunks)
+    finally:
+        mlflow.end_run()
+    result: dict[str, Any] = {"calls": chunk_stats(per_call), "error": ""}
+    try:
+        check_history(MlflowClient(url), run_id, subset)
+    except Failure as error:
+        result["error"] = str(error)
+    return result
+
+
+def bench_async(url: str, values: list[float], chunks: list[list[float]]) -> dict[str, Any]:
+    run_id = fluent_run(url, "mlflow-async")
+    gc.collect()
+    start = time.perf_counter()
+    try:
+        per_call = time_chunks(mlflow.log_metric, chunks, synchronous=False)
+        logged = time.perf_counter()
+    finally:
+        mlflow.end_run()
+    ended = time.perf_counter()
+    result: dict[str, Any] = {
+        "calls": chunk_stats(per_call),
+        "loop_s": logged - start,
+        "end_s": ended - logged,
+        "total_s": ended - start,
+        "error": "",
+    }
+    try:
+        check_history(MlflowClient(url), run_id, values)
+    except Failure as error:
+        result["error"] = str(error)
+    return result
+
+
+def bench_log_batch(url: str, values: list[float], chunks: list[list[float]]) -> dict[str, Any]:
+    """``Metric`` objects (timestamp taken per point, as a caller would) and ``log_batch``
+    calls of 1,000 are both inside the timed loop."""
+    client = MlflowClient(url)
+    run_id = client.create_run(client.create_experiment("mlflow-log-batch")).info.run_id
+    now = time.time
+    gc.collect()
+    start = time.perf_counter()
+    step = 0
+    for part in chunks:
+        metrics = [Metric(METRIC, v, int(now() * 1000), s) for s, v in enumerate(part, step)]
+        client.log_batch(run_id, metrics=metrics)
+        step += len(part)
+    total = time.perf_counter() - start
+    client.set_terminated(run_id)
+    result: dict[str, Any] = {"total_s": total, "error": ""}
+    try:
+        check_history(client, run_id, values)
+    except Failure as error:
+        result["error"] = str(error)
+    return result
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def fmt_stats(stats: dict[str, float], digits: int = 3) -> str:
+    return (
+        f"median {stats['median']:,.{digits}f} us  p90 {stats['p90']:,.{digits}f}  "
+        f"p99 {stats['p99']:,.{digits}f}  mean {stats['mean']:,.{digits}f}"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def read_row(result: dict[str, Any], points: int, what: str = "") -> tuple[str, str, str, str]:
+    if result["error"]:
+        return ("  read back (get_metric_history)", "MISMATCH (see below)", "== logged", "FAIL")
+    return ("  read back (get_metric_history)", f"{points:,} points{what}", "== logged", "OK")
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("benchmark", "result", "target", "verdict")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main() -> int:
+    began = time.perf_counter()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating a new experiment"
+    values = make_values(POINTS, seed=20240601)
+    chunks = [values[i : i + CHUNK] for i in range(0, POINTS, CHUNK)]
+    with tempfile.TemporaryDirectory(prefix="tracelet-bench-mlflow-") as root:
+        server = MlflowServer(Path(root))
+        try:
+            server.start()
+            warm_up(server.url)
+            sync = bench_sync(server.url, values)
+            batch = bench_log_batch(server.url, values, chunks)
+            ours = bench_tracelet(server.url, values, chunks)
+            fire = bench_async(server.url, values, chunks)
+        except RuntimeError as error:  # the server would not start: nothing was measured
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        finally:
+            mlflow.end_run()
+            server.stop()
+
+    batch_rate = POINTS / batch["total_s"]
+    ours_rate = POINTS / ours["total_s"]
+    sync_us = sync["calls"]["median"]
+    ours_us = ours["total_s"] / POINTS * 1e6
+    sink: SinkTimer = ours["sink"]
+    rows: list[tuple[str, str, str, str]] = [
+        (
+            "tracelet log_metric, backend mlflow",
+            fmt_stats(ours["calls"]),
+            f"median <= {CALLER_TARGET_US:.2f} us",
+            verdict(ours["calls"]["median"] <= CALLER_TARGET_US),
+        ),
+        (
+            "  logging loop + stop_logging",
+            f"{ours['loop_s']:.2f} s + {ours['stop_s']:.2f} s",
+            "-",
+            "-",
+        ),
+        (
+            "  sink: backend.log_batch (requests)",
+            f"{sink.batches} batch(es) {sink.batch_s:.2f} s "
+            f"({sink.requests} MlflowClient.log_batch {sink.request_s:.2f} s)",
+            "-",
+            "-",
+        ),
+        (
+            "  end-to-end throughput",
+            f"{ours_rate:,.0f} points/s ({ours_rate / batch_rate:.0%} of log_batch)",
+            f">= {THROUGHPUT_SHARE_TARGET:.0%} of log_batch",
+            verdict(ours_rate >= THROUGHPUT_SHARE_TARGET * batch_rate),
+        ),
+        (
+            "  end-to-end vs sync log_metric",
+            f"{sync_us / ours_us:,.0f}x faster ({ours_us:.1f} vs {sync_us:,.0f} us per point)",
+            f">= {SPEEDUP_TARGET:.0f}x",
+            verdict(sync_us / ours_us >= SPEEDUP_TARGET),
+        ),
+        read_row(ours, POINTS, ", steps, values, ms timestamps exact"),
+        (
+            f"mlflow.log_metric (sync), {SYNC_CALLS:,} calls",
+            fmt_stats(sync["calls"], 0),
+            "-",
+            "-",
+        ),
+        (
+            f"  {POINTS:,} points, EXTRAPOLATED",
+            f"{sync_us * POINTS / 1e6:,.0f} s = {1e6 / sync_us:,.0f} points/s "
+            f"(median x {POINTS:,})",
+            "-",
+            "-",
+        ),
+        read_row(sync, SYNC_CALLS),
+        (
+            "mlflow.log_metric(synchronous=False)",
+            fmt_stats(fire["calls"], 1),
+            "-",
+            "-",
+        ),
+        (
+            "  logging loop + end_run (flush)",
+            f"{fire['loop_s']:.2f} s + {fire['end_s']:.2f} s",
+            "-",
+            "-",
+        ),
+        (
+            "  end-to-end throughput",
+            f"{POINTS / fire['total_s']:,.0f} points/s",
+            "-",
+            "-",
+        ),
+        read_row(fire, POINTS),
+        (
+            f"MlflowClient.log_batch, {BATCH:,} per call",
+            f"{batch['total_s']:.2f} s for {POINTS:,} points = {batch_rate:,.0f} points/s",
+            "-",
+            "-",
+        ),
+        read_row(batch, POINTS),
+    ]
+    print_table(rows)
+    cpus = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    print(
+        f"mlflow {mlflow.__version__} server (SQLite, 1 worker) on 127.0.0.1; "
+        f"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1; python {platform.python_version()}, "
+        f"cpu_count {cpus} ({usable} usable); total {time.perf_counter() - began:.0f} s"
+    )
+    sys.stdout.flush()
+    failures = [
+        f"{name}: {result['error']}"
+        for name, result in (
+            ("tracelet", ours),
+            ("log_metric sync", sync),
+            ("log_metric async", fire),
+            ("log_batch", batch),
+        )
+        if result["error"]
+    ]
+    for failure in failures:
+        print(f"CORRECTNESS FAILURE: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
