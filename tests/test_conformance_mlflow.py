@@ -108,12 +108,14 @@ class TestMlflowServer(BackendConformance):
         return mlflow_under_test(mlflow_server.url)
 
 
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One SQLite tracking database for the module (creating its schema takes a second)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-kit') / 'mlflow.db'}"
+
+
 class TestMlflowSqlite(BackendConformance):
     """Against a plain SQLite tracking URI (no server)."""
-
-    @pytest.fixture(scope="class")
-    def sqlite_uri(self, tmp_path_factory):
-        return f"sqlite:///{tmp_path_factory.mktemp('mlflow-kit') / 'mlflow.db'}"
 
     @pytest.fixture
     def backend_under_test(self, sqlite_uri):
