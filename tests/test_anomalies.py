@@ -484,3 +484,23 @@ def test_importing_the_analysis_package_loads_no_numpy():
     code = "import sys, tracelet.analysis; print('numpy' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_storm_of_anomalies_is_muted_live_but_found_offline(caplog, read_store):
+    import random
+
+    from tracelet.analysis import AnomalyDetector, LiveDetector
+
+    rng = random.Random(3)
+    points = [("loss", rng.gauss(0, 1) * 10 ** rng.randint(-6, 6), s, 0.0) for s in range(5000)]
+    live = LiveDetector("storm", limit=100)
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        found = live.observe(points[:2500]) + live.observe(points[2500:])
+    assert len([a for a in found if a["kind"] == "loss_spike"]) == 100
+    assert "live detection of them is muted" in caplog.text
+    exp = tracelet.start_logging("storm", config={"detect_anomalies": False})
+    for name, value, step, _ in points:
+        exp.log_metric(name, value, step)
+    exp.stop()
+    offline = AnomalyDetector(read_store()).detect_loss_anomalies(exp.id)
+    assert len(offline) > 100, "offline detection is not muted"

@@ -26,6 +26,15 @@ KINDS = ("nan_or_inf", "loss_spike", "gradient_explosion", "vanishing_gradient",
 """Every kind of anomaly, in the order of the rules."""
 PARTS = ("nan_inf", "loss", "gradient", "memory")
 """The parts of :class:`DetectorConfig`, one per rule."""
+KIND_PART = {
+    "loss_spike": "loss",
+    "gradient_explosion": "gradient",
+    "vanishing_gradient": "gradient",
+    "memory_pressure": "memory",
+}
+"""Which rule finds each kind (``nan_or_inf`` has no rule object)."""
+LIVE_LIMIT = 100
+"""Anomalies of one kind on one metric after which live detection mutes that check."""
 
 
 class RuleStream:
@@ -35,9 +44,20 @@ class RuleStream:
     watches cost a dict lookup and a NaN test. Not thread-safe: one thread feeds it.
     """
 
-    def __init__(self, run_id: str, config: DetectorConfig, parts: Iterable[str] = PARTS) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        config: DetectorConfig,
+        parts: Iterable[str] = PARTS,
+        limit: int | None = None,
+    ) -> None:
         self.run_id = run_id
         self.config = config
+        self.limit = limit
+        """Anomalies of one kind on one metric after which that check is muted (None: never)."""
+        self.muted: list[tuple[str, str]] = []
+        """``(metric, kind)`` pairs muted by the last :meth:`feed`."""
+        self._counts: dict[tuple[str, str], int] = {}
         on = {part for part in parts if getattr(config, part).enabled}
         self._nan_pattern = re.compile(config.nan_inf.pattern) if "nan_inf" in on else None
         self._patterns = [(p, re.compile(getattr(config, p).pattern)) for p in RULES if p in on]
@@ -48,6 +68,7 @@ class RuleStream:
     def feed(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
         """Take points ``(name, value, step, timestamp)`` in logged order; return anomalies."""
         found: list[Anomaly] = []
+        self.muted = []
         rules_of = self._rules
         nonfinite = self._nonfinite
         for name, value, step, timestamp in points:
@@ -59,8 +80,18 @@ class RuleStream:
                     nonfinite.add(name)
                     if self._watches_nan(name):
                         what = "NaN" if value != value else f"{value:+}"
-                        found.append(self._anomaly(name, step, timestamp, value, "nan_or_inf",
-                                                   "critical", f"{name} is {what}"))  # fmt: skip
+                        found.append(
+                            self._anomaly(
+                                name,
+                                step,
+                                timestamp,
+                                value,
+                                "nan_or_inf",
+                                "critical",
+                                f"{name} is {what}",
+                            )
+                        )
+                        self._count(name, "nan_or_inf")
                 continue
             if nonfinite and name in nonfinite:
                 nonfinite.discard(name)
@@ -68,7 +99,24 @@ class RuleStream:
                 finding = rule.update(value)
                 if finding is not None:
                     found.append(self._anomaly(name, step, timestamp, value, *finding))
+                    self._count(name, finding[0])
         return found
+
+    def _count(self, metric: str, kind: str) -> None:
+        """Count an anomaly; at ``limit``, mute the check that found it for this metric."""
+        if self.limit is None:
+            return
+        key = (metric, kind)
+        self._counts[key] = count = self._counts.get(key, 0) + 1
+        if count != self.limit:
+            return
+        self.muted.append(key)
+        if kind == "nan_or_inf":
+            self._nan_watched[metric] = False
+        else:
+            rule_type = RULES[KIND_PART[kind]]
+            kept = tuple(r for r in self._rules[metric] if not isinstance(r, rule_type))
+            self._rules[metric] = kept
 
     def _rules_for(self, name: str) -> tuple[Rule, ...]:
         return tuple(
@@ -114,6 +162,10 @@ class LiveDetector:
     ``(kind, metric)`` is logged as a warning on the ``tracelet`` logger; ``on_anomaly``,
     if given, is called with every anomaly (an exception it raises is logged, not raised).
     ``config`` is a :class:`DetectorConfig`, the thresholds of one rule, or None.
+
+    After ``limit`` anomalies of one kind on one metric (a storm: the metric does not
+    behave like the rule expects), that check is muted for the rest of the run, with one
+    warning; the offline :class:`AnomalyDetector` still finds them all.
     """
 
     def __init__(
@@ -121,11 +173,12 @@ class LiveDetector:
         run_id: str,
         config: DetectorConfig | Thresholds | None = None,
         on_anomaly: Callable[[Anomaly], object] | None = None,
+        limit: int | None = LIVE_LIMIT,
     ) -> None:
         self.run_id = run_id
         self.config = DetectorConfig.of(config)
         self.on_anomaly = on_anomaly
-        self._stream = RuleStream(run_id, self.config)
+        self._stream = RuleStream(run_id, self.config, limit=limit)
         self._warned: set[tuple[str, str]] = set()
 
     def observe(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
@@ -136,6 +189,15 @@ class LiveDetector:
         found = self._stream.feed(points)
         for anomaly in found:
             self._report(anomaly)
+        for metric, kind in self._stream.muted:
+            logger.warning(
+                "tracelet: %d %s anomalies on %s in run %s; live detection of them is muted "
+                "for this run (`tracelet anomalies RUN --auto` finds them all afterwards)",
+                self._stream.limit,
+                kind,
+                metric,
+                self.run_id,
+            )
         return found
 
     def prime(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
