@@ -255,3 +255,43 @@ def test_the_console_script_reads_a_store_being_written(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_gc_refuses_bad_ages_and_keeps_runs_a_backend_still_lacks(capsys, tmp_path):
+    from fakes import recording_backend
+
+    path = tmp_path / ".tracelet"
+    with recording_backend():
+        exp = tracelet.start_logging(
+            "behind",
+            backend=["local", "recording"],
+            config={"recording": {"hang": True}, "flush_timeout": 0.2},
+        )
+        exp.log_metric("m", 1.0, 0)
+        exp.stop()
+    for bad in ("-1", "nan"):
+        code, _, err = cli(capsys, path, "gc", "--older-than", bad)
+        assert code == 1
+        assert "--older-than must be" in err
+    code, out, _ = cli(capsys, path, "gc", "--older-than", "0")
+    assert "kept" in out
+    assert "removed 0 run(s)" in out
+    code, out, _ = cli(capsys, path, "gc", "--older-than", "0", "--force")
+    assert "removed 1 run(s)" in out
+
+
+def test_sync_of_every_run_skips_live_ones(capsys, tmp_path):
+    from fakes import recording_backend
+
+    path = tmp_path / ".tracelet"
+    with recording_backend():
+        live = tracelet.Experiment(
+            "live", backend=["local", "recording"], backend_options={"recording": {"hang": True}}
+        ).start()
+        live.log_metric("m", 1.0, 0)
+        live.flush(timeout=0.5)
+        code, out, _ = cli(capsys, path, "sync")
+        assert code == 0
+        assert "skipped, still being written" in out
+        live.settings = live.settings.replace(flush_timeout=0.2)
+        live.stop()

@@ -233,3 +233,127 @@ def test_artifact_results_name_the_mlflow_run(sqlite_uri, tmp_path):
         results = exp.log_artifact("f.bin")
     _, run = mlflow_run(sqlite_uri, exp.id)
     assert results["mlflow"].uri == f"runs:/{run.info.run_id}/f.bin"
+
+
+def test_every_name_becomes_a_distinct_legal_mlflow_name():
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name
+
+    from tracelet_mlflow.names import NameMap, legal_name
+
+    odd = [
+        "val/loss/",
+        "a//b",
+        "a/./b",
+        "./x",
+        ".",
+        "x/..",
+        "loss@train",
+        "a..b",
+        "/abs",
+        "x" * 300,
+        "température",
+        "",
+        "ok name:/.-_",
+    ]
+    for name in odd:
+        _validate_metric_name(legal_name(name))
+        _validate_param_name(legal_name(name))
+    names = NameMap()
+    mapped = [names(n) for n in ("acc@top1", "acc#top1", "acc_top1")]
+    assert len(set(mapped)) == 3
+    assert names("acc@top1") == mapped[0], "chosen once"
+
+
+def test_path_like_and_colliding_names_all_arrive(sqlite_uri, read_store):
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "odd-names"}, **QUIET}
+    with tracelet.start_logging("odd", backend=["local", "mlflow"], config=config) as exp:
+        for step in range(3):
+            for name in ("val/loss/", "acc@top1", "acc#top1", "good"):
+                exp.log_metric(name, float(step), step)
+        exp.log_params({"lr@enc": 1, "lr#enc": 2})
+    client, run = mlflow_run(sqlite_uri, exp.id)
+    originals = {
+        v: k.removeprefix("tracelet.name.")
+        for k, v in run.data.tags.items()
+        if k.startswith("tracelet.name.")
+    }
+    for name in ("val/loss/", "acc@top1", "acc#top1"):
+        assert [v for _, v, _ in history(client, run, originals[name])] == [0.0, 1.0, 2.0]
+    assert sorted(run.data.params.values()) == ["1", "2"]
+    assert exp.store.undelivered(exp.id) == {}
+
+
+def test_a_refused_batch_is_skipped_and_later_ones_arrive(sqlite_uri, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    real = MlflowClient.log_batch
+
+    def picky(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        if any(m.key == "refused" for m in metrics):
+            raise MlflowException.invalid_parameter_value("no such name")
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", picky)
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "refused"}, **QUIET}
+    exp = tracelet.start_logging("refused", backend="mlflow", config=config)
+    exp.log_metric("refused", 1.0, 0)
+    exp.flush(timeout=30)
+    exp.log_metric("after", 2.0, 1)
+    exp.stop()
+    client, run = mlflow_run(sqlite_uri, exp.id)
+    assert [v for _, v, _ in history(client, run, "after")] == [2.0]
+    assert run.info.status == "FINISHED"
+    assert exp.store.undelivered(exp.id) == {}
+
+
+def test_name_mapping_tags_survive_a_failed_call(sqlite_uri):
+    from tracelet.records import Batch, RunInfo
+    from tracelet_mlflow.backend import MlflowBackend
+
+    backend = MlflowBackend()
+    backend.initialize({"tracking_uri": sqlite_uri, "experiment_name": "flaky-tags"})
+    backend.start()
+    info = RunInfo("flakytags000000000000000000000aa", "flaky", "p", 1000.0)
+    backend.start_run(info, False)
+    real, calls = backend.client.log_batch, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("blip")
+        return real(*args, **kwargs)
+
+    backend.client.log_batch = flaky
+    batch = Batch(info.id, 1, [("loss@train", 1.0, 0, 1000.0)])
+    with pytest.raises(ConnectionError):
+        backend.log_batch(batch)
+    backend.log_batch(batch)
+    _, run = mlflow_run(sqlite_uri, info.id)
+    assert run.data.tags["tracelet.name.loss_train"] == "loss@train"
+
+
+def test_a_final_status_that_failed_is_delivered_by_sync(sqlite_uri, monkeypatch, capsys):
+    from tracelet.cli import main as cli
+    from tracelet_mlflow.backend import MlflowBackend
+
+    config = {
+        "mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "late-status"},
+        **QUIET,
+        "flush_timeout": 1,
+    }
+    real_finish = MlflowBackend.finish_run
+    monkeypatch.setattr(MlflowBackend, "finish_run", lambda self, status: 1 / 0)
+    exp = tracelet.start_logging("late-status", backend="mlflow", config=config)
+    exp.log_metric("m", 1.0, 0)
+    exp.stop()
+    _, run = mlflow_run(sqlite_uri, exp.id)
+    assert run.info.status == "RUNNING"
+    monkeypatch.setattr(MlflowBackend, "finish_run", real_finish)
+    assert cli(["sync"]) == 0
+    _, run = mlflow_run(sqlite_uri, exp.id)
+    assert run.info.status == "FINISHED"
+    ended = exp.store.get_run(exp.id).ended_at
+    assert abs(run.info.end_time / 1000 - ended) < 0.01, "the run's own end time"
+    capsys.readouterr()
+    assert cli(["sync"]) == 0
+    assert "nothing to sync" in capsys.readouterr().out

@@ -320,3 +320,29 @@ def test_live_thresholds_are_settable(read_store):
         tracelet.step()
     tracelet.finish()
     assert [a["kind"] for a in read_store().anomalies(loud.id)] == ["loss_spike"]
+
+
+def test_a_reference_matching_an_id_prefix_and_a_name_is_ambiguous():
+    first = tracelet.start_logging("first")
+    first.stop()
+    prefix = first.id[:4]
+    tracelet.start_logging(prefix).stop()
+    with pytest.raises(AmbiguousRunError, match="matches 2 runs"):
+        QueryEngine().resolve(prefix)
+
+
+def test_the_low_level_api_checks_its_input(tmp_path):
+    storage = StorageBackend(tmp_path / "s")
+    storage.create_run("r", "p", "n", 1.0)
+    for bad in (-5, "100", 2.5):
+        with pytest.raises((TypeError, ValueError)):
+            storage.write_checkpoint("r", bad, 2.0, {"loss": 1.0})
+    with pytest.raises(ValueError, match="must not be empty"):
+        storage.write_checkpoint("r", 1, 2.0, {"": 1.0})
+    storage.write_checkpoint("r", 200, 3.0, {"loss": 0.5})
+    storage.write_checkpoint("r", 100, 2.0, {"loss": 1.0})
+    assert [(c["step"], c["first_step"]) for c in storage.get_checkpoints("r")] == [
+        (100, 0),
+        (200, 0),
+    ]
+    storage.close()

@@ -122,6 +122,8 @@ class RunInfo:
     created_at: float
     tags: tuple[str, ...] = ()
     store_path: str = ""
+    ended_at: float | None = None
+    """When the run ended; known when a finished run is delivered later (``tracelet sync``)."""
 
 
 @attrs.frozen

@@ -42,9 +42,22 @@ class SyncResult:
 
 
 def pending(store: LocalStore, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
-    """Runs (all, or ``run_ids``) with backends behind: run id -> backend -> batches behind."""
+    """Runs (all, or ``run_ids``) with backends behind: run id -> backend -> batches behind
+    (0 for a backend that has every batch but not the final status). Runs still being
+    written by a live process are left out: that process delivers them itself."""
     runs = [store.get_run(i) for i in run_ids] if run_ids is not None else store.list_runs()
-    return {run.id: behind for run in runs if run and (behind := store.undelivered(run.id))}
+    found = {}
+    for run in runs:
+        if run is None or _is_live(store, run):
+            continue
+        behind = dict.fromkeys(store.unfinished(run.id), 0) | store.undelivered(run.id)
+        if behind:
+            found[run.id] = behind
+    return found
+
+
+def _is_live(store: LocalStore, run: StoredRun) -> bool:
+    return run.status is RunStatus.RUNNING and is_locked(store.path / "locks" / f"{run.id}.lock")
 
 
 def sync_run(
@@ -60,12 +73,12 @@ def sync_run(
     run = store.get_run(run_id)
     if run is None:
         raise StoreError(f"no run {run_id!r} in the store at {store.path}")
-    if run.status is RunStatus.RUNNING and is_locked(store.path / "locks" / f"{run_id}.lock"):
+    if _is_live(store, run):
         raise StoreError(f"run {run_id} is still being written; its own process delivers it")
     registry = registry or default_registry()
     wanted = set(backends) if backends is not None else None
     results = []
-    for name, behind in store.undelivered(run_id).items():
+    for name, behind in pending(store, [run_id]).get(run_id, {}).items():
         if wanted is None or name in wanted:
             results.append(_sync_backend(store, run, name, behind, registry, progress, attempts))
     return results
@@ -85,7 +98,14 @@ def _sync_backend(
         plugin = registry.select_backends([name])[0].factory()
         plugin.initialize(_options(run, name))
         _retry(plugin.start, attempts)
-        info = RunInfo(run.id, run.name, run.project, run.created_at, store_path=str(store.path))
+        info = RunInfo(
+            run.id,
+            run.name,
+            run.project,
+            run.created_at,
+            store_path=str(store.path),
+            ended_at=run.ended_at,
+        )
         _retry(lambda: plugin.start_run(info, True), attempts)
         try:
             cursor, last = store.get_cursor(run.id, name), store.last_seq(run.id)
@@ -103,6 +123,7 @@ def _sync_backend(
                         progress(name, delivered, behind)
             if run.status is not RunStatus.RUNNING:
                 _retry(lambda: plugin.finish_run(run.status), attempts)
+                store.mark_finished(run.id, name)
         finally:
             plugin.stop()
     except Exception as error:
@@ -112,11 +133,22 @@ def _sync_backend(
 
 
 def _options(run: StoredRun, name: str) -> dict[str, Any]:
-    """The backend's stored options without redacted values, under today's file section."""
-    stored = run.config.get("backends", {}).get(name, {})
-    kept = {k: v for k, v in stored.items() if v != REDACTED}
+    """The backend's stored options, without anything redacted, under today's
+    ``tracelet.yaml`` section (which wins: it may hold a corrected address)."""
+    stored = _without_redacted(run.config.get("backends", {}).get(name, {}))
     section = read_config_file().sections.get(name, {})
-    return {**section, **kept} if isinstance(section, Mapping) else kept
+    return {**stored, **section} if isinstance(section, Mapping) else stored
+
+
+def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without entries whose value had a secret masked (``***`` anywhere in it)."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            kept[key] = _without_redacted(value)
+        elif REDACTED not in repr(value):
+            kept[key] = value
+    return kept
 
 
 def _retry(action: Callable[[], object], attempts: int) -> None:

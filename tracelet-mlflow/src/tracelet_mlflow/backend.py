@@ -14,7 +14,9 @@
   ``tracelet/images/<name>/step_<step>.png``, and each artifact at its own path.
 
 Everything runs on the backend's sink thread; ``MlflowClient`` is used with an explicit
-tracking URI, never MLflow's process-global fluent state.
+tracking URI, never MLflow's process-global fluent state. Tracking servers and database
+stores (SQLite, PostgreSQL ...) are supported; with MLflow's deprecated file store, a batch
+cut off halfway and delivered again can duplicate the points it had already sent.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from tracelet.core.plugins import BackendPlugin, PluginMetadata, PluginType
-from tracelet.exceptions import ConfigurationError
+from tracelet.exceptions import ConfigurationError, RejectedBatchError
 from tracelet.records import Batch, RunInfo, RunStatus
 from tracelet_mlflow import __version__
-from tracelet_mlflow.names import MAX_NAME, MAX_TAG_VALUE, cut, legal_name, param_text
+from tracelet_mlflow.names import MAX_TAG_VALUE, NameMap, cut, legal_name, param_text
 from tracelet_mlflow.plugin import OPTIONS
 
 logger = logging.getLogger("tracelet")
@@ -59,8 +61,8 @@ class MlflowBackend(BackendPlugin):
         self.run_id: str | None = None
         self.delivered_seq = 0
         self._params: dict[str, str] = {}
-        self._names: dict[str, str] = {}
-        self._unrecorded: list[tuple[str, str]] = []
+        self._names = NameMap()
+        self._run: RunInfo | None = None
         self._warned_params: set[str] = set()
 
     @classmethod
@@ -92,6 +94,7 @@ class MlflowBackend(BackendPlugin):
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
         """Find the MLflow run of this Tracelet run, or create it."""
+        self._run = run
         experiment_id = self._experiment_id(run)
         found = self.client.search_runs(
             [experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run.id}'", max_results=1
@@ -101,6 +104,7 @@ class MlflowBackend(BackendPlugin):
             self.run_id = existing.info.run_id
             self.delivered_seq = int(existing.data.tags.get(SEQ_TAG, 0))
             self._params = dict(existing.data.params)
+            self._names.load(existing.data.tags, [*existing.data.metrics, *existing.data.params])
             if existing.info.status != "RUNNING":
                 self.client.update_run(self.run_id, status="RUNNING")
             return
@@ -147,26 +151,27 @@ class MlflowBackend(BackendPlugin):
             return
         from mlflow.entities import Metric, Param, RunTag
 
+        name = self._names
         metrics = [
-            Metric(self._name(name), value, round(ts * 1000), step)
-            for name, value, step, ts in batch.metrics
+            Metric(name(key), value, round(ts * 1000), step)
+            for key, value, step, ts in batch.metrics
         ]
-        params, tags = self._params_and_tags(batch)  # after the names: it records mappings
+        params, tags = self._params_and_tags(batch)
+        seen = {point[0] for point in batch.metrics}.union(batch.params, batch.tags)
+        tags += self._names.tags_for(seen)  # again with every batch: a retry loses none
         tags.append((SEQ_TAG, str(batch.seq)))  # last: a batch counts once all of it is in
         self._log_files(batch)
         calls = _calls(metrics, [Param(k, v) for k, v in params], [RunTag(k, v) for k, v in tags])
         for metric_part, param_part, tag_part in calls:
-            self.client.log_batch(
-                self.run_id, metrics=metric_part, params=param_part, tags=tag_part
-            )
+            self._send(metric_part, param_part, tag_part)
         self._params.update(params)
         self.delivered_seq = batch.seq
 
     def _params_and_tags(self, batch: Batch) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         params: list[tuple[str, str]] = []
-        tags = [(self._name(k), cut(str(v), MAX_TAG_VALUE)) for k, v in batch.tags.items()]
+        tags = [(self._names(k), cut(str(v), MAX_TAG_VALUE)) for k, v in batch.tags.items()]
         for key, value in batch.params.items():
-            name, text = self._name(key), param_text(value)
+            name, text = self._names(key), param_text(value)
             if self._params.get(name, text) == text:
                 params.append((name, text))
                 continue
@@ -180,24 +185,18 @@ class MlflowBackend(BackendPlugin):
                     key,
                     name,
                 )
-        tags += self._pending_name_tags()
         return params, tags
 
-    def _name(self, name: str) -> str:
-        legal = self._names.get(name)
-        if legal is None:
-            legal = self._names[name] = legal_name(name)
-            if legal != name:
-                self._unrecorded.append((name, legal))
-        return legal
+    def _send(self, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
+        """One ``log_batch`` call; what MLflow refuses for good is a RejectedBatchError."""
+        from mlflow.exceptions import MlflowException
 
-    def _pending_name_tags(self) -> list[tuple[str, str]]:
-        tags = [
-            (legal_name(f"tracelet.name.{legal}")[:MAX_NAME], cut(original, MAX_TAG_VALUE))
-            for original, legal in self._unrecorded
-        ]
-        self._unrecorded = []
-        return tags
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
+        except MlflowException as error:
+            if error.error_code == "INVALID_PARAMETER_VALUE":
+                raise RejectedBatchError(f"MLflow refused it: {error.message}") from error
+            raise
 
     def _log_files(self, batch: Batch) -> None:
         for text in batch.texts:
@@ -217,9 +216,8 @@ class MlflowBackend(BackendPlugin):
 
     def finish_run(self, status: RunStatus) -> None:
         """Set the MLflow run's status: FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(
-            self.run_id, status=STATUS[status], end_time=int(time.time() * 1000)
-        )
+        ended = self._run.ended_at if self._run and self._run.ended_at else time.time()
+        self.client.set_terminated(self.run_id, status=STATUS[status], end_time=int(ended * 1000))
 
     def stop(self) -> None:
         """Drop the client."""

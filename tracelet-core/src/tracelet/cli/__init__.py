@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc = commands.add_parser("gc", help="remove runs older than retention_days")
     gc.add_argument("--older-than", type=float, metavar="DAYS", dest="days")
     gc.add_argument("--dry-run", action="store_true", help="only say what would go")
+    gc.add_argument("--force", action="store_true", help="also runs a backend still lacks")
     return parser
 
 

@@ -187,6 +187,10 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
     from tracelet.sync import pending, sync_run
 
     runs = [engine.resolve(args.run).id] if args.run else list(pending(engine.store))
+    live = [r.id for r in engine.store.list_runs(status="running")] if not args.run else []
+    for run_id in live:
+        if run_id not in runs and engine.store.undelivered(run_id):
+            print(f"{run_id[:12]}: skipped, still being written (its own process delivers it)")
     failed = False
     with Progress(transient=True) as bar:
         for run_id in runs:
@@ -196,7 +200,8 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
                 outcome = f"failed: {result.error}" if result.error else "up to date"
                 bar.console.print(
                     f"{run_id[:12]} {result.backend}: delivered {result.delivered} batch(es), "
-                    f"{result.remaining} left, {outcome}"
+                    f"{result.remaining} left, {outcome}",
+                    soft_wrap=True,
                 )
     if not runs:
         print("nothing to sync: every backend has every batch")
@@ -220,12 +225,22 @@ class ProgressBars:
 def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
     """``tracelet gc``: remove finished runs older than ``retention_days``."""
     days = args.days if args.days is not None else TraceletSettings.load().retention_days
+    if not math.isfinite(days) or days < 0:
+        raise ValueError(f"--older-than must be a number of days >= 0, got {days}")
     cutoff = time.time() - days * 86_400
     old = [
         r
         for r in engine.store.list_runs()
         if r.status.value != "running" and (r.ended_at or r.created_at) < cutoff
     ]
+    backlog = [r for r in old if engine.store.undelivered(r.id)]
+    if not args.force:
+        for run in backlog:
+            print(
+                f"kept {run.id[:12]} {run.name!r}: a backend has not received all of it "
+                "(tracelet sync, or gc --force)"
+            )
+        old = [r for r in old if r not in backlog]
     verb = "would remove" if args.dry_run else "removed"
     for run in old:
         if not args.dry_run:

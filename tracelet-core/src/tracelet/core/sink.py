@@ -151,8 +151,9 @@ class BackendSink:
         if not self._catch_up(last[0]):
             return
         status = self._final_status
-        if status is not None:
-            self._attempt("finish", lambda: self.backend.finish_run(status))
+        if status is not None and self._attempt("finish", lambda: self.backend.finish_run(status)):
+            with contextlib.suppress(Exception):  # a later sync would only repeat the status
+                self.store.mark_finished(self.run.id, self.name)
 
     def _last_seq(self) -> int:
         return self.store.last_seq(self.run.id)

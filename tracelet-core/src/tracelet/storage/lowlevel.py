@@ -27,7 +27,7 @@ from tracelet.records import Batch, RunInfo, RunStatus
 from tracelet.settings import TraceletSettings
 from tracelet.storage.locks import RunLock
 from tracelet.storage.store import LocalStore, StoredRun
-from tracelet.values import check_run_id, flatten_params, to_metric_value
+from tracelet.values import check_name, check_run_id, check_step, flatten_params, to_metric_value
 
 
 class StorageBackend:
@@ -66,16 +66,17 @@ class StorageBackend:
         samples: list[Any] | None = None,
     ) -> None:
         """Record the checkpoint of ``step``; its metrics also join the run's metric history."""
-        values = {name: to_metric_value(name, value) for name, value in metrics.items()}
+        step = check_step(step)
+        values = {check_name(n): to_metric_value(n, value) for n, value in metrics.items()}
         points = [(name, value, step, timestamp) for name, value in values.items()]
         self.store.write_batch(Batch(run_id, self.store.last_seq(run_id) + 1, points))
-        previous = self.store.checkpoints(run_id)
+        before = [c["step"] for c in self.store.checkpoints(run_id) if c["step"] < step]
         self.store.write_checkpoint(
             run_id,
             {
                 "step": step,
                 "timestamp": timestamp,
-                "first_step": previous[-1]["step"] + 1 if previous else 0,
+                "first_step": max(before) + 1 if before else 0,
                 "metrics": values,
                 "gradient_stats": dict(gradient_stats or {}),
                 "system_metrics": dict(system_metrics or {}),

@@ -113,6 +113,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             max REAL,
             PRIMARY KEY (run, key)) WITHOUT ROWID""",
     ),
+    ("ALTER TABLE cursors ADD COLUMN finished INTEGER NOT NULL DEFAULT 0",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

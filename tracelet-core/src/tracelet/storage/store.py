@@ -131,6 +131,12 @@ class LocalStore:
                 " backends = ?, config = ? WHERE id = ?",
                 (*row, info.id),
             ).rowcount
+            if resumed:
+                con.execute(
+                    "UPDATE cursors SET finished = 0"
+                    " WHERE run = (SELECT pk FROM runs WHERE id = ?)",
+                    (info.id,),
+                )
             if not resumed:
                 con.execute(
                     "INSERT INTO runs(id, project, name, status, created_at, host, pid,"
@@ -442,6 +448,22 @@ class LocalStore:
         rows = self.connection().execute("SELECT backend, seq FROM cursors WHERE run = ?", (pk,))
         return {backend: last - seq for backend, seq in rows if seq < last}
 
+    def mark_finished(self, run_id: str, backend: str) -> None:
+        """Record that ``backend`` has the run's final status."""
+        self.connection().execute(
+            "UPDATE cursors SET finished = 1 WHERE run = ? AND backend = ?",
+            (self._pk(run_id), backend),
+        )
+
+    def unfinished(self, run_id: str) -> list[str]:
+        """Backends of an ended run that do not have its final status yet."""
+        rows = self.connection().execute(
+            "SELECT c.backend FROM cursors c JOIN runs r ON r.pk = c.run"
+            " WHERE c.run = ? AND c.finished = 0 AND r.status != 'running'",
+            (self._pk(run_id),),
+        )
+        return [backend for (backend,) in rows]
+
     # -- checkpoints and anomalies -------------------------------------------------------
 
     def write_checkpoint(self, run_id: str, checkpoint: Mapping[str, Any]) -> None:
@@ -605,8 +627,9 @@ class LocalStore:
         if exact:
             return exact
         escaped = reference.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        prefixed = self._select_runs("WHERE r.id LIKE ? ESCAPE '\\'", (escaped + "%",))
-        return prefixed or self._select_runs("WHERE r.name = ?", (reference,))
+        return self._select_runs(
+            "WHERE r.id LIKE ? ESCAPE '\\' OR r.name = ?", (escaped + "%", reference)
+        )
 
     def metric_names(self, run_id: str) -> list[str]:
         """The names of the run's metrics, sorted."""
