@@ -23,8 +23,10 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
+
+from bench_common import chunk_stats
 
 import tracelet
 from tracelet.storage import LocalStore
@@ -61,24 +63,6 @@ def settings_for(store_path: str, **extra: Any) -> tracelet.TraceletSettings:
     return tracelet.TraceletSettings(
         store_path=store_path, track_system=False, track_git=False, track_env=False, **extra
     )
-
-
-def percentile(sorted_data: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted data (``q`` in 0..100)."""
-    pos = (len(sorted_data) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_data) - 1)
-    return sorted_data[low] + (sorted_data[high] - sorted_data[low]) * (pos - low)
-
-
-def chunk_stats(per_call_us: list[float]) -> dict[str, float]:
-    data = sorted(per_call_us)
-    return {
-        "median": percentile(data, 50),
-        "p90": percentile(data, 90),
-        "p99": percentile(data, 99),
-        "mean": statistics.fmean(data),
-    }
 
 
 def time_chunks(log: LogFn, chunks: list[list[float]]) -> list[float]:

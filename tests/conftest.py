@@ -53,7 +53,7 @@ def read_store(store_path: Path):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server for the whole session (started on first use)."""
-    from mlflow_server import MlflowServer
+    from tracelet_mlflow.testing import MlflowServer
 
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()

@@ -12,7 +12,8 @@ from tracelet.cli import main as cli
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
-from mlflow_server import MlflowServer  # noqa: E402
+
+from tracelet_mlflow.testing import MlflowServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 POINTS = 50_000

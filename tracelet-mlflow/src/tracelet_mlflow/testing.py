@@ -1,4 +1,5 @@
-"""A real ``mlflow server`` on 127.0.0.1 for the tests: SQLite store, local artifact root.
+"""A real ``mlflow server`` on 127.0.0.1 for tests and benchmarks: SQLite store, local
+artifact root. ``MlflowServer(folder).start()`` ... ``.stop()``; ``.url`` is the tracking URI.
 
 It runs in its own process group (it spawns uvicorn and a job runner), so stopping it
 signals the whole group. ``stop()`` then ``start()`` brings it back on the same port and
@@ -75,6 +76,12 @@ class MlflowServer:
                 return answer.status == 200
         except OSError:
             return False
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the server's log (for error messages)."""
+        path = self.root / "server.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
         """Stop the whole process group (SIGTERM, then SIGKILL after 10 s)."""

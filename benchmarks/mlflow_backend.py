@@ -25,30 +25,20 @@ was logged); timing targets are informational. See README.md.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
+import logging
+import os
+import platform
+import random
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-# This file is named mlflow.py and, run as a script, its folder is sys.path[0]: it would
-# shadow the mlflow package. Drop the folder before anything imports mlflow.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if not p or Path(p).resolve() != _HERE]
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gc  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any
 
 # Read by MLflow's async logging thread: without it, every log_metric(synchronous=False) is
 # sent as its own request and the flush at end_run takes minutes. 1 s is the smallest value
@@ -59,13 +49,15 @@ os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 # No usage reports from the client or the server (which inherits this environment).
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
+import mlflow
+from bench_common import chunk_stats
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
-import tracelet  # noqa: E402
-from tracelet.storage import LocalStore  # noqa: E402
-from tracelet_mlflow.backend import MlflowBackend  # noqa: E402
+import tracelet
+from tracelet.storage import LocalStore
+from tracelet_mlflow.backend import MlflowBackend
+from tracelet_mlflow.testing import MlflowServer
 
 POINTS = 100_000
 CHUNK = 1_000
@@ -86,113 +78,10 @@ class Failure(Exception):
 # -- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class MlflowServer:
-    """One ``mlflow server`` (SQLite store, local artifacts) in its own process group.
-
-    The same logic as ``tests/mlflow_server.py``, which benchmarks do not import.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90.0) -> None:
-        """Start the server and wait until ``/health`` answers."""
-        command = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(self.root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        with open(self.root / "server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited:\n{self.log_tail()}")
-            if self.healthy():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"mlflow server did not answer in {timeout:g} s:\n{self.log_tail()}")
-
-    def healthy(self) -> bool:
-        """Whether ``/health`` answers 200 now."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def log_tail(self, lines: int = 20) -> str:
-        path = self.root / "server.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Stop the whole process group (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        group = os.getpgid(self.process.pid)
-        os.killpg(group, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
-            self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)  # any child left behind
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
 def make_values(count: int, seed: int) -> list[float]:
     """Varying floats (different signs and magnitudes), reproducible from ``seed``."""
     rng = random.Random(seed)
     return [rng.gauss(0.0, 1.0) * 10.0 ** rng.randint(-6, 6) for _ in range(count)]
-
-
-def percentile(sorted_data: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted data (``q`` in 0..100)."""
-    pos = (len(sorted_data) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_data) - 1)
-    return sorted_data[low] + (sorted_data[high] - sorted_data[low]) * (pos - low)
-
-
-def chunk_stats(per_call_us: list[float]) -> dict[str, float]:
-    data = sorted(per_call_us)
-    return {
-        "median": percentile(data, 50),
-        "p90": percentile(data, 90),
-        "p99": percentile(data, 99),
-        "mean": statistics.fmean(data),
-    }
 
 
 def time_chunks(log: Callable[..., Any], chunks: list[list[float]], **kwargs: Any) -> list[float]:
