@@ -57,7 +57,7 @@ def start_logging(
     selected = registry.select_backends(names)
     core, run_keys, options = split_config(config, {r.name: r.options for r in selected})
     core.update({k: v for k, v in (("project", project), ("backend", names)) if v is not None})
-    resolved = base.replace(**core) if settings is not None else TraceletSettings.load(core)
+    resolved = base.replace(**core)  # arguments over what base read from env, file, defaults
     sections = read_config_file().sections
     for name in options:
         options[name] = {**sections.get(name, {}), **options[name]}

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from tracelet.core.registry import PluginRegistry, default_registry
+from tracelet.core.retry import RetryPolicy
 from tracelet.exceptions import RejectedBatchError, StoreError
 from tracelet.records import RunInfo, RunStatus
 from tracelet.redaction import REDACTED, redact_uri
@@ -153,6 +154,7 @@ def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _retry(action: Callable[[], object], attempts: int) -> None:
     """Run ``action``, retrying failures (not rejections) with backoff."""
+    delays = RetryPolicy(initial=0.5, jitter=0.0).delays()
     for attempt in range(attempts):
         try:
             action()
@@ -162,4 +164,4 @@ def _retry(action: Callable[[], object], attempts: int) -> None:
         except Exception:
             if attempt == attempts - 1:
                 raise
-            time.sleep(0.5 * 2**attempt)
+            time.sleep(next(delays))

@@ -23,7 +23,7 @@ from tracelet.core.registry import logger, report_once
 from tracelet.core.retry import RetryPolicy
 from tracelet.records import Batch, MetricPoint
 from tracelet.storage import LocalStore
-from tracelet.values import MAX_STEP
+from tracelet.values import MAX_STEP, check_text
 
 TRANSIENT = (sqlite3.OperationalError, OSError)
 
@@ -109,11 +109,11 @@ def storable_point(point: MetricPoint) -> bool:
 
 
 def encodable(value: Any) -> bool:
-    """True unless ``value`` is a string that is not valid UTF-8 (lone surrogates)."""
+    """True unless ``value`` is a string :func:`~tracelet.values.check_text` refuses."""
     if not isinstance(value, str):
         return True
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+        check_text(value)
+    except ValueError:
         return False
     return True

@@ -255,5 +255,5 @@ class RunReader:
     def _events(self, run_id: str, kind: str) -> list[Any]:
         pk = self._pk(run_id)
         last = self.last_seq(run_id)
-        found, _ = self._read_events(self.connection(), pk, 0, last)[kind]
+        found = self._read_events(self.connection(), pk, 0, last, (kind,))[kind]
         return [item for seq in sorted(found) for item in found[seq]]

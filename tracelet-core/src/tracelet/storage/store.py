@@ -28,9 +28,21 @@ from tracelet.storage.locks import RunLock, is_locked
 from tracelet.storage.readers import RunReader
 from tracelet.storage.schema import migrate
 from tracelet.storage.sql import nan_of, transaction
-from tracelet.values import ParamValue, check_run_id
+from tracelet.values import check_run_id
 
 DB_NAME = "tracelet.db"
+_EVENT_SQL = {
+    "params": "SELECT batch, key, value FROM params",
+    "tags": "SELECT batch, key, value FROM tags",
+    "texts": "SELECT batch, name, text, step, ts FROM texts",
+    "images": "SELECT batch, name, step, ts, path FROM images",
+    "artifacts": "SELECT batch, name, artifact_path, path, size_bytes, sha256, kind, ts, version"
+    " FROM artifacts",
+}
+_EVENT_WHERE = "WHERE run = ? AND batch BETWEEN ? AND ?"
+_EVENT_RECORDS: dict[str, Any] = {"texts": Text, "images": Image, "artifacts": Artifact}
+EVENT_KINDS = tuple(_EVENT_SQL)
+"""The kinds of non-metric record a batch carries, as named on :class:`~tracelet.records.Batch`."""
 
 
 @attrs.frozen
@@ -347,12 +359,13 @@ class LocalStore(RunReader):
         if not heads:
             return []
         events = self._read_events(con, pk, heads[0][0], heads[-1][0])
+        empty = {"params": {}, "tags": {}}
         return [
             Batch(
                 run_id=run_id,
                 seq=seq,
                 metrics=self._metric_range(con, first, last),
-                **{kind: found.get(seq, empty) for kind, (found, empty) in events.items()},
+                **{kind: found.get(seq, empty.get(kind, ())) for kind, found in events.items()},
             )
             for seq, first, last in heads
         ]
@@ -369,41 +382,30 @@ class LocalStore(RunReader):
         return [(k, nan_of(v), s, t) for k, v, s, t in rows]
 
     def _read_events(
-        self, con: sqlite3.Connection, pk: int, low: int, high: int
-    ) -> dict[str, tuple[dict[int, Any], Any]]:
-        """Every non-metric record of batches ``low..high``, grouped by kind, then by batch."""
-        where = "WHERE run = ? AND batch BETWEEN ? AND ?"
-        args = (pk, low, high)
-        params: dict[int, dict[str, ParamValue]] = {}
-        for seq, key, value in con.execute(f"SELECT batch, key, value FROM params {where}", args):
-            params.setdefault(seq, {})[key] = json.loads(value)
-        tags: dict[int, dict[str, str]] = {}
-        for seq, key, value in con.execute(f"SELECT batch, key, value FROM tags {where}", args):
-            tags.setdefault(seq, {})[key] = value
-        texts: dict[int, list[Text]] = {}
-        for seq, *row in con.execute(
-            f"SELECT batch, name, text, step, ts FROM texts {where} ORDER BY id", args
-        ):
-            texts.setdefault(seq, []).append(Text(*row))
-        images: dict[int, list[Image]] = {}
-        for seq, *row in con.execute(
-            f"SELECT batch, name, step, ts, path FROM images {where} ORDER BY id", args
-        ):
-            images.setdefault(seq, []).append(Image(*row))
-        artifacts: dict[int, list[Artifact]] = {}
-        for seq, *row in con.execute(
-            "SELECT batch, name, artifact_path, path, size_bytes, sha256, kind, ts, version"
-            f" FROM artifacts {where} ORDER BY id",
-            args,
-        ):
-            artifacts.setdefault(seq, []).append(Artifact(*row))
-        return {
-            "params": (params, {}),
-            "tags": (tags, {}),
-            "texts": (texts, ()),
-            "images": (images, ()),
-            "artifacts": (artifacts, ()),
-        }
+        self,
+        con: sqlite3.Connection,
+        pk: int,
+        low: int,
+        high: int,
+        kinds: Iterable[str] = EVENT_KINDS,
+    ) -> dict[str, dict[int, Any]]:
+        """The non-metric records of batches ``low..high`` of these ``kinds``, by kind, then
+        by batch: a dict of values for params and tags, a list of records for the rest."""
+        found: dict[str, dict[int, Any]] = {}
+        for kind in kinds:
+            record = _EVENT_RECORDS.get(kind)
+            order = " ORDER BY id" if record else ""
+            rows = con.execute(f"{_EVENT_SQL[kind]} {_EVENT_WHERE}{order}", (pk, low, high))
+            by_batch: dict[int, Any] = {}
+            for seq, *row in rows:
+                if record is not None:
+                    by_batch.setdefault(seq, []).append(record(*row))
+                else:
+                    key, value = row
+                    decoded = json.loads(value) if kind == "params" else value
+                    by_batch.setdefault(seq, {})[key] = decoded
+            found[kind] = by_batch
+        return found
 
     # -- delivery cursors ----------------------------------------------------------------
 
