@@ -12,9 +12,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import tracelet
-from tracelet.core.plugins import BackendPlugin, BackendRegistration, PluginMetadata, PluginType
 from tracelet.core.registry import default_registry
-from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.plugins import BackendPlugin, BackendRegistration, Batch, Option, RunInfo, RunStatus
+
+OPTIONS = (
+    Option("fail_times", int, 0, doc="deliveries that raise before the first success"),
+    Option("delay", float, 0.0, doc="seconds each delivery takes"),
+    Option("hang", bool, False, doc="block every delivery until released"),
+    Option("api_key", str, doc="a credential (never stored)", secret=True),
+)
 
 
 class RecordingBackend(BackendPlugin):
@@ -36,15 +42,11 @@ class RecordingBackend(BackendPlugin):
         self.lock = threading.Lock()
         RecordingBackend.instances.append(self)
 
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        return PluginMetadata("recording", "1.0", PluginType.BACKEND, "keeps batches in memory")
-
     def initialize(self, config: Any) -> None:
         super().initialize(config)
-        self.fail_times = int(self.config.get("fail_times", 0))
-        self.delay = float(self.config.get("delay", 0.0))
-        if self.config.get("hang"):
+        self.fail_times = self.config["fail_times"]
+        self.delay = self.config["delay"]
+        if self.config["hang"]:
             self.hang.clear()
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
@@ -76,8 +78,12 @@ class _Plugin:
 
     @tracelet.hookimpl
     def tracelet_register_backends(self) -> list[BackendRegistration]:
-        options = {"fail_times", "delay", "hang"}
-        return [BackendRegistration(self.name, RecordingBackend, options=options)]
+        return [BackendRegistration(self.name, RecordingBackend, options=OPTIONS)]
+
+
+def built(name: str, factory: type[RecordingBackend] = RecordingBackend, **options: Any) -> Any:
+    """A backend of class ``factory`` built as the registry builds one, named ``name``."""
+    return BackendRegistration(name, factory, options=OPTIONS).build(options)
 
 
 @contextmanager

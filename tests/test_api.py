@@ -409,4 +409,4 @@ def test_a_single_tag_string_is_one_tag(read_store):
 
 def test_disable_plugins_in_config_takes_effect():
     with pytest.raises(ConfigurationError, match="unknown backend 'local'"):
-        tracelet.start_logging("x", config={"disable_plugins": ["tracelet.storage.backend"]})
+        tracelet.start_logging("x", config={"disable_plugins": ["local"]})

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import tracelet
-from tracelet.core.plugins import FrameworkPlugin, FrameworkRegistration, PluginMetadata, PluginType
 from tracelet.core.registry import default_registry
+from tracelet.plugins import FrameworkPlugin, FrameworkRegistration
 
 
 def test_capture_hyperparams_takes_the_callers_simple_locals(read_store):
@@ -85,16 +85,6 @@ def test_capture_model_and_dataset(read_store):
 
 class Recorder(FrameworkPlugin):
     events: list[tuple[str, str]] = []
-
-    @classmethod
-    def get_metadata(cls):
-        return PluginMetadata("recorder", "1", PluginType.FRAMEWORK)
-
-    def start(self):
-        self.started = True
-
-    def stop(self):
-        self.started = False
 
     def attach(self, experiment):
         self.experiment = experiment
@@ -180,6 +170,6 @@ def test_automagic_artifacts_only_takes_ml_files_with_their_type(tmp_path, fast_
 def test_automagic_frameworks_selects_integrations(frameworks):
     with tracelet.start_logging("only others", config={"automagic_frameworks": ["other"]}) as exp:
         assert frameworks == []
-        assert [f.name for f in exp._frameworks] == ["artifact-watch"]
+        assert [f.name for f in exp.frameworks] == ["artifact-watch"]
     with tracelet.start_logging("chosen", config={"automagic_frameworks": ["recorder"]}):
         assert frameworks == [("attach", "chosen")]

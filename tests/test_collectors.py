@@ -11,8 +11,8 @@ import pytest
 
 import tracelet
 from tracelet import ExperimentConfig, TraceletSettings
-from tracelet.core.plugins import CollectorPlugin, CollectorRegistration, PluginMetadata, PluginType
 from tracelet.core.registry import default_registry
+from tracelet.plugins import CollectorPlugin, CollectorRegistration
 from tracelet.redaction import redact_argv
 
 pytestmark = pytest.mark.collectors
@@ -105,18 +105,8 @@ def test_a_failing_collector_is_reported_once_and_the_run_goes_on(read_store, ca
     class Broken(CollectorPlugin):
         interval = 0.05
 
-        @classmethod
-        def get_metadata(cls):
-            return PluginMetadata("broken", "1", PluginType.COLLECTOR)
-
-        def start(self):
-            self.started = True
-
         def collect(self):
             raise OSError("sensor unplugged")
-
-        def stop(self):
-            self.started = False
 
     class Plugin:
         @tracelet.hookimpl

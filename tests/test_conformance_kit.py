@@ -21,7 +21,7 @@ import pytest
 import tracelet
 from tracelet.core.registry import default_registry
 from tracelet.records import RunStatus
-from tracelet.storage.backend import LocalBackend
+from tracelet.storage.backend import PATH, LocalBackend
 from tracelet.testing import CHECKS, BackendUnderTest, LocalReadBack, open_kit
 
 pytest_plugins = ["pytester"]
@@ -92,8 +92,8 @@ class _Flawed:
     @tracelet.hookimpl
     def tracelet_register_backends(self):
         return [
-            tracelet.BackendRegistration("forgetful", ForgetsBatches, options={"path"}),
-            tracelet.BackendRegistration("always-finished", AlwaysFinished, options={"path"}),
+            tracelet.BackendRegistration("forgetful", ForgetsBatches, options=[PATH]),
+            tracelet.BackendRegistration("always-finished", AlwaysFinished, options=[PATH]),
         ]
 
 

@@ -8,7 +8,7 @@ import threading
 from collections import Counter, defaultdict
 
 import pytest
-from fakes import RecordingBackend, recording_backend
+from fakes import built, recording_backend
 
 import tracelet
 from tracelet import RunStatus, TraceletSettings
@@ -68,9 +68,13 @@ def test_failing_backend_is_retried_reported_once_and_caught_up(read_store, capl
     assert_same_points(backend.points(), stored)
     assert len(stored) == 5_000
     assert backend.final_status is RunStatus.FINISHED
-    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    failures = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(failures) == 1, "one report per failure episode"
     assert "ConnectionError: injected failure" in failures[0].getMessage()
+    recoveries = [r for r in caplog.records if "is back and has caught up" in r.getMessage()]
+    assert len(recoveries) == 1, "one more report once it has caught up"
+    assert exp.delivery["recording"].phase == "delivering"
+    assert exp.delivery["recording"].pending == 0
     assert store.undelivered(exp.id) == {}
     assert store.get_cursor(exp.id, "recording") == store.last_seq(exp.id)
 
@@ -124,25 +128,25 @@ def test_backend_added_mid_run_receives_everything_from_the_start(read_store):
     for step in range(1_000):
         exp.log_metric("early", float(step), step)
     exp.flush()
-    late = RecordingBackend()
-    exp._orchestrator.add_backend(late, "late")
+    late = built("late")
+    exp.orchestrator.add_backend(late)
     for step in range(1_000):
         exp.log_metric("later", float(step), step)
     tracelet.stop_logging()
     assert_same_points(late.points(), read_store().metrics(exp.id))
     assert late.final_status is RunStatus.FINISHED
     with pytest.raises(ValueError, match="already attached"):
-        exp._orchestrator.add_backend(RecordingBackend(), "late")
+        exp.orchestrator.add_backend(built("late"))
 
 
 def test_removed_backend_gets_what_was_logged_before_removal(read_store):
     with recording_backend() as backends:
         exp = start(["local", "recording"])
         exp.log_metric("before", 1.0, 0)
-        assert exp._orchestrator.remove_backend("recording", timeout=10)
+        assert exp.orchestrator.remove_backend("recording", timeout=10)
         exp.log_metric("after", 2.0, 1)
         with pytest.raises(ValueError, match="no backend named 'recording'"):
-            exp._orchestrator.remove_backend("recording")
+            exp.orchestrator.remove_backend("recording")
         tracelet.stop_logging()
     assert [p[0] for p in backends[0].points()] == ["before"]
     assert backends[0].final_status is None, "a removed backend's run is left open"
@@ -154,10 +158,10 @@ def test_route_metric_accepts_tuples_and_metric_objects(read_store):
     class Metric:
         name, value, step, timestamp = "obj", 2, 3, 1234.5
 
-    exp._orchestrator.route_metric(("tuple", 1.0, 2, 1000.0))
-    exp._orchestrator.route_metric(Metric())
+    exp.orchestrator.route_metric(("tuple", 1.0, 2, 1000.0))
+    exp.orchestrator.route_metric(Metric())
     with pytest.raises(TypeError, match="metric 'bad'"):
-        exp._orchestrator.route_metric(("bad", "x", 0, 0.0))
+        exp.orchestrator.route_metric(("bad", "x", 0, 0.0))
     tracelet.stop_logging()
     assert read_store().metrics(exp.id) == [("tuple", 1.0, 2, 1000.0), ("obj", 2.0, 3, 1234.5)]
 
@@ -172,7 +176,7 @@ def test_full_buffer_makes_the_caller_wait_and_drops_nothing(read_store):
 
 def test_journal_write_failures_are_retried_without_loss(read_store, monkeypatch, caplog):
     exp = start()
-    real_write = type(exp._store).write_batch
+    real_write = type(exp.store).write_batch
     failures = {"left": 3}
 
     def flaky_write(self, batch):
@@ -181,7 +185,7 @@ def test_journal_write_failures_are_retried_without_loss(read_store, monkeypatch
             raise sqlite3.OperationalError("disk I/O error (injected)")
         return real_write(self, batch)
 
-    monkeypatch.setattr(type(exp._store), "write_batch", flaky_write)
+    monkeypatch.setattr(type(exp.store), "write_batch", flaky_write)
     with caplog.at_level(logging.WARNING, "tracelet"):
         for step in range(1_000):
             exp.log_metric("loss", float(step), step)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tracelet
+from tracelet.core.registry import default_registry
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
@@ -98,7 +99,9 @@ def test_tracelet_yaml_section(sqlite_uri, tmp_path):
 def test_bad_options_fail_at_start():
     with pytest.raises(tracelet.ConfigurationError, match="unknown setting 'trackin_uri'"):
         tracelet.start_logging("x", backend="mlflow", config={"trackin_uri": "x"})
-    with pytest.raises(tracelet.ConfigurationError, match="'tracking_uri' must be a string"):
+    with pytest.raises(
+        tracelet.ConfigurationError, match="mlflow option 'tracking_uri' expects str, got int 5"
+    ):
         tracelet.start_logging("x", backend="mlflow", config={"mlflow": {"tracking_uri": 5}})
 
 
@@ -191,17 +194,18 @@ def test_resume_continues_the_same_mlflow_run(sqlite_uri):
 
 def test_a_replayed_batch_is_not_duplicated(sqlite_uri, read_store):
     from tracelet.records import Batch, RunInfo
-    from tracelet_mlflow.backend import MlflowBackend
 
-    backend = MlflowBackend()
-    backend.initialize({"tracking_uri": sqlite_uri, "experiment_name": "replay"})
+    backend = default_registry().build_backend(
+        "mlflow", {"tracking_uri": sqlite_uri, "experiment_name": "replay"}
+    )
     backend.start()
     info = RunInfo("replayrun0000000000000000000000a", "replay", "p", 1000.0)
     backend.start_run(info, False)
     batch = Batch(info.id, 1, [("loss", 0.5, 0, 1000.0), ("loss", 0.25, 1, 1000.5)])
     backend.log_batch(batch)
-    again = MlflowBackend()  # a new process replaying from the journal
-    again.initialize({"tracking_uri": sqlite_uri, "experiment_name": "replay"})
+    again = default_registry().build_backend(
+        "mlflow", {"tracking_uri": sqlite_uri, "experiment_name": "replay"}
+    )  # a new process replaying from the journal
     again.start()
     again.start_run(info, True)
     again.log_batch(batch)
@@ -308,10 +312,10 @@ def test_a_refused_batch_is_skipped_and_later_ones_arrive(sqlite_uri, monkeypatc
 
 def test_name_mapping_tags_survive_a_failed_call(sqlite_uri):
     from tracelet.records import Batch, RunInfo
-    from tracelet_mlflow.backend import MlflowBackend
 
-    backend = MlflowBackend()
-    backend.initialize({"tracking_uri": sqlite_uri, "experiment_name": "flaky-tags"})
+    backend = default_registry().build_backend(
+        "mlflow", {"tracking_uri": sqlite_uri, "experiment_name": "flaky-tags"}
+    )
     backend.start()
     info = RunInfo("flakytags000000000000000000000aa", "flaky", "p", 1000.0)
     backend.start_run(info, False)

@@ -48,15 +48,16 @@ def test_the_local_store_registers_through_the_same_hook():
     registry = PluginRegistry(entry_points_group=None)
     backends = registry.backends()
     assert backends["local"].factory is LocalBackend
-    assert "tracelet.storage.backend" in registry.manager.list_name_plugin()[0]
+    assert registry.manager.get_plugin("local") is sys.modules["tracelet.storage.backend"]
 
 
 def test_plugin_interfaces_are_abstract_and_metadata_is_a_record():
     with pytest.raises(TypeError, match="abstract"):
         tracelet.BackendPlugin()
-    meta = LocalBackend.get_metadata()
+    meta = default_registry().build_backend("local", {}).get_metadata()
     assert isinstance(meta, tracelet.PluginMetadata)
     assert (meta.name, meta.type) == ("local", tracelet.PluginType.BACKEND)
+    assert meta.version == tracelet.__version__, "name and version come from the registration"
     assert {t.value for t in tracelet.PluginType} == {"backend", "framework", "collector"}
     for interface in (tracelet.CollectorPlugin, tracelet.FrameworkPlugin):
         assert issubclass(interface, tracelet.PluginInterface)
@@ -153,7 +154,10 @@ def test_two_plugins_claiming_one_backend_name_is_an_error():
 
     registry = PluginRegistry(entry_points_group=None)
     registry.register(Impostor(), name="impostor")
-    with pytest.raises(ConfigurationError, match="two plugins register a backend named 'local'"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"two plugins \('local', 'impostor'\) register a backend named 'local'",
+    ):
         registry.backends()
 
 

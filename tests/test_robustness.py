@@ -10,12 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from unittest.mock import Mock
 
 import pytest
-from fakes import RecordingBackend, recording_backend
+from fakes import RecordingBackend, built, recording_backend
 
 import tracelet
 from tracelet import ConfigurationError, TraceletSettings
+from tracelet.core.session import RunSession
 from tracelet.exceptions import RejectedBatchError, StoreError
 from tracelet.records import Batch
 
@@ -122,8 +124,8 @@ def test_a_batch_number_taken_by_another_writer_is_renumbered(read_store):
     exp = start()
     exp.log_metric("first", 1.0, 0)
     exp.flush()
-    intruder = Batch(exp.id, exp._orchestrator.seq + 1, [("intruder", 9.0, 0, 1.0)])
-    exp._store.write_batch(intruder)
+    intruder = Batch(exp.id, exp.orchestrator.seq + 1, [("intruder", 9.0, 0, 1.0)])
+    exp.store.write_batch(intruder)
     exp.log_metric("second", 2.0, 1)
     exp.stop()
     assert {p[0] for p in read_store().metrics(exp.id)} == {"first", "intruder", "second"}
@@ -144,8 +146,8 @@ def test_a_backend_added_to_an_idle_run_gets_the_history():
     exp = start()
     exp.log_metric("loss", 1.0, 0)
     exp.flush()
-    late = RecordingBackend()
-    exp._orchestrator.add_backend(late, "late")
+    late = built("late")
+    exp.orchestrator.add_backend(late)
     assert exp.flush(timeout=10)
     assert [p[0] for p in late.points()] == ["loss"]
     exp.stop()
@@ -160,8 +162,8 @@ class Picky(RecordingBackend):
 
 def test_a_rejected_batch_is_skipped_recorded_and_delivery_goes_on(read_store, caplog):
     exp = start()
-    picky = Picky()
-    exp._orchestrator.add_backend(picky, "picky")
+    picky = built("picky", Picky)
+    exp.orchestrator.add_backend(picky)
     exp.log_metric("ok", 1.0, 0)
     exp.flush(timeout=10)
     exp.log_metric("forbidden", 2.0, 1)
@@ -207,7 +209,7 @@ def test_remove_backend_without_timeout_waits_for_it():
     with recording_backend() as backends:
         exp = start(backend=["local", "recording"], recording={"fail_times": 2})
         exp.log_metric("loss", 1.0, 0)
-        assert exp._orchestrator.remove_backend("recording", timeout=None) is True
+        assert exp.orchestrator.remove_backend("recording", timeout=None) is True
         assert [p[0] for p in backends[0].points()] == ["loss"]
         exp.stop()
 
@@ -221,13 +223,14 @@ def test_resume_tells_only_backends_with_a_cursor_that_they_resume():
     assert [b.resumed for b in backends] == [False, True]
 
 
-def test_a_failed_start_leaves_the_run_unlocked():
+def test_a_failed_start_leaves_the_run_unlocked(monkeypatch):
     exp = tracelet.start_logging("ok")
     exp.stop()
     broken = tracelet.Experiment("again", run_id=exp.id)
-    broken._create_run = lambda store: (_ for _ in ()).throw(OSError("disk gone"))
-    with pytest.raises(OSError, match="disk gone"):
-        broken.start()
+    with monkeypatch.context() as patch:
+        patch.setattr(RunSession, "_create_run", Mock(side_effect=OSError("disk gone")))
+        with pytest.raises(OSError, match="disk gone"):
+            broken.start()
     tracelet.Experiment("again", run_id=exp.id).start().stop()
 
 
@@ -263,7 +266,7 @@ def test_secrets_in_captured_locals_and_backend_errors_are_hidden(read_store):
             raise ConnectionError("cannot reach https://alice:SECRET2@example.invalid/api")
 
     exp = start(flush_timeout=0.3)
-    exp._orchestrator.add_backend(Leaky(), "leaky")
+    exp.orchestrator.add_backend(built("leaky", Leaky))
     exp.log_metric("m", 1.0, 0)
     exp.stop()
     (error,) = read_store().connection().execute("SELECT error FROM cursors WHERE backend='leaky'")
@@ -296,7 +299,7 @@ def test_many_short_lived_threads_flushing_do_not_leak_connections():
         worker = threading.Thread(target=lambda: exp.flush(timeout=5))
         worker.start()
         worker.join()
-    assert len(exp._store._connections) <= 3
+    assert len(exp.store._connections) <= 3
     exp.stop()
 
 

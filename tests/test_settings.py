@@ -20,10 +20,10 @@ import pytest
 import tracelet
 import tracelet.core.registry as registry_module
 from tracelet import ConfigurationError, ExperimentConfig, TraceletSettings
-from tracelet.core.plugins import BackendPlugin, BackendRegistration, PluginMetadata, PluginType
 from tracelet.core.registry import PluginRegistry, default_registry
 from tracelet.exceptions import TraceletException
 from tracelet.hookspecs import hookimpl
+from tracelet.plugins import BackendPlugin, BackendRegistration, Option
 from tracelet.records import Batch, RunInfo, RunStatus
 from tracelet.settings import read_config_file, split_config
 
@@ -70,13 +70,10 @@ class FakeBackend(BackendPlugin):
     received: dict[str, dict[str, Any]] = {}
     runs: dict[str, RunInfo] = {}
 
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        return PluginMetadata(cls.backend_name, "1.0", PluginType.BACKEND, "test fake")
-
     def initialize(self, config: Mapping[str, Any]) -> None:
         super().initialize(config)
-        FakeBackend.received[self.backend_name] = dict(config)
+        given = {k: v for k, v in config.items() if v is not None}  # the rest: defaults
+        FakeBackend.received[self.backend_name] = given
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
         FakeBackend.runs[self.backend_name] = run
@@ -96,14 +93,19 @@ class FakeWandb(FakeBackend):
     backend_name = "wandb"
 
 
+def untyped(names: set[str]) -> list[Option]:
+    """Options of any type (these tests are about where options go, not their types)."""
+    return [Option(name, object) for name in sorted(names)]
+
+
 class FakeBackendsPlugin:
     """A plugin object registering the fake ``mlflow`` and ``wandb`` backends."""
 
     @hookimpl
     def tracelet_register_backends(self) -> list[BackendRegistration]:
         return [
-            BackendRegistration("mlflow", FakeMlflow, options=FAKE_OPTIONS["mlflow"]),
-            BackendRegistration("wandb", FakeWandb, options=FAKE_OPTIONS["wandb"]),
+            BackendRegistration("mlflow", FakeMlflow, options=untyped(FAKE_OPTIONS["mlflow"])),
+            BackendRegistration("wandb", FakeWandb, options=untyped(FAKE_OPTIONS["wandb"])),
         ]
 
 

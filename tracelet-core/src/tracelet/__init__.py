@@ -28,19 +28,21 @@ _EXPORTS = {
     "ConfigurationError": "tracelet.exceptions",
     "BackendError": "tracelet.exceptions",
     "StoreError": "tracelet.exceptions",
+    "RejectedBatchError": "tracelet.exceptions",
+    "PermanentBackendError": "tracelet.exceptions",
     "RunStatus": "tracelet.records",
     "ArtifactType": "tracelet.artifacts",
     "TraceletArtifact": "tracelet.artifacts",
     "ArtifactResult": "tracelet.artifacts",
-    "PluginInterface": "tracelet.core.plugins",
-    "BackendPlugin": "tracelet.core.plugins",
-    "FrameworkPlugin": "tracelet.core.plugins",
-    "CollectorPlugin": "tracelet.core.plugins",
-    "PluginMetadata": "tracelet.core.plugins",
-    "PluginType": "tracelet.core.plugins",
-    "BackendRegistration": "tracelet.core.plugins",
-    "CollectorRegistration": "tracelet.core.plugins",
-    "FrameworkRegistration": "tracelet.core.plugins",
+    "PluginInterface": "tracelet.plugins",
+    "BackendPlugin": "tracelet.plugins",
+    "FrameworkPlugin": "tracelet.plugins",
+    "CollectorPlugin": "tracelet.plugins",
+    "PluginMetadata": "tracelet.plugins",
+    "PluginType": "tracelet.plugins",
+    "BackendRegistration": "tracelet.plugins",
+    "CollectorRegistration": "tracelet.plugins",
+    "FrameworkRegistration": "tracelet.plugins",
     "hookimpl": "tracelet.hookspecs",
 }
 
@@ -64,20 +66,11 @@ if TYPE_CHECKING:
     from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
     from tracelet.core.experiment import Experiment
     from tracelet.core.orchestrator import Orchestrator
-    from tracelet.core.plugins import (
-        BackendPlugin,
-        BackendRegistration,
-        CollectorPlugin,
-        CollectorRegistration,
-        FrameworkPlugin,
-        FrameworkRegistration,
-        PluginInterface,
-        PluginMetadata,
-        PluginType,
-    )
     from tracelet.exceptions import (
         BackendError,
         ConfigurationError,
+        PermanentBackendError,
+        RejectedBatchError,
         StoreError,
         TraceletException,
     )
@@ -92,6 +85,17 @@ if TYPE_CHECKING:
         step,
         stop_logging,
         watch,
+    )
+    from tracelet.plugins import (
+        BackendPlugin,
+        BackendRegistration,
+        CollectorPlugin,
+        CollectorRegistration,
+        FrameworkPlugin,
+        FrameworkRegistration,
+        PluginInterface,
+        PluginMetadata,
+        PluginType,
     )
     from tracelet.records import RunStatus
     from tracelet.settings import ExperimentConfig, TraceletSettings

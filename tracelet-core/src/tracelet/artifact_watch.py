@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from tracelet import __version__
 from tracelet.artifacts import ARTIFACT_KINDS
-from tracelet.core.plugins import FrameworkPlugin, FrameworkRegistration, PluginMetadata, PluginType
-from tracelet.core.registry import report_once
 from tracelet.hookspecs import hookimpl
+from tracelet.plugins import FrameworkPlugin, FrameworkRegistration
+from tracelet.reporting import report_once
 
 if TYPE_CHECKING:
     from tracelet.core.experiment import Experiment
@@ -44,11 +44,6 @@ class ArtifactWatcher(FrameworkPlugin):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        """The watcher's metadata."""
-        return PluginMetadata("artifact-watch", __version__, PluginType.FRAMEWORK, __doc__ or "")
-
     @property
     def enabled(self) -> bool:
         """Whether the settings ask for watching."""
@@ -58,7 +53,6 @@ class ArtifactWatcher(FrameworkPlugin):
         """Start polling (called by :meth:`attach`)."""
         self._thread = threading.Thread(target=self._poll, name="tracelet-watch", daemon=True)
         self._thread.start()
-        self.started = True
 
     def stop(self) -> None:
         """Stop polling and log what is left."""
@@ -66,7 +60,6 @@ class ArtifactWatcher(FrameworkPlugin):
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._log({**self._pending, **self._changed()})
-        self.started = False
 
     def attach(self, experiment: Experiment) -> None:
         """Remember what exists now, then watch for what comes."""
@@ -135,6 +128,10 @@ def tracelet_register_frameworks() -> list[FrameworkRegistration]:
     """Register the artifact watcher (it only acts when the settings ask for it)."""
     return [
         FrameworkRegistration(
-            "artifact-watch", ArtifactWatcher, "logs new files as artifacts", selectable=False
+            "artifact-watch",
+            ArtifactWatcher,
+            "logs new files as artifacts",
+            selectable=False,
+            version=__version__,
         )
     ]

@@ -22,7 +22,6 @@ from tracelet.media import file_sha256
 from tracelet.values import check_relative_path
 
 if TYPE_CHECKING:
-    from tracelet.core.experiment import Experiment
     from tracelet.records import Artifact
     from tracelet.storage import LocalStore
 
@@ -298,19 +297,3 @@ def _rebuild(name: str, version: int, records: list[Artifact]) -> TraceletArtifa
     artifact.created_at = dt.datetime.fromtimestamp(records[0].timestamp, tz=dt.UTC)
     artifact.metadata["version"] = version
     return artifact
-
-
-def results_for(
-    experiment: Experiment, artifact_path: str, version: int
-) -> dict[str, ArtifactResult]:
-    """What each of the experiment's backends will hold for a logged artifact path."""
-    info = experiment.run_info
-    return {
-        backend.name: ArtifactResult(
-            backend.name,
-            backend.artifact_uri(info, artifact_path, version),
-            str(version),
-            {"status": "queued"},
-        )
-        for backend in experiment.backends
-    }

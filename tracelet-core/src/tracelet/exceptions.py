@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class TraceletException(Exception):
     """Base class of every error Tracelet raises on purpose."""
@@ -21,6 +24,15 @@ class RejectedBatchError(BackendError):
     The batch stays in the local store, the rejection is recorded and reported, and
     delivery goes on with the next batch. Raise any other exception for a failure that a
     retry may fix.
+    """
+
+
+class PermanentBackendError(BackendError):
+    """Raised by a backend for a failure no retry can fix: bad credentials, a deleted project.
+
+    The backend is reported once and not tried again in this run; everything it did not
+    receive stays in the local store, so ``tracelet sync`` delivers it once the cause is
+    fixed. The other backends go on.
     """
 
 
@@ -45,3 +57,9 @@ class NotFoundError(TraceletException, LookupError):
 
 class AmbiguousRunError(TraceletException, LookupError):
     """A run reference (id prefix or name) matches several runs; the message lists them."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the candidates closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), sorted(candidates), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -7,7 +7,7 @@ are the hooks below, registered under the entry-point group ``tracelet``::
     [project.entry-points.tracelet]
     mybackend = "my_package.plugin"
 
-The registration hooks return records (:class:`~tracelet.core.plugins.BackendRegistration`
+The registration hooks return records (:class:`~tracelet.plugins.BackendRegistration`
 and friends) describing what the plugin provides; Tracelet decides when to build and run
 them. The lifecycle hooks announce runs. Metric traffic never passes through pluggy: it
 goes through the orchestrator, so a hook costs nothing per logged point.
@@ -24,7 +24,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from tracelet.core.experiment import Experiment
-    from tracelet.core.plugins import (
+    from tracelet.plugins import (
         BackendRegistration,
         CollectorRegistration,
         FrameworkRegistration,
@@ -42,13 +42,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def tracelet_register_backends() -> Sequence[BackendRegistration]:
     """Return the backends this plugin provides.
 
-    Called whenever Tracelet looks its backends up (when a run starts); return the same
-    records each time. Each
-    :class:`~tracelet.core.plugins.BackendRegistration` names the backend (the string users
+    Called whenever Tracelet looks its backends up (when a run starts, by ``tracelet
+    sync``); return the same records each time. Each
+    :class:`~tracelet.plugins.BackendRegistration` names the backend (the string users
     pass as ``backend=``), the factory that builds one
-    :class:`~tracelet.core.plugins.BackendPlugin` per run, and the option names it accepts,
-    so that ``config={"tracking_uri": ...}`` and ``config={"mlflow_tracking_uri": ...}``
-    reach it. Two plugins registering the same name is an error reported at start.
+    :class:`~tracelet.plugins.BackendPlugin` per run, and its typed options
+    (:class:`~tracelet.plugins.Option`), so that ``config={"tracking_uri": ...}`` and
+    ``config={"mlflow_tracking_uri": ...}`` reach it, checked. Two plugins registering the
+    same name is a ConfigurationError naming both.
     """
 
 
@@ -57,8 +58,8 @@ def tracelet_register_collectors() -> Sequence[CollectorRegistration]:
     """Return the collectors this plugin provides.
 
     A collector samples something outside the training loop (CPU, GPU, git state) on its
-    own interval. Each :class:`~tracelet.core.plugins.CollectorRegistration` names it and
-    gives the factory for a :class:`~tracelet.core.plugins.CollectorPlugin`.
+    own interval. Each :class:`~tracelet.plugins.CollectorRegistration` names it and
+    gives the factory for a :class:`~tracelet.plugins.CollectorPlugin`.
     """
 
 
@@ -68,8 +69,8 @@ def tracelet_register_frameworks() -> Sequence[FrameworkRegistration]:
 
     An integration hooks a library's own logging (TensorBoard's ``SummaryWriter``,
     Lightning's ``self.log``) into the active experiment. Each
-    :class:`~tracelet.core.plugins.FrameworkRegistration` gives the factory for a
-    :class:`~tracelet.core.plugins.FrameworkPlugin`, attached at start and detached at stop.
+    :class:`~tracelet.plugins.FrameworkRegistration` gives the factory for a
+    :class:`~tracelet.plugins.FrameworkPlugin`, attached at start and detached at stop.
     """
 
 

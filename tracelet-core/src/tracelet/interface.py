@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracelet.core.experiment import Experiment
-from tracelet.core.registry import default_registry
-from tracelet.settings import TraceletSettings, read_config_file, split_config
+from tracelet.settings import TraceletSettings
 
 _active: Experiment | None = None
 _guard = threading.RLock()
@@ -46,38 +45,17 @@ def start_logging(
     """
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"config must be a dict, not {type(config).__name__}")
-    config = dict(config or {})
-    base = settings if settings is not None else TraceletSettings.load()
-    if backend is None and "backend" in config:
-        backend = config["backend"]
-    names = base.replace(backend=backend).backend if backend is not None else base.backend
-    if "disable_plugins" in config:
-        base = base.replace(disable_plugins=config["disable_plugins"])
-    registry = default_registry(base.disable_plugins)
-    selected = registry.select_backends(names)
-    core, run_keys, options = split_config(config, {r.name: r.options for r in selected})
-    core.update({k: v for k, v in (("project", project), ("backend", names)) if v is not None})
-    resolved = base.replace(**core)  # arguments over what base read from env, file, defaults
-    sections = read_config_file().sections
-    for name in options:
-        options[name] = {**sections.get(name, {}), **options[name]}
+    options = dict(config or {})
+    if backend is None and "backend" in options:
+        backend = options.pop("backend")
     experiment = Experiment(
-        exp_name or run_keys.get("run_name"),
-        settings=resolved,
-        backend_options=options,
-        registry=registry,
-        on_anomaly=run_keys.get("on_anomaly"),
-        anomaly_config=run_keys.get("anomaly_config"),
+        exp_name, project=project, backend=backend, options=options, settings=settings
     )
-    if run_keys.get("tags"):
-        experiment.add_tags(run_keys["tags"])
-    if run_keys.get("notes"):
-        experiment.add_tags({"notes": str(run_keys["notes"])})
     with _guard:
         stop_logging()
         experiment.start()
         _activate(experiment)
-    if resolved.enable_automagic:
+    if experiment.settings.enable_automagic:
         _capture_caller_hyperparameters(experiment)
     return experiment
 
@@ -110,7 +88,7 @@ def get_active_experiment() -> Experiment | None:
 def _activate(experiment: Experiment) -> None:
     global _active
     _active = experiment
-    experiment._on_stop.append(_deactivate)
+    experiment.on_stop(_deactivate)
 
 
 def _deactivate(experiment: Experiment) -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 
-from tracelet.exceptions import ConfigurationError
+from tracelet.exceptions import ConfigurationError, did_you_mean
 
 CONFIG_FILE_NAME = "tracelet.yaml"
 CONFIG_FILE_ENV = "TRACELET_CONFIG"
@@ -165,6 +164,11 @@ class TraceletSettings:
     track_gradients: bool = _setting(True, _Bool(), "Record gradient statistics of watched models.")
     gradient_layers: list[str] = _setting([], _Names(), "Layers whose gradients are recorded.")
     detect_anomalies: bool = _setting(True, _Bool(), "Watch metrics for anomalies while logging.")
+    track_metrics: bool = _setting(
+        True, _Bool(), "Record metrics (off: metric calls are checked, then dropped)."
+    )
+    track_args: bool = _setting(True, _Bool(), "Record the command line (secrets redacted).")
+    debug: bool = _setting(False, _Bool(), "Trace every plugin hook call to stderr (pluggy).")
 
     ALIASES: ClassVar[Mapping[str, str]] = {
         "collect_system_metrics": "track_system",
@@ -227,6 +231,40 @@ class ExperimentConfig:
     artifact_watch_dirs: list[str] | None = None
     watch_filesystem: bool = False
 
+    def settings(self) -> dict[str, Any]:
+        """The settings this configuration changes: every field not at its default.
+
+        Each field is the per-run synonym of a setting (:data:`EXPERIMENT_CONFIG_SETTINGS`);
+        ``track_checkpoints=False`` sets ``checkpoint_interval`` to 0. ``track_stdout``
+        has no setting yet: output is not captured.
+        """
+        changed: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value == field.default:
+                continue
+            if field.name == "track_checkpoints":
+                changed["checkpoint_interval"] = 0
+            elif field.name in EXPERIMENT_CONFIG_SETTINGS:
+                changed[EXPERIMENT_CONFIG_SETTINGS[field.name]] = value
+        return changed
+
+
+EXPERIMENT_CONFIG_SETTINGS = {
+    "track_metrics": "track_metrics",
+    "track_environment": "track_env",
+    "track_args": "track_args",
+    "track_system_metrics": "track_system",
+    "track_git": "track_git",
+    "enable_automagic": "enable_automagic",
+    "automagic_frameworks": "automagic_frameworks",
+    "enable_artifacts": "enable_artifacts",
+    "automagic_artifacts": "automagic_artifacts",
+    "artifact_watch_dirs": "artifact_watch_dirs",
+    "watch_filesystem": "watch_filesystem",
+}
+"""Each :class:`ExperimentConfig` field and the setting it stands for in one run."""
+
 
 def env_name(field: str) -> str:
     """The environment variable for a setting: ``TRACELET_`` and its name in capitals."""
@@ -261,9 +299,7 @@ def normalise_keys(values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
 
 def unknown_key(key: str, source: str, known: Iterable[str]) -> ConfigurationError:
     """A ConfigurationError for an unknown key, with the closest known keys as suggestions."""
-    close = difflib.get_close_matches(str(key), sorted(known), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigurationError(f"unknown setting {key!r} in {source}{hint}")
+    return ConfigurationError(f"unknown setting {key!r} in {source}{did_you_mean(key, known)}")
 
 
 @attrs.frozen
@@ -362,3 +398,61 @@ def _prefixed(key: str, options: Mapping[str, set[str]]) -> tuple[str, str] | No
         if rest != key and rest in keys:
             return name, rest
     return None
+
+
+@attrs.frozen
+class RunSettings:
+    """One run's configuration, resolved once: settings, run keys and backend options."""
+
+    settings: TraceletSettings
+    run_keys: Mapping[str, Any]
+    """``tags``, ``run_name``, ``notes``, ``on_anomaly``, ``anomaly_config`` when given."""
+    backend_options: Mapping[str, Mapping[str, Any]]
+    """Per selected backend, its options (checked when the backend is built)."""
+
+
+DeclaredOptions = Callable[[TraceletSettings], Mapping[str, Iterable[str]]]
+"""Given the settings, each selected backend's declared option names (from the registry)."""
+
+
+def resolve_run(
+    declared: DeclaredOptions,
+    *,
+    settings: TraceletSettings | None = None,
+    config: Mapping[str, Any] | None = None,
+    experiment_config: ExperimentConfig | None = None,
+    backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    arguments: Mapping[str, Any] | None = None,
+) -> RunSettings:
+    """Resolve a run's configuration, lowest priority first:
+
+    ``settings`` (else environment, ``tracelet.yaml`` and defaults), ``experiment_config``,
+    ``config`` (``start_logging``'s mapping of settings, run keys and backend options),
+    then ``arguments`` (``project=``, ``backend=`` ... given by name). Backend options:
+    the ``tracelet.yaml`` section, under ``backend_options``, under ``config``.
+    """
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, not {type(config).__name__}")
+    config = dict(config or {})
+    base = settings if settings is not None else TraceletSettings.load()
+    core_names = set(TraceletSettings.field_names()) | set(TraceletSettings.ALIASES)
+    given = {k: v for k, v in config.items() if k in core_names}
+    explicit = {k: v for k, v in (arguments or {}).items() if v is not None}
+    changes = {
+        **(experiment_config.settings() if experiment_config else {}),
+        **normalise_keys(given, source="config"),
+        **normalise_keys(explicit, source="arguments"),
+    }
+    resolved = base.replace(**changes)
+    _, run_keys, options = split_config(config, declared(resolved))
+    sections = read_config_file().sections
+    for name, nested in (backend_options or {}).items():
+        if name not in options:
+            raise ConfigurationError(
+                f"options given for backend {name!r}, which the run does not use "
+                f"(backends: {', '.join(resolved.backend)})"
+            )
+        options[name] = {**nested, **options[name]}
+    for name in options:
+        options[name] = {**sections.get(name, {}), **options[name]}
+    return RunSettings(resolved, run_keys, options)

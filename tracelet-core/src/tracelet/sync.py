@@ -1,13 +1,16 @@
-"""``tracelet sync``: deliver later what a backend did not get while the run was going.
+"""``tracelet sync``: deliver later what a backend did not get, or publish a run anywhere.
 
 Each backend of a run has a cursor in the journal: the last batch it accepted. Syncing a
 run builds each backend whose cursor is behind, reopens its run in the tool (``start_run``
-with ``resumed=True``), delivers the missing batches in order, moving the cursor after
-each one, and records the run's final status. A second sync finds nothing to do.
+with ``resumed=True``), delivers the missing batches in order through the same delivery
+engine live runs use, and records the run's final status. A second sync finds nothing to
+do. ``to=`` publishes a finished run into a backend it was never logged to (log locally
+now, publish later): the backend gets a cursor at 0 and the whole run, exactly once.
 
 Backend options come from the run's stored configuration (secrets were never stored),
-overlaid with today's ``tracelet.yaml`` sections; credentials come from the environment
-as they would for a new run.
+under today's ``tracelet.yaml`` section, under ``options`` (``--option key=value``);
+credentials come from the environment as they would for a new run. Retries stop at the
+``deadline``: what is left stays in the journal, and the result says how much.
 """
 
 from __future__ import annotations
@@ -18,17 +21,20 @@ from typing import Any
 
 import attrs
 
+from tracelet.core.delivery import Delivery, DeliveryState, describe_error
 from tracelet.core.registry import PluginRegistry, default_registry
-from tracelet.core.retry import RetryPolicy
-from tracelet.exceptions import RejectedBatchError, StoreError
-from tracelet.records import RunInfo, RunStatus
-from tracelet.redaction import REDACTED, redact_uri
+from tracelet.exceptions import ConfigurationError, StoreError
+from tracelet.plugins import BackendRegistration, RunInfo, RunStatus
+from tracelet.redaction import REDACTED
 from tracelet.settings import read_config_file
 from tracelet.storage import LocalStore, StoredRun
 from tracelet.storage.locks import is_locked
 
-Progress = Callable[[str, int, int], None]
-"""Called as ``progress(backend, batches delivered so far, batches to deliver)``."""
+DEFAULT_TIMEOUT = 300.0
+"""Seconds ``tracelet sync`` keeps retrying a backend that does not answer."""
+
+Observer = Callable[[str, DeliveryState], object]
+"""Called as ``observer(run_id, state)`` on every change of a backend's delivery."""
 
 
 @attrs.frozen
@@ -40,6 +46,8 @@ class SyncResult:
     delivered: int
     remaining: int
     error: str | None = None
+    timed_out: bool = False
+    """Whether the deadline ended the retries (the backend never answered in time)."""
 
 
 def pending(store: LocalStore, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
@@ -66,79 +74,105 @@ def sync_run(
     run_id: str,
     *,
     backends: Iterable[str] | None = None,
+    to: str | None = None,
+    options: Mapping[str, Any] | None = None,
     registry: PluginRegistry | None = None,
-    progress: Progress | None = None,
-    attempts: int = 3,
+    observer: Observer | None = None,
+    deadline: float | None = None,
 ) -> list[SyncResult]:
-    """Deliver every batch the run's backends (or those named) have not accepted."""
+    """Deliver every batch the run's backends (or those named) have not accepted.
+
+    ``to`` names one backend to deliver the run into, whether or not it ever had it;
+    ``options`` override that backend's options (or every synced backend's). Retries end
+    at ``deadline`` (``time.monotonic()``; default: :data:`DEFAULT_TIMEOUT` from now).
+    """
     run = store.get_run(run_id)
     if run is None:
         raise StoreError(f"no run {run_id!r} in the store at {store.path}")
     if _is_live(store, run):
         raise StoreError(f"run {run_id} is still being written; its own process delivers it")
     registry = registry or default_registry()
-    wanted = set(backends) if backends is not None else None
-    results = []
-    for name, behind in pending(store, [run_id]).get(run_id, {}).items():
-        if wanted is None or name in wanted:
-            results.append(_sync_backend(store, run, name, behind, registry, progress, attempts))
-    return results
+    deadline = time.monotonic() + DEFAULT_TIMEOUT if deadline is None else deadline
+    behind = pending(store, [run_id]).get(run_id, {})
+    if to is not None:
+        targets = [to] if to in behind or to not in store.cursors(run.id) else []
+    else:
+        targets = [n for n in behind if backends is None or n in set(backends)]
+    sync = _BackendSync(store, run, registry, options or {}, observer, deadline)
+    return [sync(name) for name in targets]
 
 
-def _sync_backend(
-    store: LocalStore,
-    run: StoredRun,
-    name: str,
-    behind: int,
-    registry: PluginRegistry,
-    progress: Progress | None,
-    attempts: int,
-) -> SyncResult:
-    delivered = 0
-    try:
-        plugin = registry.select_backends([name])[0].factory()
-        plugin.initialize(_options(run, name))
-        _retry(plugin.start, attempts)
-        info = RunInfo(
+@attrs.define
+class _BackendSync:
+    """Syncs one run into one backend at a time."""
+
+    store: LocalStore
+    run: StoredRun
+    registry: PluginRegistry
+    overrides: Mapping[str, Any]
+    observer: Observer | None
+    deadline: float
+
+    def __call__(self, name: str) -> SyncResult:
+        resumed = name in self.store.cursors(self.run.id)
+        try:
+            registration = self.registry.select_backends([name])[0]
+            backend = registration.build(self._options(registration))
+        except Exception as error:
+            return self._result(name, 0, describe_error(error))
+        self.store.ensure_cursor(self.run.id, name)
+        delivery = Delivery(
+            backend,
+            self.store,
+            self._info(),
+            journaled=self.store.last_seq(self.run.id),
+            on_update=self._observe,
+        )
+        delivery.deadline = self.deadline
+        first = self.store.get_cursor(self.run.id, name)
+        try:
+            done = delivery.open(resumed) and delivery.finish(self.run.status)
+        finally:
+            delivery.release()
+        delivered = max(0, delivery.delivered - first)
+        if done:
+            return self._result(name, delivered, None)
+        error = delivery.state.error or "gave up"
+        return self._result(name, delivered, error, timed_out=not delivery.failed)
+
+    def _observe(self, state: DeliveryState) -> None:
+        if self.observer is not None:
+            self.observer(self.run.id, state)
+
+    def _info(self) -> RunInfo:
+        run = self.run
+        return RunInfo(
             run.id,
             run.name,
             run.project,
             run.created_at,
-            store_path=str(store.path),
+            store_path=str(self.store.path),
             ended_at=run.ended_at,
         )
-        _retry(lambda: plugin.start_run(info, True), attempts)
-        try:
-            cursor, last = store.get_cursor(run.id, name), store.last_seq(run.id)
-            while cursor < last:
-                for batch in store.read_batches(run.id, cursor, last, limit=16):
-                    rejection = None
-                    try:
-                        _retry(lambda batch=batch: plugin.log_batch(batch), attempts)
-                    except RejectedBatchError as error:
-                        rejection = redact_uri(f"batch {batch.seq} rejected: {error}")
-                    cursor = batch.seq
-                    store.set_cursor(run.id, name, cursor, error=rejection)
-                    delivered += 1
-                    if progress is not None:
-                        progress(name, delivered, behind)
-            if run.status is not RunStatus.RUNNING:
-                _retry(lambda: plugin.finish_run(run.status), attempts)
-                store.mark_finished(run.id, name)
-        finally:
-            plugin.stop()
-    except Exception as error:
-        message = redact_uri(f"{type(error).__name__}: {error}")
-        return SyncResult(run.id, name, delivered, behind - delivered, message)
-    return SyncResult(run.id, name, delivered, behind - delivered)
 
+    def _options(self, registration: BackendRegistration) -> dict[str, Any]:
+        """Stored options without what was redacted, under today's ``tracelet.yaml``
+        section (it may hold a corrected address), under the given overrides."""
+        stored = _without_redacted(self.run.config.get("backends", {}).get(registration.name, {}))
+        section = read_config_file().sections.get(registration.name, {})
+        declared = {option.name: option for option in registration.options}
+        given = {}
+        for key, value in self.overrides.items():
+            if key not in declared:
+                registration.check_options({key: value})  # raises, naming the options
+            option = declared[key]
+            given[key] = option.parse(registration.name, value) if isinstance(value, str) else value
+        return {**stored, **(section if isinstance(section, Mapping) else {}), **given}
 
-def _options(run: StoredRun, name: str) -> dict[str, Any]:
-    """The backend's stored options, without anything redacted, under today's
-    ``tracelet.yaml`` section (which wins: it may hold a corrected address)."""
-    stored = _without_redacted(run.config.get("backends", {}).get(name, {}))
-    section = read_config_file().sections.get(name, {})
-    return {**stored, **section} if isinstance(section, Mapping) else stored
+    def _result(self, name: str, delivered: int, error: str | None, **extra: Any) -> SyncResult:
+        last = self.store.last_seq(self.run.id)
+        remaining = last - self.store.get_cursor(self.run.id, name)
+        return SyncResult(self.run.id, name, delivered, remaining, error, **extra)
 
 
 def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,16 +186,12 @@ def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def _retry(action: Callable[[], object], attempts: int) -> None:
-    """Run ``action``, retrying failures (not rejections) with backoff."""
-    delays = RetryPolicy(initial=0.5, jitter=0.0).delays()
-    for attempt in range(attempts):
-        try:
-            action()
-            return
-        except RejectedBatchError:
-            raise
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(next(delays))
+def parse_options(pairs: Iterable[str]) -> dict[str, str]:
+    """``["key=value", ...]`` as a dict; a pair without ``=`` is a ConfigurationError."""
+    found = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"--option expects KEY=VALUE, got {pair!r}")
+        found[key.strip()] = value
+    return found

@@ -21,21 +21,26 @@ cut off halfway and delivered again can duplicate the points it had already sent
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from tracelet.core.plugins import BackendPlugin, PluginMetadata, PluginType
-from tracelet.exceptions import ConfigurationError, RejectedBatchError
-from tracelet.records import Batch, RunInfo, RunStatus
-from tracelet_mlflow import __version__
+from tracelet.plugins import (
+    BackendPlugin,
+    Batch,
+    PermanentBackendError,
+    RejectedBatchError,
+    RunInfo,
+    RunStatus,
+)
+from tracelet_mlflow.http import bounded
 from tracelet_mlflow.names import MAX_TAG_VALUE, NameMap, cut, legal_name, param_text
-from tracelet_mlflow.plugin import OPTIONS
 
 logger = logging.getLogger("tracelet")
 
@@ -43,6 +48,8 @@ RUN_ID_TAG = "tracelet.run_id"
 SEQ_TAG = "tracelet.seq"
 METRICS_PER_CALL = 1000
 PARAMS_OR_TAGS_PER_CALL = 100
+PERMANENT = {"UNAUTHENTICATED", "PERMISSION_DENIED"}
+"""MLflow error codes no retry fixes (bad or missing credentials)."""
 STATUS = {
     RunStatus.FINISHED: "FINISHED",
     RunStatus.FAILED: "FAILED",
@@ -50,6 +57,29 @@ STATUS = {
     RunStatus.CRASHED: "FAILED",
     RunStatus.RUNNING: "RUNNING",
 }
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _remote(method: F) -> F:
+    """Run ``method`` with MLflow's HTTP calls bounded, and its permanent failures told apart."""
+
+    @functools.wraps(method)
+    def call(self: MlflowBackend, *args: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        with bounded(self.config["request_timeout"]):
+            try:
+                return method(self, *args)
+            except MlflowException as error:
+                if error.error_code in PERMANENT:
+                    raise PermanentBackendError(
+                        f"MLflow refused the credentials: {error.message}"
+                    ) from error
+                raise
+
+    return call  # type: ignore[return-value]
 
 
 class MlflowBackend(BackendPlugin):
@@ -65,33 +95,13 @@ class MlflowBackend(BackendPlugin):
         self._run: RunInfo | None = None
         self._warned_params: set[str] = set()
 
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        """The MLflow backend's metadata."""
-        return PluginMetadata("mlflow", __version__, PluginType.BACKEND, "MLflow tracking")
-
-    def initialize(self, config: Mapping[str, Any]) -> None:
-        """Check the options (see :data:`tracelet_mlflow.plugin.OPTIONS`)."""
-        unknown = sorted(set(config) - OPTIONS)
-        if unknown:
-            raise ConfigurationError(
-                f"unknown MLflow option(s) {unknown}; the options are {sorted(OPTIONS)}"
-            )
-        for key in ("tracking_uri", "experiment_name", "run_name", "artifact_location"):
-            if config.get(key) is not None and not isinstance(config[key], str):
-                raise ConfigurationError(f"MLflow option {key!r} must be a string")
-        tags = config.get("tags")
-        if tags is not None and not isinstance(tags, Mapping | list | tuple | str):
-            raise ConfigurationError("MLflow option 'tags' must be a dict or a list of strings")
-        super().initialize(config)
-
     def start(self) -> None:
         """Create the client (imports MLflow)."""
         from mlflow import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.config.get("tracking_uri"))
-        self.started = True
+        self.client = MlflowClient(tracking_uri=self.config["tracking_uri"])
 
+    @_remote
     def start_run(self, run: RunInfo, resumed: bool) -> None:
         """Find the MLflow run of this Tracelet run, or create it."""
         self._run = run
@@ -124,6 +134,11 @@ class MlflowBackend(BackendPlugin):
             or run.project
         )
         experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise PermanentBackendError(
+                f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments "
+                "restore) or choose another experiment_name"
+            )
         if experiment is not None:
             return experiment.experiment_id
         from mlflow.exceptions import MlflowException
@@ -145,6 +160,7 @@ class MlflowBackend(BackendPlugin):
         pairs = tags.items() if isinstance(tags, Mapping) else ((t, "") for t in tags)
         return {legal_name(str(k)): cut(str(v), MAX_TAG_VALUE) for k, v in pairs}
 
+    @_remote
     def log_batch(self, batch: Batch) -> None:
         """Deliver ``batch`` (skipped when MLflow already has it)."""
         if batch.seq <= self.delivered_seq:
@@ -214,6 +230,7 @@ class MlflowBackend(BackendPlugin):
             folder = str(Path(artifact.artifact_path).parent)
             self.client.log_artifact(self.run_id, artifact.path, None if folder == "." else folder)
 
+    @_remote
     def finish_run(self, status: RunStatus) -> None:
         """Set the MLflow run's status: FINISHED, FAILED or KILLED."""
         ended = self._run.ended_at if self._run and self._run.ended_at else time.time()
@@ -222,7 +239,6 @@ class MlflowBackend(BackendPlugin):
     def stop(self) -> None:
         """Drop the client."""
         self.client = None
-        super().stop()
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
         """``runs:/<mlflow run id>/<artifact path>`` once the MLflow run exists."""

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from tracelet import hookimpl
-from tracelet.core.plugins import BackendRegistration
+from collections.abc import Mapping
 
-OPTIONS = frozenset({"tracking_uri", "experiment_name", "run_name", "tags", "artifact_location"})
+from tracelet.plugins import BackendRegistration, Option, hookimpl
+from tracelet_mlflow import __version__
+
+OPTIONS = (
+    Option("tracking_uri", str, doc="Tracking server or database URI (MLFLOW_TRACKING_URI)."),
+    Option("experiment_name", str, doc="MLflow experiment (default: the Tracelet project)."),
+    Option("run_name", str, doc="MLflow run name (default: the Tracelet run name)."),
+    Option(
+        "tags", (Mapping, list, tuple, str), doc="Extra tags on the MLflow run (dict or names)."
+    ),
+    Option("artifact_location", str, doc="Artifact root of an experiment Tracelet creates."),
+    Option(
+        "request_timeout",
+        float,
+        10.0,
+        doc="Seconds one HTTP request may take; Tracelet retries, MLflow does not.",
+    ),
+)
 """The options the backend accepts, nested, prefixed (``mlflow_tracking_uri``) or plain."""
 
 
@@ -14,4 +30,4 @@ def tracelet_register_backends() -> list[BackendRegistration]:
     """Register the ``mlflow`` backend (MLflow itself is imported only when a run starts)."""
     from tracelet_mlflow.backend import MlflowBackend
 
-    return [BackendRegistration("mlflow", MlflowBackend, OPTIONS, "MLflow tracking")]
+    return [BackendRegistration("mlflow", MlflowBackend, OPTIONS, "MLflow tracking", __version__)]

@@ -6,7 +6,7 @@
     tracelet anomalies RUN [--auto] [--kind K ...] [--json]
     tracelet plot RUN[,RUN...] METRIC... [--out FILE] [--smooth F]
     tracelet export RUN --format csv|json [--out FILE]
-    tracelet sync [RUN] [--backend NAME ...]
+    tracelet sync [RUN] [--backend NAME ...] [--to NAME] [--option KEY=VALUE ...] [--timeout S]
     tracelet gc [--older-than DAYS] [--dry-run]
 
 ``--store PATH`` (before the command) picks the store; the default is the ``store_path``
@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from tracelet.exceptions import TraceletException
+from tracelet.sync import DEFAULT_TIMEOUT as DEFAULT_SYNC_TIMEOUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="deliver what backends missed (all runs, or RUN)")
     sync.add_argument("run", nargs="?", help="one run (default: every run with backlog)")
     sync.add_argument("--backend", action="append", dest="backends", metavar="NAME")
+    sync.add_argument("--to", metavar="NAME", help="publish RUN into this backend, once")
+    sync.add_argument(
+        "--option",
+        action="append",
+        dest="options",
+        metavar="KEY=VALUE",
+        help="a backend option (tracking_uri=..., repeatable)",
+    )
+    sync.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_SYNC_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop retrying a backend after this long (default {DEFAULT_SYNC_TIMEOUT:g})",
+    )
 
     gc = commands.add_parser("gc", help="remove runs older than retention_days")
     gc.add_argument("--older-than", type=float, metavar="DAYS", dest="days")

@@ -10,11 +10,17 @@ import json
 import math
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from tracelet.analysis.query import QueryEngine
 from tracelet.exceptions import NotFoundError
 from tracelet.settings import TraceletSettings
+
+if TYPE_CHECKING:
+    from tracelet.core.delivery import DeliveryState
+    from tracelet.storage.store import StoredDelivery
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +56,9 @@ def list_runs(engine: QueryEngine, args: argparse.Namespace) -> int:
 def show(engine: QueryEngine, args: argparse.Namespace) -> int:
     """``tracelet show RUN``."""
     summary = engine.get_run_summary(args.run)
+    deliveries = engine.store.deliveries(summary["run_id"])
     if args.json:
+        summary["delivery"] = {d.backend: attrs.asdict(d) for d in deliveries}
         return emit_json(summary)
     head = new_table("run", summary["run_id"], show_header=False)
     for label, value in (
@@ -63,12 +71,10 @@ def show(engine: QueryEngine, args: argparse.Namespace) -> int:
         ("points", f"{summary['total_points']:,}"),
         ("checkpoints", str(summary["checkpoints"])),
         ("anomalies", ", ".join(f"{k}: {n}" for k, n in summary["anomalies"].items()) or "none"),
-        (
-            "undelivered",
-            ", ".join(f"{k}: {n} batches" for k, n in summary["undelivered"].items()) or "none",
-        ),
     ):
         head.add_row(label, value)
+    for delivery in deliveries:
+        head.add_row(f"-> {delivery.backend}", delivered_text(delivery))
     metrics = new_table("metric", "last", "min", "max", "points", "last step")
     for name, m in summary["metrics"].items():
         metrics.add_row(
@@ -181,45 +187,87 @@ def export(engine: QueryEngine, args: argparse.Namespace) -> int:
 
 
 def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
-    """``tracelet sync [RUN]``: deliver what backends did not get."""
+    """``tracelet sync [RUN] [--to NAME] [--option K=V] [--timeout S]``: deliver what
+    backends did not get, or publish a run into another backend."""
     from rich.progress import Progress
 
-    from tracelet.sync import pending, sync_run
+    from tracelet.sync import parse_options, pending, sync_run
 
+    if args.to and not args.run:
+        raise ValueError("--to publishes one run: give it, as in `tracelet sync RUN --to NAME`")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise ValueError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    options = parse_options(args.options or [])
     runs = [engine.resolve(args.run).id] if args.run else list(pending(engine.store))
     live = [r.id for r in engine.store.list_runs(status="running")] if not args.run else []
     for run_id in live:
         if run_id not in runs and engine.store.undelivered(run_id):
             print(f"{run_id[:12]}: skipped, still being written (its own process delivers it)")
-    failed = False
+    deadline = time.monotonic() + args.timeout
+    results = []
     with Progress(transient=True) as bar:
+        watcher = SyncProgress(bar, args.timeout)
         for run_id in runs:
-            progress = ProgressBars(bar, run_id)
-            for result in sync_run(engine.store, run_id, backends=args.backends, progress=progress):
-                failed |= result.error is not None
-                outcome = f"failed: {result.error}" if result.error else "up to date"
-                bar.console.print(
-                    f"{run_id[:12]} {result.backend}: delivered {result.delivered} batch(es), "
-                    f"{result.remaining} left, {outcome}",
-                    soft_wrap=True,
-                )
+            for result in sync_run(
+                engine.store,
+                run_id,
+                backends=args.backends,
+                to=args.to,
+                options=options,
+                observer=watcher,
+                deadline=deadline,
+            ):
+                results.append(result)
+                if result.error is None:
+                    bar.console.print(
+                        f"{run_id[:12]} {result.backend}: delivered {result.delivered} "
+                        "batch(es), 0 left, up to date",
+                        soft_wrap=True,
+                    )
     if not runs:
         print("nothing to sync: every backend has every batch")
-    return 1 if failed else 0
+    failures = [r for r in results if r.error is not None]
+    for result in failures:
+        why = f"still failing after {args.timeout:g} s" if result.timed_out else "failed"
+        print(
+            f"tracelet: error: backend {result.backend!r} {why}; {result.remaining} batch(es) "
+            f"of run {result.run_id[:12]} left ({result.error})",
+            file=sys.stderr,
+        )
+    return 1 if failures else 0
 
 
-class ProgressBars:
-    """One rich progress bar per backend of a run being synced."""
+class SyncProgress:
+    """Shows a sync as it goes: a bar per backend, a line when one fails or is retried."""
 
-    def __init__(self, bar: Any, run_id: str) -> None:
-        self.bar, self.run_id = bar, run_id
-        self.tasks: dict[str, Any] = {}
+    HEARTBEAT = 10.0
+    """Seconds between two lines saying a backend is still being retried."""
 
-    def __call__(self, backend: str, done: int, total: int) -> None:
-        if backend not in self.tasks:
-            label = f"{self.run_id[:12]} -> {backend}"
-            self.tasks[backend] = self.bar.add_task(label, total=total)
-        self.bar.update(self.tasks[backend], completed=done)
+    def __init__(self, bar: Any, timeout: float) -> None:
+        self.bar = bar
+        self.timeout = timeout
+        self.tasks: dict[tuple[str, str], Any] = {}
+        self.said: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def __call__(self, run_id: str, state: DeliveryState) -> None:
+        key = (run_id, state.backend)
+        if key not in self.tasks:
+            label = f"{run_id[:12]} -> {state.backend}"
+            self.tasks[key] = self.bar.add_task(label, total=state.journaled)
+        self.bar.update(self.tasks[key], completed=state.delivered, total=state.journaled)
+        phase, when = self.said.get(key, ("", 0.0))
+        now = time.monotonic()
+        if state.phase.value == "retrying" and (
+            phase != "retrying" or now - when >= self.HEARTBEAT
+        ):
+            self.bar.console.print(
+                f"{run_id[:12]} {state.backend}: {state.describe()}; retrying for up to "
+                f"{self.timeout:g} s (--timeout)",
+                soft_wrap=True,
+            )
+            self.said[key] = (state.phase.value, now)
+        elif phase != state.phase.value:
+            self.said[key] = (state.phase.value, now)
 
 
 def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
@@ -309,6 +357,24 @@ def number(value: float | None, signed: bool = False) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:+.6g}" if signed else f"{value:.6g}"
+
+
+def delivered_text(delivery: StoredDelivery) -> str:
+    """Where one backend's delivery of a run stands, for ``tracelet show``."""
+    progress = f"{delivery.delivered}/{delivery.journaled} batches"
+    if delivery.state == "failed":
+        return (
+            f"failed for good at {when(delivery.updated_at)} ({delivery.error}); {progress} "
+            "(fix the cause, then `tracelet sync`)"
+        )
+    if delivery.pending:
+        last = (
+            f"; last error at {when(delivery.updated_at)}: {delivery.error}"
+            if delivery.error
+            else ""
+        )
+        return f"{delivery.state}, {progress}, {delivery.pending} pending{last}"
+    return f"up to date ({progress})" + ("" if delivery.finished else ", final status not yet")
 
 
 def when(timestamp: float | None) -> str:

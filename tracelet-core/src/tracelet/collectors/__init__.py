@@ -7,8 +7,9 @@ third-party collector would, and is switched on by its setting (``track_system``
 
 from __future__ import annotations
 
-from tracelet.core.plugins import CollectorRegistration
+from tracelet import __version__
 from tracelet.hookspecs import hookimpl
+from tracelet.plugins import CollectorRegistration
 
 
 @hookimpl
@@ -19,7 +20,13 @@ def tracelet_register_collectors() -> list[CollectorRegistration]:
     from tracelet.collectors.system import SystemCollector
 
     return [
-        CollectorRegistration("system", SystemCollector, "track_system", "CPU, memory, GPUs"),
-        CollectorRegistration("env", EnvironmentCollector, "track_env", "Python and platform"),
-        CollectorRegistration("git", GitCollector, "track_git", "commit, branch, changes"),
+        CollectorRegistration(
+            "system", SystemCollector, "track_system", "CPU, memory, GPUs", __version__
+        ),
+        CollectorRegistration(
+            "env", EnvironmentCollector, "track_env", "Python and platform", __version__
+        ),
+        CollectorRegistration(
+            "git", GitCollector, "track_git", "commit, branch, changes", __version__
+        ),
     ]

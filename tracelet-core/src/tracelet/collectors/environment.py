@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 
 from tracelet import __version__
-from tracelet.core.plugins import CollectorPlugin, PluginMetadata, PluginType
+from tracelet.plugins import CollectorPlugin
 from tracelet.redaction import redact_argv
 
 PACKAGES = (
@@ -33,15 +33,6 @@ class EnvironmentCollector(CollectorPlugin):
 
     interval = None
 
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        """The environment collector's metadata."""
-        return PluginMetadata("env", __version__, PluginType.COLLECTOR, "Python and platform")
-
-    def start(self) -> None:
-        """Nothing to acquire."""
-        self.started = True
-
     def collect(self) -> dict[str, str | int]:
         """Python, platform, host, command line (secrets redacted) and package versions."""
         found: dict[str, str | int] = {
@@ -51,16 +42,13 @@ class EnvironmentCollector(CollectorPlugin):
             "hostname": socket.gethostname(),
             "cpu_count": os.cpu_count() or 0,
             "executable": sys.executable,
-            "argv": " ".join(redact_argv(sys.argv)),
             "tracelet": __version__,
         }
+        if self.config.get("track_args", True):
+            found["argv"] = " ".join(redact_argv(sys.argv))
         for package in PACKAGES:
             try:
                 found[f"packages/{package}"] = metadata.version(package)
             except metadata.PackageNotFoundError:
                 continue
         return found
-
-    def stop(self) -> None:
-        """Nothing to release."""
-        self.started = False

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracelet import __version__
-from tracelet.core.plugins import CollectorPlugin, PluginMetadata, PluginType
+from tracelet.plugins import CollectorPlugin
 from tracelet.redaction import redact_uri
 
 
@@ -17,15 +16,6 @@ class GitCollector(CollectorPlugin):
     """
 
     interval = None
-
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        """The git collector's metadata."""
-        return PluginMetadata("git", __version__, PluginType.COLLECTOR, "commit, branch, changes")
-
-    def start(self) -> None:
-        """Nothing to acquire; GitPython is imported when collecting."""
-        self.started = True
 
     def collect(self) -> dict[str, Any]:
         """Commit, branch, dirty flag, remote (credentials removed), and maybe the diff."""
@@ -46,7 +36,3 @@ class GitCollector(CollectorPlugin):
             if self.config.get("include_uncommitted_changes"):
                 found["diff"] = repo.git.diff("HEAD") if repo.head.is_valid() else ""
         return found
-
-    def stop(self) -> None:
-        """Nothing to release."""
-        self.started = False

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tracelet import __version__
-from tracelet.core.plugins import CollectorPlugin, PluginMetadata, PluginType
+from tracelet.plugins import CollectorPlugin
 
 logger = logging.getLogger("tracelet")
 GB = 1e9
@@ -21,11 +20,6 @@ class SystemCollector(CollectorPlugin):
         self._gpus: list[Any] = []
         self._nvml: Any = None
 
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        """The system collector's metadata."""
-        return PluginMetadata("system", __version__, PluginType.COLLECTOR, "CPU, memory, GPUs")
-
     def start(self) -> None:
         """Prime the CPU counters and find the GPUs."""
         import psutil
@@ -36,7 +30,6 @@ class SystemCollector(CollectorPlugin):
         self._process.cpu_percent(None)
         if self.config.get("track_gpu", True):
             self._gpus = self._find_gpus()
-        self.started = True
 
     def _find_gpus(self) -> list[Any]:
         try:
@@ -87,4 +80,3 @@ class SystemCollector(CollectorPlugin):
         if self._nvml is not None:
             self._nvml.nvmlShutdown()
             self._nvml = None
-        self.started = False

@@ -14,8 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tracelet.core.plugins import CollectorPlugin, CollectorRegistration
-from tracelet.core.registry import report_once
+from tracelet.plugins import CollectorPlugin, CollectorRegistration
+from tracelet.reporting import report_once
 
 if TYPE_CHECKING:
     from tracelet.core.experiment import Experiment
@@ -46,8 +46,7 @@ class CollectorRunner:
             if registration.setting is not None and not config.get(registration.setting, True):
                 continue
             try:
-                collector = registration.factory()
-                collector.initialize(config)
+                collector = registration.build(config)
             except Exception as error:
                 report_once(f"tracelet collector {name!r}", f"could not be created ({error!r})")
                 continue

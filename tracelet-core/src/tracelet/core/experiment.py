@@ -1,14 +1,19 @@
 """``Experiment``: one run, and everything a training loop logs into it.
 
-Logging calls check their input at the call (so a mistake raises where it was made), then
-append one record to the orchestrator's buffer and return. ``log_metric`` is the hot path:
-a handful of class checks, one tuple, one append.
+The public face of a run. Configuration is resolved once, in the constructor
+(:func:`tracelet.settings.resolve_run`); between ``start`` and ``stop`` a
+:class:`~tracelet.core.session.RunSession` owns the store, the orchestrator, the backends,
+the collectors and the framework integrations. Logging calls check their input at the call
+(so a mistake raises where it was made), then append one record to the orchestrator's
+buffer and return. ``log_metric`` is the hot path: a handful of class checks, one tuple,
+one append.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import threading
 import time
@@ -16,20 +21,18 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from tracelet.core import process
-from tracelet.core.artifact_logging import ArtifactLogging
-from tracelet.core.collecting import CollectorRunner
+from tracelet.core.artifact_logging import ArtifactLogger
+from tracelet.core.delivery import DeliveryState
 from tracelet.core.orchestrator import Orchestrator
-from tracelet.core.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.core.process import status_for
-from tracelet.core.registry import PluginRegistry, default_registry, report_once
-from tracelet.exceptions import ConfigurationError
+from tracelet.core.registry import PluginRegistry, default_registry
+from tracelet.core.session import RunSession
 from tracelet.media import PendingImage
+from tracelet.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.records import CheckpointRequest, Params, RunInfo, RunStatus, Sample, Tags, Text
-from tracelet.redaction import redact
-from tracelet.settings import ExperimentConfig, TraceletSettings
+from tracelet.reporting import report_once
+from tracelet.settings import ExperimentConfig, TraceletSettings, resolve_run
 from tracelet.storage import LocalStore
 from tracelet.values import (
     MAX_STEP,
@@ -42,14 +45,21 @@ from tracelet.values import (
 )
 
 if TYPE_CHECKING:
-    from tracelet.storage.locks import RunLock
+    from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
 
 _time = time.time
 _MAX_STEP = MAX_STEP
 
 
-class Experiment(ArtifactLogging):
-    """One tracked run: create it, ``start()`` it (or use ``with``), log, ``stop()``."""
+class Experiment:
+    """One tracked run: create it, ``start()`` it (or use ``with``), log, ``stop()``.
+
+    ``config`` (an :class:`ExperimentConfig`), ``automagic``, ``artifacts`` and
+    ``automagic_artifacts`` are per-run synonyms of settings; ``options`` takes what
+    ``start_logging``'s ``config=`` takes (settings, run keys, backend options in any form),
+    ``backend_options`` the nested form only. ``automagic_config`` is kept for automagic
+    capture.
+    """
 
     def __init__(
         self,
@@ -64,6 +74,7 @@ class Experiment(ArtifactLogging):
         *,
         project: str | None = None,
         settings: TraceletSettings | None = None,
+        options: Mapping[str, Any] | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         run_id: str | None = None,
         registry: PluginRegistry | None = None,
@@ -72,48 +83,64 @@ class Experiment(ArtifactLogging):
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
-        self.settings = settings if settings is not None else TraceletSettings.load()
-        if backend is not None:
-            self.settings = self.settings.replace(backend=backend)
-        if project is not None:
-            self.settings = self.settings.replace(project=project)
-        self.config = config or ExperimentConfig(
-            enable_automagic=automagic,
-            enable_artifacts=artifacts,
-            automagic_artifacts=automagic_artifacts,
+        if config is not None and not isinstance(config, ExperimentConfig):
+            raise TypeError(
+                f"config must be an ExperimentConfig, not {type(config).__name__} "
+                "(a dict of settings goes to tracelet.start_logging(config=...) or options=)"
+            )
+        self._registry = registry
+        flags = {"enable_automagic": automagic, "enable_artifacts": artifacts}
+        flags["automagic_artifacts"] = automagic_artifacts
+        run = resolve_run(
+            self._declared_options,
+            settings=settings,
+            config=options,
+            experiment_config=config,
+            backend_options=backend_options,
+            arguments={
+                "project": project,
+                "backend": backend,
+                **{k: True for k, v in flags.items() if v},
+            },
         )
+        self.settings = run.settings
+        self.config = config or ExperimentConfig(**flags)
         self.automagic_config = automagic_config
-        self._name = name or self.settings.experiment_name or _generated_name()
-        self._tags = [
-            check_name(t, "tag") for t in ([tags] if isinstance(tags, str) else tags or [])
-        ]
-        self._run_tags: dict[str, str] = dict.fromkeys(self._tags, "")
-        self._backend_options = {k: dict(v) for k, v in (backend_options or {}).items()}
+        self._run = run
+        keys = run.run_keys
+        self._name = name or keys.get("run_name") or self.settings.experiment_name or _new_name()
+        self._on_anomaly = on_anomaly or keys.get("on_anomaly")
+        self._anomaly_config = anomaly_config or keys.get("anomaly_config")
+        self._tags: list[str] = []
+        self._run_tags: dict[str, str] = {}
         self._id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         self._created_at = _time()
-        self._registry = registry
-        self._on_anomaly = on_anomaly
-        self._anomaly_config = anomaly_config
         self._iteration = 0
         self._status: RunStatus | None = None
-        self._plugins: list[BackendPlugin] = []
-        self._orchestrator: Orchestrator | None = None
-        self._store: LocalStore | None = None
-        self._lock: RunLock | None = None
-        self._on_stop: list[Callable[[Experiment], None]] = []
-        self._append: Callable[[Any], None] = self._not_running
-        self._buffer: Any = ()
-        self._capacity = 0
-        self._stop_lock = threading.Lock()
-        self._versions: dict[str, int] = {}
+        self._session: RunSession | None = None
         self._info: RunInfo | None = None
+        self._artifacts: ArtifactLogger | None = None
         self._reader: LocalStore | None = None
         self._forked = False
-        self._collectors: CollectorRunner | None = None
-        self._frameworks: list[FrameworkPlugin] = []
+        self._stop_lock = threading.Lock()
+        self._on_stop: list[Callable[[Experiment], object]] = []
+        self._append: Callable[[Any], None] = self._not_running
+        self._append_metric: Callable[[Any], None] = self._not_running
+        self._buffer: Any = ()
+        self._capacity = 0
         self._gradients: dict[str, float] = {}
         self.latest_system: dict[str, float] = {}
         """The latest system sample (set by the system collector)."""
+        self.add_tags([tags] if isinstance(tags, str) else tags or [])
+        self.add_tags(keys.get("tags") or [])
+        if keys.get("notes"):
+            self.add_tags({"notes": str(keys["notes"])})
+
+    def _declared_options(self, settings: TraceletSettings) -> dict[str, frozenset[str]]:
+        self._registry = self._registry or default_registry(
+            settings.disable_plugins, debug=settings.debug
+        )
+        return {r.name: r.option_names for r in self._registry.select_backends(settings.backend)}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -121,117 +148,38 @@ class Experiment(ArtifactLogging):
         """Create every backend and the run, and start accepting records."""
         if self._status is not None:
             raise RuntimeError(f"experiment {self._name!r} was already started")
-        registry = self._registry or default_registry(self.settings.disable_plugins)
-        registrations = registry.select_backends(self.settings.backend)
-        plugins = [
-            (r.name, _build(r.name, r.factory, self._backend_options.get(r.name, {})))
-            for r in registrations
-        ]
-        self._plugins = [plugin for _, plugin in plugins if plugin is not None]
-        self._store = LocalStore(self.settings.store_path)
-        try:
-            self._lock = self._store.lock_run(self._id)
-            info, resumed_backends = self._create_run(self._store)
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            self._store.close()
-            raise
-        self._info = info
-        orchestrator = Orchestrator(
-            self._store,
-            info,
-            flush_interval=self.settings.flush_interval,
-            buffer_size=self.settings.buffer_size,
-            capture_samples=self.settings.capture_samples,
-        )
-        if self.settings.detect_anomalies:
-            from tracelet.analysis.detector import LiveDetector
-
-            orchestrator.detector = LiveDetector(
-                self._id, config=self._anomaly_config, on_anomaly=self._on_anomaly
-            )
-            orchestrator.detector.prime(self._recent_points(self._store))
-        for name, plugin in plugins:
-            if plugin is not None:
-                orchestrator.add_backend(plugin, name, resumed=name in resumed_backends)
-        self._orchestrator = orchestrator
+        assert self._registry is not None
+        session = RunSession(self._registry, self._run)
+        info = RunInfo(self._id, self._name, self.settings.project, self._created_at)
+        info, resumed = session.open(info, self._live_detector())
+        self._session, self._info = session, info
+        self._name, self._created_at = info.name, info.created_at
+        self.settings = self.settings.replace(project=info.project)
+        self._iteration = resumed.iteration
+        assert session.store is not None
+        assert session.orchestrator is not None
+        orchestrator = session.orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
         self._append = orchestrator.buffer.append  # callers check capacity first
-        orchestrator.start()
+        self._append_metric = self._append if self.settings.track_metrics else _dropped
+        self._artifacts = ArtifactLogger(
+            info, session.store, self._put, session.backends, resumed.versions
+        )
         self._status = RunStatus.RUNNING
         if self._run_tags:
             self._append(Tags(dict(self._run_tags)))
         process.watch()
         process.running.add(self)
-        self._collectors = CollectorRunner.build(self, registry.collectors(), self._tracking())
-        self._collectors.start()
-        self._frameworks = self._attach_frameworks(registry)
-        registry.announce("tracelet_run_started", experiment=self)
+        session.start_helpers(self)
+        self._registry.announce("tracelet_run_started", experiment=self)
         return self
 
-    def _attach_frameworks(self, registry: PluginRegistry) -> list[FrameworkPlugin]:
-        """Attach every registered framework integration; a failing one is skipped."""
-        attached = []
-        chosen = self.settings.automagic_frameworks
-        for name, registration in registry.frameworks().items():
-            if chosen and registration.selectable and name not in chosen:
-                continue
-            try:
-                plugin = registration.factory()
-                plugin.initialize(attrs.asdict(self.settings))
-                plugin.attach(self)
-            except Exception as error:
-                report_once(f"tracelet framework {name!r}", f"could not attach ({error!r})")
-                continue
-            attached.append(plugin)
-        return attached
+    def _live_detector(self) -> Any:
+        if not self.settings.detect_anomalies:
+            return None
+        from tracelet.analysis.detector import LiveDetector
 
-    def _tracking(self) -> dict[str, Any]:
-        """The settings as collectors see them, switched off where ``config`` says so."""
-        tracking = attrs.asdict(self.settings)
-        tracking["track_system"] &= self.config.track_system_metrics
-        tracking["track_env"] &= self.config.track_environment
-        tracking["track_git"] &= self.config.track_git
-        return tracking
-
-    def _create_run(self, store: LocalStore) -> tuple[RunInfo, set[str]]:
-        """Create (or reopen) the run; return it and the backends that already delivered
-        to it (those are told they resume it)."""
-        stored = store.get_run(self._id)
-        if stored is not None:
-            self._name, self._created_at = stored.name, stored.created_at
-            self.settings = self.settings.replace(project=stored.project)
-        info = RunInfo(
-            id=self._id,
-            name=self._name,
-            project=self.settings.project,
-            created_at=self._created_at,
-            tags=tuple(self._tags),
-            store_path=str(store.path),
-        )
-        snapshot = redact(
-            {"settings": attrs.asdict(self.settings), "backends": self._backend_options}
-        )
-        store.create_run(info, backends=self.settings.backend, config=snapshot)
-        if stored is None:
-            return info, set()
-        self._iteration = store.last_step(self._id)
-        for artifact in store.artifacts(self._id):
-            key = (
-                artifact.name
-                if artifact.artifact_path.startswith(f"{artifact.name}/")
-                else (artifact.artifact_path)
-            )
-            self._versions[key] = max(self._versions.get(key, 0), artifact.version)
-        return info, set(store.cursors(self._id))
-
-    def _recent_points(self, store: LocalStore, batches: int = 64) -> list[Any]:
-        """The metric points of the run's last ``batches`` batches (none for a new run), to
-        give the live detector a resumed run's recent history."""
-        last = store.last_seq(self._id)
-        recent = store.read_batches(self._id, max(0, last - batches), last, limit=batches)
-        return [point for batch in recent for point in batch.metrics]
+        return LiveDetector(self._id, config=self._anomaly_config, on_anomaly=self._on_anomaly)
 
     def stop(self, status: RunStatus | str = RunStatus.FINISHED) -> None:
         """Flush everything, finish the run with ``status``, and release its resources.
@@ -244,33 +192,21 @@ class Experiment(ArtifactLogging):
         with self._stop_lock:
             if self._status is not RunStatus.RUNNING or self._forked:
                 return
-            for framework in reversed(self._frameworks):
-                try:
-                    framework.detach()
-                except Exception as error:
-                    report_once(f"tracelet framework {framework.name!r}", f"detach: {error!r}")
-            if self._collectors is not None:
-                self._collectors.stop()
-            self._append = self._not_running
-            assert self._orchestrator is not None
-            assert self._store is not None
-            undelivered = self._orchestrator.stop(status, timeout=self.settings.flush_timeout)
+            assert self._session is not None
+            assert self._registry is not None
+            self._session.stop_helpers()
+            self._append = self._append_metric = self._not_running
+            undelivered = self._session.close(status, self.settings.flush_timeout)
             for backend, batches in undelivered.items():
                 report_once(
                     f"tracelet run {self._id}",
                     f"backend {backend!r} did not accept {batches} batch(es) before the "
                     f"{self.settings.flush_timeout:g}s flush timeout; they are kept in the "
-                    f"local store at {self._store.path}",
+                    f"local store at {self.settings.store_path} (`tracelet sync` delivers them)",
                 )
-            self._store.finish_run(self._id, status)
-            if self._lock is not None:
-                self._lock.release(remove=True)
-            self._store.close()
             self._status = status
             process.running.discard(self)
-        (self._registry or default_registry(self.settings.disable_plugins)).announce(
-            "tracelet_run_finished", experiment=self, status=status
-        )
+        self._registry.announce("tracelet_run_finished", experiment=self, status=status)
         for callback in self._on_stop:
             callback(self)
 
@@ -278,16 +214,22 @@ class Experiment(ArtifactLogging):
         """Alias of :meth:`stop`."""
         self.stop()
 
+    def on_stop(self, callback: Callable[[Experiment], object]) -> Callable[[Experiment], object]:
+        """Call ``callback(experiment)`` once the run has stopped; returns ``callback``."""
+        self._on_stop.append(callback)
+        return callback
+
     def flush(self, timeout: float | None = None) -> bool:
         """Journal everything logged so far; wait up to ``timeout`` for every backend.
 
         Returns whether every backend is up to date (after ``stop``: at once, no waiting).
         """
-        if self._orchestrator is None:
+        orchestrator = self._session.orchestrator if self._session else None
+        if orchestrator is None:
             return True
         if not self.is_running:
-            return not self._orchestrator.undelivered()
-        return self._orchestrator.flush(timeout)
+            return not orchestrator.undelivered()
+        return orchestrator.flush(timeout)
 
     def __enter__(self) -> Experiment:
         if self._status is None:
@@ -315,7 +257,7 @@ class Experiment(ArtifactLogging):
             iteration = check_step(iteration, name)
         if len(self._buffer) >= self._capacity:
             self._full()
-        self._append((name, value, iteration, _time()))
+        self._append_metric((name, value, iteration, _time()))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several scalars at one step (the current iteration when ``step`` is None)."""
@@ -326,7 +268,9 @@ class Experiment(ArtifactLogging):
         step = self._iteration if step is None else check_step(step)
         points = [(check_name(n), to_metric_value(n, v), step, _time()) for n, v in metrics.items()]
         for point in points:
-            self._put(point)
+            if len(self._buffer) >= self._capacity:
+                self._full()
+            self._append_metric(point)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` -> ``opt/lr``)."""  # noqa: E501
@@ -392,6 +336,80 @@ class Experiment(ArtifactLogging):
         check_name(name, "image")
         self._put(PendingImage.snapshot(name, image, self._step(step), _time()))
 
+    def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
+        """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
+        if isinstance(tags, str):
+            tags = [tags]
+        values = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
+        for key, value in values.items():
+            check_name(key, "tag")
+            if not isinstance(value, str):
+                raise TypeError(f"tag {key!r}: value must be a str, not {type(value).__name__}")
+        self._tags.extend(k for k, v in values.items() if not v and k not in self._tags)
+        self._run_tags.update(values)
+        if self.is_running:
+            self._put(Tags(values))
+
+    # -- artifacts -----------------------------------------------------------------------
+
+    def log_artifact(
+        self, artifact: str | os.PathLike[str] | TraceletArtifact, artifact_path: str | None = None
+    ) -> dict[str, ArtifactResult]:
+        """Log a file (a path) or a :class:`~tracelet.artifacts.TraceletArtifact`.
+
+        The file is copied into the local store during the call (so overwriting it right
+        after is safe), hashed and journaled off the training thread, then delivered to
+        every backend. Returns, per backend, where the artifact will be found.
+        """
+        if not self.is_running or self._artifacts is None:
+            self._not_running(artifact)
+        assert self._artifacts is not None
+        return self._artifacts.log(artifact, artifact_path)
+
+    def log_file_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Log one file (the older name of :meth:`log_artifact` for paths)."""
+        self.log_artifact(local_path, artifact_path)
+
+    def create_artifact(
+        self,
+        name: str,
+        artifact_type: ArtifactType | str = "custom",
+        description: str | None = None,
+    ) -> TraceletArtifact:
+        """A new, empty :class:`~tracelet.artifacts.TraceletArtifact` to fill and log."""
+        from tracelet.artifacts import TraceletArtifact
+
+        return TraceletArtifact(name, artifact_type, description)
+
+    def list_artifacts(
+        self, type_filter: ArtifactType | str | None = None, backend: str | None = None
+    ) -> list[TraceletArtifact]:
+        """The run's logged artifacts (latest version of each), optionally of one type.
+
+        Read from the local store, which holds everything every backend was sent; naming a
+        ``backend`` only checks that it receives this run.
+        """
+        from tracelet.artifacts import list_stored
+
+        self._check_backend(backend)
+        return list_stored(self.store, self._id, type_filter)
+
+    def get_artifact(
+        self, name: str, version: str | int = "latest", backend: str | None = None
+    ) -> TraceletArtifact | None:
+        """A logged artifact by name (or artifact path) and version (``"latest"``, or n)."""
+        from tracelet.artifacts import find_stored
+
+        self._check_backend(backend)
+        return find_stored(self.store, self._id, name, version)
+
+    def _check_backend(self, backend: str | None) -> None:
+        names = [b.name for b in self.backends]
+        if backend is not None and backend not in names:
+            raise ValueError(f"backend {backend!r} does not receive this run (it has: {names})")
+
+    # -- automagic capture ---------------------------------------------------------------
+
     def capture_hyperparams(self) -> dict[str, Any]:
         """Log the caller's local variables that look like hyperparameters; return them.
 
@@ -400,8 +418,7 @@ class Experiment(ArtifactLogging):
         """
         from tracelet.automagic import hyperparameters_in
 
-        caller = sys._getframe(1)
-        found = hyperparameters_in(caller.f_locals)
+        found = hyperparameters_in(sys._getframe(1).f_locals)
         if found:
             self.log_params(found)
         return found
@@ -422,14 +439,16 @@ class Experiment(ArtifactLogging):
         self.log_params({"dataset": found})
         return found
 
+    # -- internals -----------------------------------------------------------------------
+
     def _put(self, record: Any) -> None:
         if len(self._buffer) >= self._capacity:
             self._full()
         self._append(record)
 
     def _full(self) -> None:
-        if self._orchestrator is not None:
-            self._orchestrator.wait_for_room()
+        if self._session is not None and self._session.orchestrator is not None:
+            self._session.orchestrator.wait_for_room()
 
     def _step(self, step: int | None) -> int:
         return self._iteration if step is None else check_step(step)
@@ -437,9 +456,9 @@ class Experiment(ArtifactLogging):
     def _disown(self) -> None:
         """In a forked child: the run belongs to the parent; logging here raises."""
         self._forked = True
-        self._append = self._in_forked_child
-        if self._lock is not None:
-            self._lock.abandon()
+        self._append = self._append_metric = self._in_forked_child
+        if self._session is not None:
+            self._session.abandon()
 
     def _in_forked_child(self, record: object) -> None:
         raise RuntimeError(
@@ -488,13 +507,30 @@ class Experiment(ArtifactLogging):
 
     @property
     def tags(self) -> list[str]:
-        """The run's tags."""
+        """The run's bare tags."""
         return list(self._tags)
 
     @property
     def backends(self) -> list[BackendPlugin]:
         """The backend plugins receiving this run (each has ``.name``)."""
-        return list(self._plugins)
+        return list(self._session.backends) if self._session else []
+
+    @property
+    def orchestrator(self) -> Orchestrator | None:
+        """The run's :class:`~tracelet.Orchestrator` (``add_backend`` mid-run ...); None
+        before ``start``."""
+        return self._session.orchestrator if self._session else None
+
+    @property
+    def frameworks(self) -> list[FrameworkPlugin]:
+        """The framework integrations attached to this run."""
+        return self._session.frameworks if self._session else []
+
+    @property
+    def delivery(self) -> dict[str, DeliveryState]:
+        """Where each backend's delivery stands: delivering, retrying since when and why,
+        or failed for good; with the batches still pending."""
+        return self._session.delivery() if self._session else {}
 
     @property
     def run_info(self) -> RunInfo:
@@ -516,45 +552,20 @@ class Experiment(ArtifactLogging):
     @property
     def store(self) -> LocalStore:
         """The local store journaling this run (a reading handle after ``stop``)."""
-        if self.is_running and self._store is not None:
-            return self._store
+        if self.is_running and self._session is not None and self._session.store is not None:
+            return self._session.store
         if self._reader is None:
             self._reader = LocalStore(self.settings.store_path)
         return self._reader
-
-    def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
-        """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
-        if isinstance(tags, str):
-            tags = [tags]
-        values = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
-        for key, value in values.items():
-            check_name(key, "tag")
-            if not isinstance(value, str):
-                raise TypeError(f"tag {key!r}: value must be a str, not {type(value).__name__}")
-        self._tags.extend(k for k, v in values.items() if not v and k not in self._tags)
-        self._run_tags.update(values)
-        if self.is_running:
-            self._put(Tags(values))
 
     def __repr__(self) -> str:
         state = self._status.value if self._status else "not started"
         return f"<Experiment {self._name!r} id={self._id[:8]} project={self.project!r} {state}>"
 
 
-def _build(
-    name: str, factory: Callable[[], BackendPlugin], options: Mapping[str, Any]
-) -> BackendPlugin | None:
-    """Build and configure one backend; a bad option raises, a broken plugin is skipped."""
-    try:
-        plugin = factory()
-        plugin.initialize(options)
-    except ConfigurationError:
-        raise
-    except Exception as error:
-        report_once(f"tracelet backend {name!r}", f"could not be created ({error!r}); skipped")
-        return None
-    return plugin
+def _dropped(record: object) -> None:
+    """Where metrics go with ``track_metrics`` off."""
 
 
-def _generated_name() -> str:
+def _new_name() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"

@@ -19,9 +19,9 @@ from typing import Any
 
 import attrs
 
-from tracelet.core.registry import logger, report_once
 from tracelet.core.retry import RetryPolicy
 from tracelet.records import Batch, MetricPoint
+from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
 from tracelet.values import MAX_STEP, check_text
 

@@ -17,12 +17,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tracelet.core.delivery import DeliveryState
 from tracelet.core.journaling import write_batch
-from tracelet.core.plugins import BackendPlugin
-from tracelet.core.registry import report_once
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
 from tracelet.media import PendingArtifact, PendingImage
+from tracelet.plugins import BackendPlugin
 from tracelet.records import (
     Batch,
     CheckpointRequest,
@@ -34,6 +34,7 @@ from tracelet.records import (
     Tags,
     Text,
 )
+from tracelet.reporting import report_once
 from tracelet.storage import LocalStore
 from tracelet.values import check_name, check_step, to_metric_value
 
@@ -117,15 +118,12 @@ class Orchestrator:
 
     # -- backends ------------------------------------------------------------------------
 
-    def add_backend(
-        self, backend: BackendPlugin, name: str | None = None, *, resumed: bool = False
-    ) -> BackendSink:
+    def add_backend(self, backend: BackendPlugin, *, resumed: bool = False) -> BackendSink:
         """Attach a backend. Added mid-run, it first receives everything already journaled."""
-        name = name or backend.name
+        name = backend.name
         if name in self.sinks:
             raise ValueError(f"a backend named {name!r} is already attached to this run")
         sink = BackendSink(
-            name,
             backend,
             self.store,
             self.run,
@@ -204,6 +202,10 @@ class Orchestrator:
         for sink in self.sinks.values():
             sink.join(max(0.0, deadline - time.monotonic()))
         return self.undelivered()
+
+    def delivery(self) -> dict[str, DeliveryState]:
+        """Where each backend's delivery stands, by backend name."""
+        return {name: sink.state for name, sink in self.sinks.items()}
 
     def undelivered(self) -> dict[str, int]:
         """Batches each backend has not accepted yet."""

@@ -1,29 +1,44 @@
-"""The plugin registry: finds plugins, isolates their failures, and answers "which backend?".
+"""The plugin registry: a pluggy plugin manager with Tracelet's hooks, built-ins and entry points.
 
-Built-in plugins (the local store) register exactly like third-party ones, through the
-hooks in :mod:`tracelet.hookspecs`; third-party plugins come from the entry-point group
-``tracelet``. A plugin that fails to import, or whose hook raises, is reported once and
-skipped: the run goes on with the others.
+Built-in plugins (the local store, the collectors, the artifact watcher) register exactly
+like third-party ones; third-party plugins come from the entry-point group ``tracelet``.
+pluggy is used as designed: hooks are called through ``pm.hook``, ``check_pending``
+catches a misspelled hook at load, ``set_blocked`` serves ``TRACELET_DISABLE_PLUGINS``,
+and ``TRACELET_DEBUG=1`` turns on pluggy's tracing.
+
+A plugin that fails to import, whose hook is misspelled, or whose hook raises is reported
+once and skipped: the run goes on with the others. Two plugins registering one name is a
+ConfigurationError naming both.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 import pluggy
 
 from tracelet import hookspecs
-from tracelet.core.plugins import BackendRegistration, CollectorRegistration, FrameworkRegistration
-from tracelet.exceptions import ConfigurationError
+from tracelet.exceptions import ConfigurationError, did_you_mean
+from tracelet.plugins import (
+    BackendPlugin,
+    BackendRegistration,
+    CollectorRegistration,
+    FrameworkRegistration,
+)
+from tracelet.reporting import logger, report_once
 
-logger = logging.getLogger("tracelet")
+__all__ = ["PluginRegistry", "default_registry", "logger", "report_once", "unknown_backend"]
 
-DEFAULT_PLUGINS = ("tracelet.storage.backend", "tracelet.collectors", "tracelet.artifact_watch")
-"""Modules registered in every registry, before any entry point."""
+BUILT_IN_PLUGINS = {
+    "local": "tracelet.storage.backend",
+    "collectors": "tracelet.collectors",
+    "artifact_watch": "tracelet.artifact_watch",
+}
+"""Plugin name to module, registered before any entry point (and disabled the same way)."""
 
 KNOWN_BACKENDS = {
     "local": "tracelet-core",
@@ -35,77 +50,148 @@ KNOWN_BACKENDS = {
 """Backends maintained with Tracelet, and the distribution that provides each."""
 
 R = TypeVar("R", BackendRegistration, CollectorRegistration, FrameworkRegistration)
-_reported: set[tuple[str, str]] = set()
-
-
-def report_once(subject: str, message: str) -> None:
-    """Log a warning about ``subject`` unless this exact one was already logged."""
-    if (subject, message) not in _reported:
-        _reported.add((subject, message))
-        logger.warning("%s: %s", subject, message)
+_HOOK_NAMES = sorted(name for name in vars(hookspecs) if name.startswith("tracelet_"))
 
 
 class PluginRegistry:
-    """A pluggy plugin manager with Tracelet's hooks, built-ins and entry points loaded."""
+    """Tracelet's plugin manager: ``manager`` is the pluggy ``PluginManager``."""
 
     def __init__(
-        self, *, entry_points_group: str | None = "tracelet", disabled: Iterable[str] = ()
+        self,
+        *,
+        entry_points_group: str | None = hookspecs.PROJECT_NAME,
+        disabled: Iterable[str] = (),
+        debug: bool = False,
     ) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
-        self.disabled = set(disabled)
+        self.disabled = frozenset(disabled)
+        self.debug = debug
         self.failures: dict[str, str] = {}
-        for module in DEFAULT_PLUGINS:
-            self._register(module, lambda module=module: importlib.import_module(module))
+        for name in self.disabled:
+            self.manager.set_blocked(name)
+        for name, module in BUILT_IN_PLUGINS.items():
+            self._load(name, lambda module=module: importlib.import_module(module))
         if entry_points_group:
             for point in entry_points(group=entry_points_group):
-                self._register(point.name, point.load)
+                self._load(point.name, point.load)
+        self._skip_unknown_hooks()
+        if debug:
+            self.manager.trace.root.setwriter(sys.stderr.write)
+            self.manager.enable_tracing()
 
-    def _register(self, name: str, load: Callable[[], Any]) -> None:
-        if name in self.disabled or name.rsplit(".", 1)[-1] in self.disabled:
+    # -- loading -------------------------------------------------------------------------
+
+    def _load(self, name: str, load: Callable[[], Any]) -> None:
+        if self.manager.is_blocked(name) or self.manager.get_plugin(name) is not None:
             return
         try:
             self.manager.register(load(), name=name)
         except Exception as error:
             self._fail(name, f"could not be loaded ({type(error).__name__}: {error}); skipped")
 
-    def register(self, plugin: object, name: str | None = None) -> None:
-        """Register a plugin object (a module, or an instance with hook implementations)."""
-        self.manager.register(plugin, name=name)
+    def _skip_unknown_hooks(self) -> None:
+        """``check_pending`` until it passes, unregistering each plugin it names."""
+        while True:
+            try:
+                self.manager.check_pending()
+                return
+            except pluggy.PluginValidationError as error:
+                name = self.manager.get_name(error.plugin) or repr(error.plugin)
+                self.manager.unregister(error.plugin)
+                self._fail(name, f"{_unknown_hook(error.plugin)}; skipped")
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object (a module, or an instance with hook implementations).
+
+        A function marked ``@hookimpl`` whose name is not a Tracelet hook is a
+        ConfigurationError naming it (and the hook it was probably meant to be).
+        """
+        registered = self.manager.register(plugin, name=name)
+        if registered is None:
+            raise ConfigurationError(f"plugin {name!r} is disabled (TRACELET_DISABLE_PLUGINS)")
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError:
+            self.manager.unregister(plugin)
+            raise ConfigurationError(f"plugin {registered!r}: {_unknown_hook(plugin)}") from None
+        return registered
+
+    def unregister(self, name: str) -> None:
+        """Remove the plugin registered as ``name``."""
+        self.manager.unregister(name=name)
 
     def _fail(self, name: str, message: str) -> None:
         self.failures[name] = message
         report_once(f"tracelet plugin {name!r}", message)
 
-    def _collect(self, hook_name: str) -> list[R]:
-        hook = getattr(self.manager.hook, hook_name)
-        records: list[R] = []
-        for impl in reversed(hook.get_hookimpls()):
+    # -- calling hooks -------------------------------------------------------------------
+
+    def call(self, hook_name: str, *, repeatable: bool = False, **kwargs: Any) -> list[Any]:
+        """Call a hook through ``pm.hook``; an implementation that raises is reported once.
+
+        The others still run: a ``repeatable`` hook (registration hooks, which do no work)
+        is called again without the failed plugin; any other hook goes on with the
+        implementations pluggy had not reached yet.
+        """
+        skipped: list[object] = []
+        while True:
+            if skipped:
+                caller = self.manager.subset_hook_caller(hook_name, skipped)
+            else:
+                caller = getattr(self.manager.hook, hook_name)
             try:
-                records.extend(impl.function() or ())
+                return caller(**kwargs)
             except Exception as error:
-                self._fail(impl.plugin_name, f"{hook_name} raised {error!r}; skipped")
-        return records
+                impls = caller.get_hookimpls()
+                failed = _raising_impl(impls, error)
+                if failed is None:
+                    raise
+                self._fail(failed.plugin_name, f"{hook_name} raised {error!r}; skipped")
+                reached = [failed] if repeatable else impls[impls.index(failed) :]
+                skipped += [impl.plugin for impl in reached]
+
+    def announce(self, hook_name: str, **kwargs: Any) -> None:
+        """Call a lifecycle hook on every plugin, reporting (not raising) their failures."""
+        self.call(hook_name, **kwargs)
+
+    def _records(self, hook_name: str, kind: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for records in self.call(hook_name, repeatable=True):
+            for record in records or ():
+                if record.name in found and found[record.name] != record:
+                    owners = ", ".join(repr(o) for o in self._owners(hook_name, record.name))
+                    raise ConfigurationError(
+                        f"two plugins ({owners}) register a {kind} named {record.name!r}; "
+                        "uninstall one or name it in TRACELET_DISABLE_PLUGINS"
+                    )
+                found[record.name] = record
+        return found
+
+    def _owners(self, hook_name: str, name: str) -> list[str]:
+        """The plugins whose ``hook_name`` returns a record named ``name``."""
+        impls = getattr(self.manager.hook, hook_name).get_hookimpls()
+        owners = []
+        for impl in impls:
+            others = [other.plugin for other in impls if other is not impl]
+            results = self.manager.subset_hook_caller(hook_name, others)()
+            if any(record.name == name for records in results for record in records or ()):
+                owners.append(impl.plugin_name)
+        return owners
+
+    # -- what plugins provide ------------------------------------------------------------
 
     def backends(self) -> dict[str, BackendRegistration]:
         """Every registered backend by name."""
-        found: dict[str, BackendRegistration] = {}
-        for record in self._collect("tracelet_register_backends"):
-            if record.name in found and found[record.name] != record:
-                raise ConfigurationError(
-                    f"two plugins register a backend named {record.name!r}; "
-                    "uninstall one or disable it with TRACELET_DISABLE_PLUGINS"
-                )
-            found[record.name] = record
-        return found
+        return self._records("tracelet_register_backends", "backend")
 
     def collectors(self) -> dict[str, CollectorRegistration]:
         """Every registered collector by name."""
-        return {r.name: r for r in self._collect("tracelet_register_collectors")}
+        return self._records("tracelet_register_collectors", "collector")
 
     def frameworks(self) -> dict[str, FrameworkRegistration]:
         """Every registered framework integration by name."""
-        return {r.name: r for r in self._collect("tracelet_register_frameworks")}
+        return self._records("tracelet_register_frameworks", "framework integration")
 
     def select_backends(self, names: Sequence[str]) -> list[BackendRegistration]:
         """The registrations for ``names``; an unknown name raises ConfigurationError."""
@@ -118,15 +204,45 @@ class PluginRegistry:
                 selected.append(available[name])
         return selected
 
-    def announce(self, hook_name: str, **kwargs: Any) -> None:
-        """Call a lifecycle hook on every plugin, reporting (not raising) their failures."""
-        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as error:
-                report_once(
-                    f"tracelet plugin {impl.plugin_name!r}", f"{hook_name} raised {error!r}"
-                )
+    def build_backend(self, name: str, options: Mapping[str, Any]) -> BackendPlugin:
+        """A new backend ``name``, its ``options`` checked and given to ``initialize``.
+
+        The one way backends are built: by runs, ``tracelet sync`` and the conformance kit.
+        """
+        (registration,) = self.select_backends([name])
+        return registration.build(options)
+
+
+def _raising_impl(impls: Sequence[pluggy.HookImpl], error: BaseException) -> Any:
+    """The implementation whose frame raised ``error`` (the outermost one in its traceback)."""
+    by_code = {}
+    for impl in impls:
+        function = getattr(impl.function, "__func__", impl.function)
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            by_code[code] = impl
+    trace = error.__traceback__
+    while trace is not None:
+        found = by_code.get(trace.tb_frame.f_code)
+        if found is not None:
+            return found
+        trace = trace.tb_next
+    return None
+
+
+def _unknown_hook(plugin: object) -> str:
+    """Which of ``plugin``'s hook implementations has no Tracelet hook of its name."""
+    names = [
+        name
+        for name in dir(plugin)
+        if name not in _HOOK_NAMES
+        and hasattr(getattr(plugin, name, None), f"{hookspecs.PROJECT_NAME}_impl")
+    ]
+    if not names:
+        return "it implements a hook Tracelet does not have"
+    return "; ".join(
+        f"{name!r} is not a Tracelet hook{did_you_mean(name, _HOOK_NAMES)}" for name in names
+    )
 
 
 def unknown_backend(name: str, available: Iterable[str]) -> ConfigurationError:
@@ -136,16 +252,16 @@ def unknown_backend(name: str, available: Iterable[str]) -> ConfigurationError:
     if package:
         fix = f"install it with: pip install {package}"
     else:
-        fix = "check the spelling, or install the plugin that provides it"
+        fix = f"check the spelling{did_you_mean(name, available)}, or install its plugin"
     return ConfigurationError(f"unknown backend {name!r} (installed: {installed}); {fix}")
 
 
 _default: PluginRegistry | None = None
 
 
-def default_registry(disabled: Iterable[str] = ()) -> PluginRegistry:
-    """The process-wide registry, built on first use (and rebuilt if ``disabled`` changes)."""
+def default_registry(disabled: Iterable[str] = (), *, debug: bool = False) -> PluginRegistry:
+    """The process-wide registry, built on first use (and rebuilt when its settings change)."""
     global _default
-    if _default is None or _default.disabled != set(disabled):
-        _default = PluginRegistry(disabled=disabled)
+    if _default is None or _default.disabled != frozenset(disabled) or _default.debug != debug:
+        _default = PluginRegistry(disabled=disabled, debug=debug)
     return _default

@@ -9,10 +9,14 @@ import attrs
 
 @attrs.frozen
 class RetryPolicy:
-    """Exponential backoff: ``initial`` seconds, doubling up to ``maximum``, with jitter."""
+    """Exponential backoff: ``initial`` seconds, doubling up to ``maximum``, with jitter.
+
+    The cap is short on purpose: a backend that is down costs one refused connection per
+    try, and a backend that comes back is found again within about ``maximum`` seconds.
+    """
 
     initial: float = 0.2
-    maximum: float = 30.0
+    maximum: float = 1.5
     jitter: float = 0.1
 
     def delays(self) -> DelayIterator:

@@ -8,21 +8,31 @@ their images and their artifact files into another store, such as a team's share
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from tracelet import __version__
-from tracelet.core.plugins import BackendPlugin, BackendRegistration, PluginMetadata, PluginType
-from tracelet.exceptions import ConfigurationError
-from tracelet.hookspecs import hookimpl
 from tracelet.media import stored_artifact_path
-from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.plugins import (
+    BackendPlugin,
+    BackendRegistration,
+    Batch,
+    Option,
+    RunInfo,
+    RunStatus,
+    hookimpl,
+)
 from tracelet.storage.locks import RunLock
 from tracelet.storage.store import LocalStore
+
+PATH = Option(
+    "path",
+    (str, os.PathLike),
+    doc="The store folder to write runs to (default: the journal's own store).",
+)
 
 
 class LocalBackend(BackendPlugin):
@@ -33,23 +43,6 @@ class LocalBackend(BackendPlugin):
         self.store: LocalStore | None = None
         self.run: RunInfo | None = None
         self.lock: RunLock | None = None
-
-    @classmethod
-    def get_metadata(cls) -> PluginMetadata:
-        """The local backend's metadata."""
-        return PluginMetadata(
-            "local", __version__, PluginType.BACKEND, "The embedded SQLite store; no server"
-        )
-
-    def initialize(self, config: Mapping[str, Any]) -> None:
-        """Accept ``path``: the store folder to write to (default: the journal's)."""
-        unknown = set(config) - {"path"}
-        if unknown:
-            raise ConfigurationError(f"unknown option(s) for the local backend: {sorted(unknown)}")
-        path = config.get("path")
-        if path is not None and not isinstance(path, str | Path):
-            raise ConfigurationError(f"local backend option 'path' must be a path, not {path!r}")
-        super().initialize(config)
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
         """Open the target store and make sure the run exists there.
@@ -122,4 +115,12 @@ def _copy(path: str, source_root: Path, target_root: Path) -> str:
 @hookimpl
 def tracelet_register_backends() -> list[BackendRegistration]:
     """Register the ``local`` backend."""
-    return [BackendRegistration("local", LocalBackend, options={"path"}, description=__doc__)]
+    return [
+        BackendRegistration(
+            "local",
+            LocalBackend,
+            options=[PATH],
+            description="The embedded SQLite store; no server",
+            version=__version__,
+        )
+    ]

@@ -114,6 +114,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (run, key)) WITHOUT ROWID""",
     ),
     ("ALTER TABLE cursors ADD COLUMN finished INTEGER NOT NULL DEFAULT 0",),
+    # 4: where each backend's delivery stands (delivering, retrying, failed), for `show`
+    ("ALTER TABLE cursors ADD COLUMN state TEXT NOT NULL DEFAULT 'delivering'",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

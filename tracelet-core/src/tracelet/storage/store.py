@@ -46,6 +46,28 @@ EVENT_KINDS = tuple(_EVENT_SQL)
 
 
 @attrs.frozen
+class StoredDelivery:
+    """One backend's delivery of a run, as the journal records it."""
+
+    backend: str
+    delivered: int
+    """The last batch the backend accepted."""
+    journaled: int
+    """The run's last batch."""
+    state: str
+    """``delivering``, ``retrying`` or ``failed`` (for good, until a ``tracelet sync``)."""
+    error: str | None
+    updated_at: float
+    finished: bool
+    """Whether the backend has the run's final status."""
+
+    @property
+    def pending(self) -> int:
+        """Batches the backend has not accepted."""
+        return self.journaled - self.delivered
+
+
+@attrs.frozen
 class StoredRun:
     """A run as the store knows it."""
 
@@ -427,14 +449,35 @@ class LocalStore(RunReader):
             (self._pk(run_id), backend, time.time()),
         )
 
-    def set_cursor(self, run_id: str, backend: str, seq: int, error: str | None = None) -> None:
-        """Persist ``backend``'s cursor (and its latest error, or None once it recovered)."""
+    def set_cursor(
+        self,
+        run_id: str,
+        backend: str,
+        seq: int,
+        error: str | None = None,
+        state: str = "delivering",
+    ) -> None:
+        """Persist ``backend``'s cursor, its delivery state and its latest error (or None)."""
         self.connection().execute(
-            "INSERT INTO cursors(run, backend, seq, updated_at, error) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(run, backend) DO UPDATE SET seq = excluded.seq,"
-            " updated_at = excluded.updated_at, error = excluded.error",
-            (self._pk(run_id), backend, seq, time.time(), error),
+            "INSERT INTO cursors(run, backend, seq, updated_at, error, state)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run, backend) DO UPDATE SET"
+            " seq = excluded.seq, updated_at = excluded.updated_at, error = excluded.error,"
+            " state = excluded.state",
+            (self._pk(run_id), backend, seq, time.time(), error, state),
         )
+
+    def deliveries(self, run_id: str) -> list[StoredDelivery]:
+        """Where each backend of the run stands, by backend name."""
+        rows = self.connection().execute(
+            "SELECT backend, seq, state, error, updated_at, finished FROM cursors"
+            " WHERE run = ? ORDER BY backend",
+            (self._pk(run_id),),
+        )
+        last = self.last_seq(run_id)
+        return [
+            StoredDelivery(b, seq, last, state, error, at, bool(f))
+            for b, seq, state, error, at, f in rows
+        ]
 
     def cursors(self, run_id: str) -> dict[str, int]:
         """Every backend of the run and its cursor."""

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from tracelet.core.delivery import Delivery
 from tracelet.core.experiment import Experiment
-from tracelet.core.plugins import BackendPlugin
-from tracelet.records import Batch, RunStatus
+from tracelet.plugins import Batch, RunStatus
 from tracelet.testing.expect import (
     expect_artifacts,
     expect_images,
@@ -250,12 +250,10 @@ def replay_creates_no_duplicates(kit: Harness) -> None:
         exp.log_artifact(kit.root / "inputs" / "epoch1.pt", "checkpoints/epoch1.pt")
     run = exp.run_info
     batches = kit.journal.read_batches(run.id, 0, limit=1_000_000)
-    first = kit.build_backend()
-    _deliver(
-        first, lambda: first.start_run(run, False), [b for b in batches for _ in (1, 2)] + batches
-    )
-    second = kit.build_backend()
-    _deliver(second, lambda: second.start_run(run, True), batches, RunStatus.FINISHED)
+    first = kit.delivery(kit.build_backend(), run)
+    _deliver(kit, first, [b for b in batches for _ in (1, 2)] + batches, resumed=False)
+    second = kit.delivery(kit.build_backend(), run)
+    _deliver(kit, second, batches, resumed=True, status=RunStatus.FINISHED)
     kit.expect_one_run(run.id)
     kit.expect_status(run.id, RunStatus.FINISHED)
     expect_metrics(kit, run.id, points)
@@ -268,22 +266,55 @@ def replay_creates_no_duplicates(kit: Harness) -> None:
     )
 
 
+def published_later(kit: Harness) -> None:
+    """A run logged to the local store alone, published later (``tracelet sync RUN --to
+    NAME``): every point, param, tag, text, image and artifact arrives once, with the
+    final status; publishing it again does nothing."""
+    points = metric_series(2_000, repeats=0)
+    files = _artifact_files(kit)
+    with kit.start("publish", journal_only=True) as exp:
+        for name, value, step in points:
+            exp.log_metric(name, value, step)
+        exp.log_params(PARAMS)
+        exp.add_tags({"published": "later"})
+        for name, step, text in TEXTS:
+            exp.log_text(name, text, step)
+        for name, step, data in IMAGES:
+            exp.log_image(name, data, step)
+        exp.log_artifact(kit.root / "inputs" / "model.bin")
+    (result,) = kit.publish(exp.id)
+    if result.error is not None:
+        raise AssertionError(f"publishing run {exp.id} failed: {result.error}")
+    kit.expect_delivered(exp.id)
+    kit.expect_status(exp.id, RunStatus.FINISHED)
+    if kit.publish(exp.id):
+        raise AssertionError("publishing a run the backend already holds did something")
+    expect_metrics(kit, exp.id, points)
+    expect_params(kit, exp.id, PARAMS)
+    expect_tags(kit, exp.id, {"published": "later"})
+    expect_texts(kit, exp.id, TEXTS, optional=True)
+    expect_images(kit, exp.id, IMAGES, optional=True)
+    expect_artifacts(kit, exp.id, {"model.bin": files["model.bin"]}, optional=True)
+
+
 def _deliver(
-    backend: BackendPlugin,
-    open_run: Callable[[], None],
+    kit: Harness,
+    delivery: Delivery,
     batches: Sequence[Batch],
+    *,
+    resumed: bool,
     status: RunStatus | None = None,
 ) -> None:
-    """Drive ``backend`` as a sink does: start, open the run, deliver, finish, stop."""
-    backend.start()
+    """Deliver ``batches`` in this order (repeats included), as a sink does: open the run,
+    deliver, finish with ``status`` when given, release."""
     try:
-        open_run()
+        kit.expect_done(delivery, delivery.open(resumed), "start_run")
         for batch in batches:
-            backend.log_batch(batch)
+            kit.expect_done(delivery, delivery.deliver(batch), f"batch {batch.seq}")
         if status is not None:
-            backend.finish_run(status)
+            kit.expect_done(delivery, delivery.finish(status), "finish_run")
     finally:
-        backend.stop()
+        delivery.release()
 
 
 def _artifact_files(kit: Harness) -> dict[str, bytes]:
@@ -313,6 +344,7 @@ CHECKS: dict[str, Callable[[Harness], None]] = {
         status_on_kill,
         resume_continues_the_same_run,
         replay_creates_no_duplicates,
+        published_later,
     )
 }
 """Every check by name, in the order they are listed in the documentation."""

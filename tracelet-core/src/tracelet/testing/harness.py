@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import tracelet
+from tracelet.core.delivery import Delivery, MemoryCursor
 from tracelet.core.experiment import Experiment
-from tracelet.core.plugins import BackendPlugin
 from tracelet.core.registry import default_registry
-from tracelet.records import RunStatus
+from tracelet.plugins import BackendPlugin, RunInfo, RunStatus
 from tracelet.settings import TraceletSettings
 from tracelet.storage import LocalStore
 from tracelet.testing.compare import require
 from tracelet.testing.contract import BackendUnderTest
+
+if TYPE_CHECKING:
+    from tracelet.sync import SyncResult
 
 PROJECT = "tracelet-conformance"
 
@@ -94,17 +98,43 @@ class Harness:
             )
 
     def build_backend(self) -> BackendPlugin:
-        """A new instance of the backend, built through the registry and initialized."""
+        """A new instance of the backend, built as runs build it (options checked)."""
         registry = default_registry(self.settings.disable_plugins)
-        registration = registry.backends().get(self.backend.name)
-        if registration is None:
+        if self.backend.name not in registry.backends():
             raise AssertionError(
                 f"no backend named {self.backend.name!r} is registered "
                 f"(registered: {sorted(registry.backends())})"
             )
-        plugin = registration.factory()
-        plugin.initialize(dict(self.backend.options))
-        return plugin
+        return registry.build_backend(self.backend.name, self.backend.options)
+
+    def delivery(self, backend: BackendPlugin, run: RunInfo) -> Delivery:
+        """A delivery of ``run`` into ``backend`` through Tracelet's delivery engine, with a
+        cursor of its own (so the same batches can be delivered again) and retries bounded
+        by the backend's ``flush_timeout``."""
+        delivery = Delivery(backend, self.journal, run, cursor=MemoryCursor())
+        delivery.deadline = time.monotonic() + self.backend.flush_timeout
+        return delivery
+
+    def publish(self, run_id: str) -> list[SyncResult]:
+        """``tracelet sync RUN --to <backend>``: deliver a finished run into the backend."""
+        from tracelet.sync import sync_run
+
+        deadline = time.monotonic() + self.backend.flush_timeout
+        return sync_run(
+            self.journal,
+            run_id,
+            to=self.backend.name,
+            options=self.backend.options,
+            deadline=deadline,
+        )
+
+    def expect_done(self, delivery: Delivery, done: bool, what: str) -> None:
+        """``done`` (what a delivery step returned) or an AssertionError saying why not."""
+        if not done:
+            raise AssertionError(
+                f"backend {self.backend.name!r}: {what} did not succeed: "
+                f"{delivery.state.describe()}"
+            )
 
     # -- what the tool holds ---------------------------------------------------------------
 

@@ -78,3 +78,7 @@ class BackendConformance:
     def test_replay_creates_no_duplicates(self, conformance_kit: Harness) -> None:
         """Batches delivered again (same instance, then a new one) are not duplicated."""
         checks.replay_creates_no_duplicates(conformance_kit)
+
+    def test_published_later(self, conformance_kit: Harness) -> None:
+        """A local-only run published later (``sync --to``) arrives whole, once."""
+        checks.published_later(conformance_kit)

@@ -1,0 +1,368 @@
+"""The delivery engine: one run's journaled batches into one backend, in order, once each.
+
+Live sinks, ``tracelet sync`` and the conformance kit all deliver through
+:class:`Delivery`. It owns the cursor (the last batch the backend accepted), retries
+failures with capped exponential backoff, tells a failure a retry can fix from one it
+cannot (:class:`~tracelet.exceptions.PermanentBackendError`), skips a batch the tool
+refuses for good (:class:`~tracelet.exceptions.RejectedBatchError`), and keeps a
+:class:`DeliveryState` that it reports once per change: one warning when the backend
+becomes unreachable, one line when it has caught up again.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+
+from tracelet.core.retry import RetryPolicy
+from tracelet.exceptions import ConfigurationError, PermanentBackendError, RejectedBatchError
+from tracelet.plugins import BackendPlugin
+from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.redaction import redact_uri
+from tracelet.reporting import logger
+from tracelet.storage import LocalStore
+
+READ_AHEAD = 16
+"""Batches read from the journal at a time while catching up."""
+
+
+class DeliveryPhase(enum.StrEnum):
+    """Where a backend's delivery stands."""
+
+    STARTING = "starting"
+    DELIVERING = "delivering"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    """For good in this run (a PermanentBackendError): ``tracelet sync`` tries again."""
+
+
+@attrs.frozen
+class DeliveryState:
+    """A backend's delivery of one run: phase, progress, since when, and the latest error."""
+
+    backend: str
+    phase: DeliveryPhase
+    delivered: int
+    """The last batch the backend accepted."""
+    journaled: int
+    """The newest batch in the journal, as far as the delivery knows."""
+    since: float
+    """When the phase began (seconds since the epoch)."""
+    error: str | None = None
+    """The latest failure, while retrying or failed for good."""
+    rejection: str | None = None
+    """The latest batch the tool refused for good (skipped, kept in the local store)."""
+
+    @property
+    def pending(self) -> int:
+        """Batches journaled but not yet accepted."""
+        return max(0, self.journaled - self.delivered)
+
+    def describe(self) -> str:
+        """One line for people: ``retrying since 12:03:04 (ConnectionError: ...), 4 pending``."""
+        clock = time.strftime("%H:%M:%S", time.localtime(self.since))
+        if self.phase is DeliveryPhase.FAILED:
+            return f"failed for good at {clock} ({self.error}); {self.pending} batch(es) pending"
+        if self.phase is DeliveryPhase.RETRYING:
+            return f"retrying since {clock} ({self.error}); {self.pending} batch(es) pending"
+        if self.pending:
+            return f"{self.phase.value}, {self.pending} batch(es) pending"
+        return "up to date"
+
+
+class Cursor(Protocol):
+    """Where a delivery keeps its progress."""
+
+    def load(self) -> int:
+        """The last batch the backend accepted (0: none)."""
+        ...
+
+    def save(self, state: DeliveryState) -> None:
+        """Persist ``state`` (its ``delivered`` is the cursor)."""
+        ...
+
+    def finished(self) -> None:
+        """Record that the backend has the run's final status."""
+        ...
+
+
+@attrs.define
+class JournalCursor:
+    """The cursor kept in the journal itself, read by ``tracelet sync`` and ``show``."""
+
+    store: LocalStore
+    run_id: str
+    backend: str
+
+    def load(self) -> int:
+        """The stored cursor."""
+        return self.store.get_cursor(self.run_id, self.backend)
+
+    def save(self, state: DeliveryState) -> None:
+        """Store the cursor, phase and error."""
+        error = state.error or state.rejection
+        self.store.set_cursor(
+            self.run_id, self.backend, state.delivered, error=error, state=state.phase.value
+        )
+
+    def finished(self) -> None:
+        """Mark the backend as holding the final status."""
+        self.store.mark_finished(self.run_id, self.backend)
+
+
+@attrs.define
+class MemoryCursor:
+    """A cursor that lives only as long as its delivery (the conformance kit's replays)."""
+
+    seq: int = 0
+    done: bool = False
+
+    def load(self) -> int:
+        """The cursor."""
+        return self.seq
+
+    def save(self, state: DeliveryState) -> None:
+        """Keep the cursor."""
+        self.seq = state.delivered
+
+    def finished(self) -> None:
+        """Remember the final status was delivered."""
+        self.done = True
+
+
+class Delivery:
+    """Delivers one run's batches to one backend; every method runs on one thread.
+
+    ``deadline`` (a ``time.monotonic()`` value) bounds the retries; ``abort`` ends them at
+    once; setting ``wakeup`` cuts a backoff short (a recovered backend is tried at once).
+    """
+
+    def __init__(
+        self,
+        backend: BackendPlugin,
+        journal: LocalStore,
+        run: RunInfo,
+        *,
+        cursor: Cursor | None = None,
+        retry: RetryPolicy | None = None,
+        journaled: int = 0,
+        on_update: Callable[[DeliveryState], object] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.journal = journal
+        self.run = run
+        self.cursor = cursor or JournalCursor(journal, run.id, backend.name)
+        self.retry = retry or RetryPolicy()
+        self.on_update = on_update
+        """Told every change of the state: each batch delivered, each failed try."""
+        self.deadline = float("inf")
+        self.abort = threading.Event()
+        self.wakeup = threading.Event()
+        self._down_since: float | None = None
+        self.state = DeliveryState(backend.name, DeliveryPhase.STARTING, 0, journaled, time.time())
+
+    @property
+    def name(self) -> str:
+        """The backend's registered name."""
+        return self.backend.name
+
+    @property
+    def delivered(self) -> int:
+        """The last batch the backend accepted."""
+        return self.state.delivered
+
+    @property
+    def failed(self) -> bool:
+        """Whether the backend failed for good (nothing more is tried in this delivery)."""
+        return self.state.phase is DeliveryPhase.FAILED
+
+    # -- the steps -----------------------------------------------------------------------
+
+    def open(self, resumed: bool) -> bool:
+        """Read the cursor, start the backend and open the run; False if it gave up."""
+        delivered: list[int] = []
+        if not self._attempt("reading its cursor", lambda: delivered.append(self.cursor.load())):
+            return False
+        self._update(delivered=delivered[0])
+
+        def start() -> None:
+            if not self.backend.started:
+                self.backend.start()
+            self.backend.start_run(self.run, resumed)
+
+        if not self._attempt("start", start):
+            return False
+        self._update(phase=DeliveryPhase.DELIVERING)
+        return True
+
+    def note_journaled(self, seq: int) -> None:
+        """The journal now holds batches up to ``seq``."""
+        if seq > self.state.journaled:
+            self.state = attrs.evolve(self.state, journaled=seq)
+
+    def deliver(self, batch: Batch) -> bool:
+        """Deliver ``batch`` (retrying) and move the cursor to it; False if it gave up."""
+        self.note_journaled(batch.seq)
+        rejection = self.state.rejection
+        try:
+            if not self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch)):
+                return False
+        except RejectedBatchError as error:
+            rejection = self._rejected(batch, error)
+        if self.abort.is_set():  # stop gave up on this delivery meanwhile
+            return False
+        self._update(delivered=batch.seq, rejection=rejection)
+        if self._down_since is not None and not self.state.pending:
+            self._caught_up()
+        return True
+
+    def catch_up(self, upto: int | None = None) -> bool:
+        """Deliver the journaled batches after the cursor up to ``upto`` (default: all)."""
+        last: list[int] = []
+        if upto is None:
+            if not self._attempt("reading the journal", lambda: last.append(self._last_seq())):
+                return False
+            upto = last[0]
+        self.note_journaled(upto)
+        batches: list[Batch] = []
+        while self.delivered < upto:
+            batches.clear()
+            if not self._attempt("reading the journal", lambda: batches.extend(self._read(upto))):
+                return False
+            if not batches or batches[0].seq != self.delivered + 1:
+                return self._fail_for_good(
+                    f"the journal has no batch {self.delivered + 1} of run {self.run.id}"
+                )
+            for batch in batches:
+                if not self.deliver(batch):
+                    return False
+        return True
+
+    def finish(self, status: RunStatus) -> bool:
+        """Deliver everything journaled, then the run's final ``status``."""
+        if not self.catch_up():
+            return False
+        if not self._attempt("finish", lambda: self.backend.finish_run(status)):
+            return False
+        self._attempt("recording the final status", self.cursor.finished)
+        return True
+
+    def release(self) -> None:
+        """Stop the backend if it was started, whether or not delivery completed."""
+        if not self.backend.started:
+            return
+        try:
+            self.backend.stop()
+        except Exception as error:
+            logger.warning("tracelet backend %r: stop failed (%r)", self.name, error)
+
+    # -- retries and reports -------------------------------------------------------------
+
+    def _attempt(self, what: str, action: Callable[[], object]) -> bool:
+        """Run ``action`` until it succeeds (True) or delivery must give up (False).
+
+        :class:`RejectedBatchError` is not retried: it propagates to the caller.
+        """
+        delays = self.retry.delays()
+        while not self.abort.is_set() and not self.failed:
+            try:
+                action()
+            except RejectedBatchError:
+                raise
+            except PermanentBackendError as error:
+                return self._fail_for_good(f"{what}: {describe_error(error)}")
+            except Exception as error:
+                self._retrying(what, error)
+                wait = min(next(delays), self.deadline - time.monotonic())
+                if wait <= 0:
+                    return False
+                self.wakeup.wait(wait)
+                self.wakeup.clear()
+                continue
+            if self.state.phase is DeliveryPhase.RETRYING:
+                self._update(phase=DeliveryPhase.DELIVERING, error=None)
+            return True
+        return False
+
+    def _retrying(self, what: str, error: Exception) -> None:
+        message = describe_error(error)
+        if self.state.phase is DeliveryPhase.RETRYING:
+            self.state = attrs.evolve(self.state, error=message)
+            if self.on_update is not None:
+                self.on_update(self.state)
+            return
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.warning(
+                "tracelet backend %r is unreachable (%s: %s); retrying with backoff. Nothing is "
+                "lost: %d batch(es) wait in the local store",
+                self.name,
+                what,
+                message,
+                self.state.pending,
+            )
+        self._update(phase=DeliveryPhase.RETRYING, error=message)
+
+    def _caught_up(self) -> None:
+        assert self._down_since is not None
+        logger.warning(
+            "tracelet backend %r is back and has caught up (down %.1f s; up to batch %d)",
+            self.name,
+            time.monotonic() - self._down_since,
+            self.delivered,
+        )
+        self._down_since = None
+
+    def _fail_for_good(self, reason: str) -> bool:
+        self._update(phase=DeliveryPhase.FAILED, error=reason)
+        logger.error(
+            "tracelet backend %r failed for good (%s); it gets nothing more in this run. "
+            "%d batch(es) stay in the local store: fix the cause, then run `tracelet sync`",
+            self.name,
+            reason,
+            self.state.pending,
+        )
+        return False
+
+    def _rejected(self, batch: Batch, error: RejectedBatchError) -> str:
+        rejection = redact_uri(f"batch {batch.seq} rejected: {error}")
+        logger.error(
+            "tracelet backend %r: %s (%d records); it stays in the local store, and delivery "
+            "goes on",
+            self.name,
+            rejection,
+            len(batch),
+        )
+        return rejection
+
+    def _update(self, **changes: object) -> None:
+        """Change the state, persist it, and tell ``on_update``."""
+        before = self.state
+        if "phase" in changes and changes["phase"] != before.phase:
+            changes["since"] = time.time()
+        self.state = attrs.evolve(before, **changes)  # type: ignore[arg-type]
+        try:  # the in-memory state drives this delivery; the stored one serves `sync`, `show`
+            self.cursor.save(self.state)
+        except Exception as error:
+            logger.warning("tracelet backend %r: cursor not saved (%r)", self.name, error)
+        if self.on_update is not None:
+            self.on_update(self.state)
+
+    def _last_seq(self) -> int:
+        return self.journal.last_seq(self.run.id)
+
+    def _read(self, upto: int) -> list[Batch]:
+        return self.journal.read_batches(self.run.id, self.delivered, upto, limit=READ_AHEAD)
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` (a configuration error: its message) with credentials removed
+    from any URI in it."""
+    if isinstance(error, ConfigurationError):
+        return redact_uri(str(error))
+    return redact_uri(f"{type(error).__name__}: {error}")

@@ -1,0 +1,200 @@
+"""A started run's machinery: the store and its lock, the orchestrator and its sinks, the
+collectors and the framework integrations. :class:`~tracelet.core.experiment.Experiment`
+is the public face; a :class:`RunSession` is what it owns between ``start`` and ``stop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from tracelet.core.collecting import CollectorRunner
+from tracelet.core.delivery import DeliveryState
+from tracelet.core.orchestrator import Orchestrator
+from tracelet.core.registry import PluginRegistry
+from tracelet.plugins import BackendPlugin, FrameworkPlugin
+from tracelet.records import RunInfo, RunStatus
+from tracelet.redaction import REDACTED, redact
+from tracelet.reporting import report_once
+from tracelet.settings import RunSettings, TraceletSettings
+from tracelet.storage import LocalStore
+
+if TYPE_CHECKING:
+    from tracelet.core.experiment import Experiment
+    from tracelet.storage.locks import RunLock
+
+
+@attrs.frozen
+class Resumed:
+    """What a run started again (same id) takes over from its earlier sessions."""
+
+    iteration: int = 0
+    versions: Mapping[str, int] = attrs.field(factory=dict)
+    """Artifact key to its latest version."""
+    backends: frozenset[str] = frozenset()
+    """Backends that already delivered to the run (they are told they resume it)."""
+
+
+class RunSession:
+    """Opens a run (store, lock, backends, orchestrator) and closes it again, once."""
+
+    def __init__(self, registry: PluginRegistry, run: RunSettings) -> None:
+        self.registry = registry
+        self.settings = run.settings
+        self.backend_options = run.backend_options
+        self.store: LocalStore | None = None
+        self.orchestrator: Orchestrator | None = None
+        self.backends: list[BackendPlugin] = []
+        self._lock: RunLock | None = None
+        self._collectors: CollectorRunner | None = None
+        self.frameworks: list[FrameworkPlugin] = []
+        """The framework integrations attached to the run."""
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open(self, info: RunInfo, detector: Any = None) -> tuple[RunInfo, Resumed]:
+        """Create (or reopen) the run ``info`` describes and start delivering it.
+
+        Returns the run as stored (a resumed run keeps its name, project and creation time)
+        and what it resumes. On failure, everything acquired is released again.
+        """
+        self.backends = self._build_backends()
+        store = self.store = LocalStore(self.settings.store_path)
+        try:
+            self._lock = store.lock_run(info.id)
+            info, resumed = self._create_run(store, info)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            store.close()
+            raise
+        orchestrator = self.orchestrator = Orchestrator(
+            store,
+            info,
+            flush_interval=self.settings.flush_interval,
+            buffer_size=self.settings.buffer_size,
+            capture_samples=self.settings.capture_samples,
+        )
+        if detector is not None:
+            orchestrator.detector = detector
+            detector.prime(self._recent_points(store, info.id))
+        for backend in self.backends:
+            orchestrator.add_backend(backend, resumed=backend.name in resumed.backends)
+        orchestrator.start()
+        return info, resumed
+
+    def _build_backends(self) -> list[BackendPlugin]:
+        """Build every selected backend; bad options raise, a broken plugin is skipped."""
+        built = []
+        for name in self.settings.backend:
+            options = self.backend_options.get(name, {})
+            try:
+                built.append(self.registry.build_backend(name, options))
+            except ValueError:  # ConfigurationError included: the user's to fix
+                raise
+            except Exception as error:
+                report_once(
+                    f"tracelet backend {name!r}", f"could not be created ({error!r}); skipped"
+                )
+        return built
+
+    def _create_run(self, store: LocalStore, info: RunInfo) -> tuple[RunInfo, Resumed]:
+        stored = store.get_run(info.id)
+        if stored is not None:
+            info = attrs.evolve(
+                info, name=stored.name, project=stored.project, created_at=stored.created_at
+            )
+        info = attrs.evolve(info, store_path=str(store.path))
+        snapshot = redact({"settings": attrs.asdict(self.settings), "backends": self._options()})
+        store.create_run(info, backends=self.settings.backend, config=snapshot)
+        if stored is None:
+            return info, Resumed()
+        versions: dict[str, int] = {}
+        for artifact in store.artifacts(info.id):
+            path = artifact.artifact_path
+            key = artifact.name if path.startswith(f"{artifact.name}/") else path
+            versions[key] = max(versions.get(key, 0), artifact.version)
+        return info, Resumed(store.last_step(info.id), versions, frozenset(store.cursors(info.id)))
+
+    def _options(self) -> dict[str, dict[str, Any]]:
+        """The backend options as stored: options declared secret are masked."""
+        secret = {
+            r.name: r.secret_options for r in self.registry.select_backends(self.settings.backend)
+        }
+        return {
+            name: {
+                key: REDACTED if key in secret.get(name, ()) and value is not None else value
+                for key, value in options.items()
+            }
+            for name, options in self.backend_options.items()
+        }
+
+    @staticmethod
+    def _recent_points(store: LocalStore, run_id: str, batches: int = 64) -> list[Any]:
+        """The metric points of the run's last ``batches`` batches (none for a new run)."""
+        last = store.last_seq(run_id)
+        recent = store.read_batches(run_id, max(0, last - batches), last, limit=batches)
+        return [point for batch in recent for point in batch.metrics]
+
+    def start_helpers(self, experiment: Experiment) -> None:
+        """Start the collectors and attach the framework integrations."""
+        self._collectors = CollectorRunner.build(
+            experiment, self.registry.collectors(), attrs.asdict(self.settings)
+        )
+        self._collectors.start()
+        self.frameworks = self._attach_frameworks(experiment, self.settings)
+
+    def _attach_frameworks(
+        self, experiment: Experiment, settings: TraceletSettings
+    ) -> list[FrameworkPlugin]:
+        attached = []
+        chosen = settings.automagic_frameworks
+        for name, registration in self.registry.frameworks().items():
+            if chosen and registration.selectable and name not in chosen:
+                continue
+            try:
+                plugin = registration.build(attrs.asdict(settings))
+                plugin.attach(experiment)
+            except Exception as error:
+                report_once(f"tracelet framework {name!r}", f"could not attach ({error!r})")
+                continue
+            attached.append(plugin)
+        return attached
+
+    # -- closing -------------------------------------------------------------------------
+
+    def stop_helpers(self) -> None:
+        """Detach the framework integrations and stop the collectors (their last records
+        are still accepted)."""
+        for framework in reversed(self.frameworks):
+            try:
+                framework.detach()
+            except Exception as error:
+                report_once(f"tracelet framework {framework.name!r}", f"detach: {error!r}")
+        if self._collectors is not None:
+            self._collectors.stop()
+
+    def close(self, status: RunStatus, flush_timeout: float) -> dict[str, int]:
+        """Flush within ``flush_timeout``, record ``status``, release the store and lock.
+
+        Returns, per backend, the batches it did not accept in time (kept in the store).
+        """
+        assert self.orchestrator is not None
+        assert self.store is not None
+        undelivered = self.orchestrator.stop(status, timeout=flush_timeout)
+        self.store.finish_run(self.orchestrator.run.id, status)
+        if self._lock is not None:
+            self._lock.release(remove=True)
+        self.store.close()
+        return undelivered
+
+    def abandon(self) -> None:
+        """In a forked child: let go of the parent's lock without touching it."""
+        if self._lock is not None:
+            self._lock.abandon()
+
+    def delivery(self) -> dict[str, DeliveryState]:
+        """Where each backend's delivery stands."""
+        return self.orchestrator.delivery() if self.orchestrator is not None else {}

@@ -1,0 +1,178 @@
+"""The plugin interfaces: what a backend, a collector or a framework integration subclasses.
+
+The base class owns what every plugin shares: its checked options (``config``), its
+metadata (built from its registration, so the name is given once) and whether it is
+started. Subclasses override ``start`` and ``stop`` only when they hold resources;
+``started`` follows those calls by itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import functools
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from tracelet.core.experiment import Experiment
+    from tracelet.records import Batch, RunInfo, RunStatus
+
+
+class PluginType(enum.StrEnum):
+    """The kinds of plugin."""
+
+    BACKEND = "backend"
+    FRAMEWORK = "framework"
+    COLLECTOR = "collector"
+
+
+@attrs.frozen
+class PluginMetadata:
+    """Who a plugin is: name, version, kind, and what it does (built from its registration)."""
+
+    name: str
+    version: str
+    type: PluginType
+    description: str = ""
+    author: str = ""
+    dependencies: tuple[str, ...] = ()
+    capabilities: frozenset[str] = frozenset()
+
+
+def _tracking(method: Callable[[Any], None], started: bool) -> Callable[[Any], None]:
+    """``method`` (a plugin's start or stop) wrapped to keep the plugin's ``started`` state."""
+
+    @functools.wraps(method)
+    def tracked(self: PluginInterface) -> None:
+        try:
+            method(self)
+        finally:
+            if not started:
+                self._started = False
+        if started:
+            self._started = True
+
+    tracked.__tracelet_tracks_state__ = True  # type: ignore[attr-defined]
+    return tracked
+
+
+class PluginInterface(abc.ABC):
+    """Base of every plugin: its options, its metadata, and its started/stopped state."""
+
+    kind: ClassVar[PluginType]
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {}
+        """The plugin's options (backends) or the run's settings (collectors, frameworks)."""
+        self.metadata = PluginMetadata(type(self).__name__, "", self.kind)
+        """Set from the plugin's registration when Tracelet builds it."""
+        self._started = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, started in (("start", True), ("stop", False)):
+            method = cls.__dict__.get(name)
+            if callable(method) and not hasattr(method, "__tracelet_tracks_state__"):
+                setattr(cls, name, _tracking(method, started))
+
+    def get_metadata(self) -> PluginMetadata:
+        """The plugin's metadata: name, version and description from its registration."""
+        return self.metadata
+
+    @property
+    def name(self) -> str:
+        """The name the plugin was registered under."""
+        return self.metadata.name
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` succeeded and :meth:`stop` has not been called since."""
+        return self._started
+
+    def initialize(self, config: Mapping[str, Any]) -> None:
+        """Receive checked options (backends) or the run's settings; runs before ``start``.
+
+        Override it only for checks that span several options (raise ConfigurationError):
+        each option's name and type is already checked against the registration.
+        """
+        self.config = dict(config)
+
+    def start(self) -> None:
+        """Acquire what the plugin needs (connections, threads); the default needs nothing."""
+        self._started = True
+
+    def stop(self) -> None:
+        """Release what :meth:`start` acquired; the default holds nothing."""
+        self._started = False
+
+    def get_status(self) -> dict[str, Any]:
+        """A short description of the plugin's state, for diagnostics."""
+        meta = self.metadata
+        return {
+            "name": meta.name,
+            "type": meta.type.value,
+            "version": meta.version,
+            "started": self.started,
+        }
+
+
+class BackendPlugin(PluginInterface):
+    """A tracking backend: turns each batch of a run into its tool's native calls.
+
+    Every method but ``initialize`` and ``artifact_uri`` runs on the backend's own
+    delivery thread, never on the training thread, so it may block on the network. Raise
+    to have a call retried; raise :class:`~tracelet.plugins.PermanentBackendError` for a
+    failure no retry can fix, :class:`~tracelet.plugins.RejectedBatchError` for a batch
+    the tool refuses for good.
+    """
+
+    kind = PluginType.BACKEND
+
+    @abc.abstractmethod
+    def start_run(self, run: RunInfo, resumed: bool) -> None:
+        """Create the run in the tool, or reopen it when ``resumed`` (same ``run.id``)."""
+
+    @abc.abstractmethod
+    def log_batch(self, batch: Batch) -> None:
+        """Deliver ``batch``. Raise to have it retried; delivering it twice must not duplicate."""
+
+    @abc.abstractmethod
+    def finish_run(self, status: RunStatus) -> None:
+        """Record the run's final status in the tool."""
+
+    def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
+        """Where the tool files ``artifact_path`` (no I/O: called on the training thread)."""
+        return f"{self.name}://{run.project}/{run.id}/{artifact_path}"
+
+
+class CollectorPlugin(PluginInterface):
+    """Samples something outside the training loop, on Tracelet's collector thread.
+
+    With ``interval`` in seconds, each sample's values are logged as metrics
+    ``<name>/<key>``; with ``interval = None`` it runs once at start and its values become
+    parameters ``<name>/<key>``. ``initialize`` receives the run's settings as a dict.
+    """
+
+    kind = PluginType.COLLECTOR
+    interval: float | None = 10.0
+
+    @abc.abstractmethod
+    def collect(self) -> Mapping[str, Any]:
+        """Take one sample: name to value (numbers for a periodic collector)."""
+
+
+class FrameworkPlugin(PluginInterface):
+    """Connects a framework's own logging (TensorBoard, Lightning) to an experiment."""
+
+    kind = PluginType.FRAMEWORK
+
+    @abc.abstractmethod
+    def attach(self, experiment: Experiment) -> None:
+        """Start routing the framework's records into ``experiment``."""
+
+    @abc.abstractmethod
+    def detach(self) -> None:
+        """Undo :meth:`attach`, leaving the framework as it was."""
