@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +364,41 @@ def test_a_final_status_that_failed_is_delivered_by_sync(sqlite_uri, monkeypatch
     capsys.readouterr()
     assert cli(["sync"]) == 0
     assert "nothing to sync" in capsys.readouterr().out
+
+
+def test_a_server_that_never_answers_holds_a_request_at_most_request_timeout():
+    from mlflow.utils import rest_utils
+
+    from tracelet.records import RunInfo
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        options = {"tracking_uri": url, "request_timeout": 1}
+        backend = default_registry().build_backend("mlflow", options)
+        backend.start()
+        started = time.monotonic()
+        with pytest.raises(Exception, match=r"(?i)timed? ?out"):
+            backend.start_run(RunInfo("silent0000000000000000000000000a", "s", "p", 0.0), False)
+        took = time.monotonic() - started
+    assert took < 5, f"one request held the sink {took:.1f} s (MLflow's default: minutes)"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ, "the user's environment is untouched"
+    assert rest_utils.MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 120, "other threads: MLflow's own"
+    assert rest_utils.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 7
+
+
+def test_an_unreachable_server_is_reported_during_the_run(caplog):
+    from tracelet_mlflow.testing import free_port
+
+    config = {"tracking_uri": f"http://127.0.0.1:{free_port()}", "flush_timeout": 0.5}
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        exp = tracelet.start_logging("nobody home", backend=["local", "mlflow"], config=config)
+        exp.log_metric("loss", 1.0, 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "unreachable" not in caplog.text:
+            time.sleep(0.05)
+        assert "tracelet backend 'mlflow' is unreachable" in caplog.text, "warned while running"
+        assert exp.delivery["mlflow"].phase == "retrying"
+        exp.stop()
+    assert exp.store.undelivered(exp.id)["mlflow"] == 1

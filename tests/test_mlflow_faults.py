@@ -33,30 +33,33 @@ def server(tmp_path):
     server.stop()
 
 
+@pytest.mark.collectors
 def test_server_stopped_mid_run_and_restarted_10s_later(server):
-    config = {
-        "mlflow": {"tracking_uri": server.url, "experiment_name": "outage"},
-        "track_system": False,
-        "track_env": False,
-        "track_git": False,
-        "flush_interval": 0.05,
-        "flush_timeout": 120,
-    }
+    """Default settings (flush timeout, buffer, collectors, live detection): the server goes
+    away at point 20,000 of 50,000 and is started again 10 s later; stop_logging returns
+    with every point on the server once, and delivery resumes soon after the restart."""
+    config = {"mlflow": {"tracking_uri": server.url, "experiment_name": "outage"}}
     exp = tracelet.start_logging("outage", backend="mlflow", config=config)
-    for step in range(POINTS // 2):
+    for step in range(20_000):
         exp.log_metric("loss", float(step), step)
-    exp.flush(timeout=60)
+    assert exp.flush(timeout=60)
     server.stop()
-    restart = threading.Timer(10.0, server.start)
+    restarted = []
+    restart = threading.Timer(10.0, lambda: (server.start(), restarted.append(time.time())))
     restart.start()
     started = time.monotonic()
-    for step in range(POINTS // 2, POINTS):  # the server is down: logging must not block
+    for step in range(20_000, POINTS):  # the server is down: logging must not block
         exp.log_metric("loss", float(step), step)
     logging_took = time.monotonic() - started
     assert restart.is_alive(), f"logging waited for the server ({logging_took:.1f}s)"
+    assert exp.settings.flush_timeout == 30.0, "the default a user gets"
+    tracelet.stop_logging()
     restart.join()
-    exp.stop()
-    assert exp.flush() is True, "every batch delivered once the server was back"
+    state = exp.delivery["mlflow"]
+    assert state.pending == 0, state.describe()
+    resumed_after = state.since - restarted[0]
+    print(f"\ndelivery resumed {resumed_after:.2f} s after the server was back")
+    assert resumed_after <= 2.0
     assert mlflow_points(server.url, "outage") == [(s, float(s)) for s in range(POINTS)]
 
 
@@ -90,3 +93,58 @@ def test_a_run_that_ends_while_the_server_is_down_is_delivered_by_sync(server, c
     assert cli(["sync", exp.id[:8]]) == 0
     assert "delivered" not in capsys.readouterr().out, "a second sync has nothing to do"
     assert mlflow_points(server.url, "later") == [(s, float(s)) for s in range(5000)]
+
+
+def test_sync_against_a_server_that_is_down_ends_within_its_timeout(capsys):
+    from tracelet_mlflow.testing import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = {"mlflow": {"tracking_uri": down}, "flush_timeout": 1}
+    exp = tracelet.start_logging("never delivered", backend=["local", "mlflow"], config=config)
+    for step in range(100):
+        exp.log_metric("loss", float(step), step)
+    exp.stop()
+    assert exp.delivery["mlflow"].phase == "retrying"
+    capsys.readouterr()
+    started = time.monotonic()
+    code = cli(["sync", "--timeout", "4", "--option", f"tracking_uri={down}"])
+    took = time.monotonic() - started
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert took < 4 + 5, f"sync took {took:.1f} s with --timeout 4"
+    assert "mlflow: retrying since" in out, "progress while it waits"
+    (line,) = err.strip().splitlines()
+    assert line.startswith("tracelet: error: backend 'mlflow' still failing after 4 s;")
+    assert f"batch(es) of run {exp.id[:12]} left" in line
+    assert exp.store.undelivered(exp.id)["mlflow"] > 0, "kept for a later sync"
+
+
+def test_a_local_run_is_published_to_mlflow_later_exactly_once(server, tmp_path, capsys):
+    from test_conformance_mlflow import MlflowReadBack
+
+    from tracelet.testing.harness import png
+
+    (tmp_path / "model.pt").write_bytes(b"weights" * 1000)
+    points = [("loss", 1.0 / (s + 1), s) for s in range(3000)] + [("acc", 0.5, 0)]
+    with tracelet.start_logging("log now", backend="local") as exp:
+        for name, value, step in points:
+            exp.log_metric(name, value, step)
+        exp.log_params({"optimizer": {"name": "adam", "lr": 0.001}})
+        exp.log_text("notes", "publish later", 2)
+        exp.log_image("sample", png(4, 4, 1), 1)
+        exp.log_artifact(tmp_path / "model.pt", "checkpoints/model.pt")
+    options = ["--option", f"tracking_uri={server.url}", "--option", "experiment_name=later"]
+    assert cli(["sync", exp.id[:8], "--to", "mlflow", *options]) == 0
+    assert "mlflow: delivered" in capsys.readouterr().out
+    tool = MlflowReadBack(server.url)
+    stored = sorted((n, v, s) for n, v, s, _ in tool.metrics(exp.id))
+    assert stored == sorted(points)
+    assert tool.params(exp.id) == {"optimizer/lr": "0.001", "optimizer/name": "adam"}
+    assert tool.texts(exp.id) == [("notes", 2, "publish later")]
+    assert tool.images(exp.id) == [("sample", 1, png(4, 4, 1))]
+    assert tool.artifacts(exp.id)["checkpoints/model.pt"] == b"weights" * 1000
+    assert tool.status(exp.id) == "finished"
+    assert cli(["sync", exp.id[:8], "--to", "mlflow", *options]) == 0
+    assert "nothing to sync" in capsys.readouterr().out
+    assert tool.run_count(exp.id) == 1
+    assert sorted((n, v, s) for n, v, s, _ in tool.metrics(exp.id)) == sorted(points)

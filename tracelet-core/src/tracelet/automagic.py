@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,18 @@ from tracelet.values import ParamValue
 
 MAX_TEXT = 250
 """Longest string kept as a hyperparameter (longer ones are file contents, not settings)."""
+
+
+def users_namespace() -> Mapping[str, Any]:
+    """The local variables of the innermost calling frame outside the tracelet package."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and _in_tracelet(frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+    return frame.f_locals
+
+
+def _in_tracelet(module: str) -> bool:
+    return module == "tracelet" or module.startswith("tracelet.")
 
 
 def hyperparameters_in(namespace: Mapping[str, Any]) -> dict[str, ParamValue]:

@@ -59,7 +59,8 @@ class AmbiguousRunError(TraceletException, LookupError):
     """A run reference (id prefix or name) matches several runs; the message lists them."""
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` naming the candidates closest to ``word``, or ``""``."""
-    close = difflib.get_close_matches(str(word), sorted(candidates), n=3, cutoff=0.6)
+def did_you_mean(word: str, candidates: Iterable[str], most: int = 3) -> str:
+    """``"; did you mean 'x'?"`` naming the (at ``most``) candidates closest to ``word``,
+    or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(word), sorted(candidates), n=most, cutoff=0.6)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

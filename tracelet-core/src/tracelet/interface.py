@@ -14,7 +14,6 @@ Two equivalent forms::
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -55,21 +54,7 @@ def start_logging(
         stop_logging()
         experiment.start()
         _activate(experiment)
-    if experiment.settings.enable_automagic:
-        _capture_caller_hyperparameters(experiment)
     return experiment
-
-
-def _capture_caller_hyperparameters(experiment: Experiment) -> None:
-    """Log the hyperparameters in the frame that called into this module."""
-    from tracelet.automagic import hyperparameters_in
-
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
-        frame = frame.f_back
-    found = hyperparameters_in(frame.f_locals)
-    if found:
-        experiment.log_params(found)
 
 
 def stop_logging() -> None:

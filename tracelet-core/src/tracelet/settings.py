@@ -168,6 +168,9 @@ class TraceletSettings:
         True, _Bool(), "Record metrics (off: metric calls are checked, then dropped)."
     )
     track_args: bool = _setting(True, _Bool(), "Record the command line (secrets redacted).")
+    track_checkpoints: bool = _setting(
+        True, _Bool(), "Write checkpoints every `checkpoint_interval` steps."
+    )
     debug: bool = _setting(False, _Bool(), "Trace every plugin hook call to stderr (pluggy).")
 
     ALIASES: ClassVar[Mapping[str, str]] = {
@@ -234,26 +237,22 @@ class ExperimentConfig:
     def settings(self) -> dict[str, Any]:
         """The settings this configuration changes: every field not at its default.
 
-        Each field is the per-run synonym of a setting (:data:`EXPERIMENT_CONFIG_SETTINGS`);
-        ``track_checkpoints=False`` sets ``checkpoint_interval`` to 0. ``track_stdout``
-        has no setting yet: output is not captured.
+        Each field is the per-run synonym of a setting (:data:`EXPERIMENT_CONFIG_SETTINGS`).
+        ``track_stdout`` has no setting yet: output is not captured.
         """
-        changed: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value == field.default:
-                continue
-            if field.name == "track_checkpoints":
-                changed["checkpoint_interval"] = 0
-            elif field.name in EXPERIMENT_CONFIG_SETTINGS:
-                changed[EXPERIMENT_CONFIG_SETTINGS[field.name]] = value
-        return changed
+        return {
+            EXPERIMENT_CONFIG_SETTINGS[field.name]: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name in EXPERIMENT_CONFIG_SETTINGS
+            and getattr(self, field.name) != field.default
+        }
 
 
 EXPERIMENT_CONFIG_SETTINGS = {
     "track_metrics": "track_metrics",
     "track_environment": "track_env",
     "track_args": "track_args",
+    "track_checkpoints": "track_checkpoints",
     "track_system_metrics": "track_system",
     "track_git": "track_git",
     "enable_automagic": "enable_automagic",

@@ -224,7 +224,7 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
                         "batch(es), 0 left, up to date",
                         soft_wrap=True,
                     )
-    if not runs:
+    if not results:
         print("nothing to sync: every backend has every batch")
     failures = [r for r in results if r.error is not None]
     for result in failures:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
-from tracelet.core.delivery import DeliveryState
+from tracelet.core.delivery import DeliveryPhase, DeliveryState
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, default_registry
@@ -172,6 +172,12 @@ class Experiment:
         process.running.add(self)
         session.start_helpers(self)
         self._registry.announce("tracelet_run_started", experiment=self)
+        if self.settings.enable_automagic:
+            from tracelet.automagic import hyperparameters_in, users_namespace
+
+            found = hyperparameters_in(users_namespace())
+            if found:
+                self.log_params(found)
         return self
 
     def _live_detector(self) -> Any:
@@ -197,7 +203,10 @@ class Experiment:
             self._session.stop_helpers()
             self._append = self._append_metric = self._not_running
             undelivered = self._session.close(status, self.settings.flush_timeout)
+            failed = {n for n, s in self.delivery.items() if s.phase is DeliveryPhase.FAILED}
             for backend, batches in undelivered.items():
+                if backend in failed:  # reported when it failed, with what to do
+                    continue
                 report_once(
                     f"tracelet run {self._id}",
                     f"backend {backend!r} did not accept {batches} batch(es) before the "
@@ -290,7 +299,7 @@ class Experiment:
         done = self._iteration
         self._iteration = done + 1
         interval = self.settings.checkpoint_interval
-        if interval and self._iteration % interval == 0:
+        if interval and self._iteration % interval == 0 and self.settings.track_checkpoints:
             self.checkpoint(done)
         return self._iteration
 

@@ -99,7 +99,7 @@ class PluginRegistry:
             except pluggy.PluginValidationError as error:
                 name = self.manager.get_name(error.plugin) or repr(error.plugin)
                 self.manager.unregister(error.plugin)
-                self._fail(name, f"{_unknown_hook(error.plugin)}; skipped")
+                self._fail(name, f"{_unknown_hook(error.plugin)} (plugin skipped)")
 
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object (a module, or an instance with hook implementations).
@@ -241,7 +241,8 @@ def _unknown_hook(plugin: object) -> str:
     if not names:
         return "it implements a hook Tracelet does not have"
     return "; ".join(
-        f"{name!r} is not a Tracelet hook{did_you_mean(name, _HOOK_NAMES)}" for name in names
+        f"{name!r} is not a Tracelet hook{did_you_mean(name, _HOOK_NAMES, most=1)}"
+        for name in names
     )
 
 
