@@ -312,3 +312,46 @@ def test_default_registry_follows_the_settings():
     assert default_registry(["git"]).disabled == {"git"}
     assert default_registry(debug=True).debug
     assert not default_registry().debug
+
+
+def python_blocks(path):
+    import re
+
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_jsonl_backend_of_the_plugin_docs_runs_as_written(tmp_path, monkeypatch, capsys):
+    import json
+    from pathlib import Path
+
+    from tracelet.cli import main as cli
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+    module, usage, trial = python_blocks(docs)[:3]
+    package = tmp_path / "site" / "my_tracker"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "plugin.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    import my_tracker.plugin
+
+    registry = default_registry()
+    registry.register(my_tracker.plugin, name="jsonl")
+    try:
+        exec(usage, {})
+        exec(trial, {})
+        lines = [json.loads(line) for line in Path("out.jsonl").read_text().splitlines()]
+        run_id = lines[0]["run"]
+        assert lines[0]["params"] == {"lr": 0.1}
+        assert [m[:3] for line in lines[:-1] for m in line.get("metrics", [])] == [["loss", 0.5, 0]]
+        assert lines[-1] == {"run": run_id, "status": "finished"}
+        assert "ended: finished" in capsys.readouterr().out
+        assert Path("test.jsonl").exists(), "the registry-only trial ran too"
+        with tracelet.start_logging("local only") as local:
+            local.log_metric("loss", 0.25, 3)
+        assert cli(["sync", local.id, "--to", "jsonl", "--option", "file=archive.jsonl"]) == 0
+        archived = [json.loads(line) for line in Path("archive.jsonl").read_text().splitlines()]
+        assert archived[0]["metrics"][0][:3] == ["loss", 0.25, 3]
+        assert archived[-1] == {"run": local.id, "status": "finished"}
+    finally:
+        registry.unregister("jsonl")

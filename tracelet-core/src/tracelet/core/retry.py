@@ -16,7 +16,7 @@ class RetryPolicy:
     """
 
     initial: float = 0.2
-    maximum: float = 1.5
+    maximum: float = 1.0
     jitter: float = 0.1
 
     def delays(self) -> DelayIterator:

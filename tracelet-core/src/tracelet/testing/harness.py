@@ -71,16 +71,18 @@ class Harness:
     def start(self, name: str, *, journal_only: bool = False) -> Experiment:
         """Start a run the way users do: ``start_logging`` with ``config={name: options}``.
 
-        ``journal_only``: with the ``local`` backend writing to the journal itself instead,
-        so that the tool never sees the run.
+        ``journal_only``: with no backend at all (the journal alone holds the run), so that
+        the tool never sees it.
         """
-        chosen, options = (
-            ("local", {}) if journal_only else (self.backend.name, self.backend.options)
-        )
+        if journal_only:
+            return tracelet.start_logging(
+                f"conformance-{name}", backend=[], config={}, settings=self.settings
+            )
+        options = {self.backend.name: dict(self.backend.options)}
         return tracelet.start_logging(
             f"conformance-{name}",
-            backend=[chosen],
-            config={chosen: dict(options)},
+            backend=[self.backend.name],
+            config=options,
             settings=self.settings,
         )
 
