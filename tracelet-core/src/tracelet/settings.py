@@ -8,10 +8,7 @@ defaults. Every value is checked against its field's type; a bad key or value ra
 
 from __future__ import annotations
 
-import abc
-import copy
 import dataclasses
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,158 +17,62 @@ from typing import Any, ClassVar
 import attrs
 
 from tracelet.exceptions import ConfigurationError, did_you_mean
+from tracelet.redaction import REDACTED
+from tracelet.setting_kinds import Bool, Names, Number, Str, setting
 
 CONFIG_FILE_NAME = "tracelet.yaml"
 CONFIG_FILE_ENV = "TRACELET_CONFIG"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 _SECTIONS = {"local", "mlflow", "wandb", "clearml", "aim"}
 """Backend names whose ``tracelet.yaml`` section may be empty (``mlflow:`` alone)."""
-
-
-class _Kind(abc.ABC):
-    """How one kind of setting is parsed from the environment and checked."""
-
-    name: str
-
-    @abc.abstractmethod
-    def check(self, key: str, value: Any) -> Any:
-        """Return ``value`` normalised, or raise ConfigurationError naming ``key``."""
-
-    def from_env(self, key: str, text: str) -> Any:
-        return self.check(key, text)
-
-    def fail(self, key: str, value: Any) -> ConfigurationError:
-        return ConfigurationError(
-            f"setting {key!r} expects {self.name}, got {type(value).__name__} {value!r}"
-        )
-
-
-class _Bool(_Kind):
-    name = "a bool (true/false)"
-
-    def check(self, key: str, value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        raise self.fail(key, value)
-
-    def from_env(self, key: str, text: str) -> bool:
-        lowered = text.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise self.fail(key, text)
-
-
-class _Number(_Kind):
-    def __init__(self, kind: type, minimum: float) -> None:
-        self.kind = kind
-        self.minimum = minimum
-        self.name = f"{'an int' if kind is int else 'a finite number'} >= {minimum}"
-
-    def check(self, key: str, value: Any) -> Any:
-        ok_types = (int,) if self.kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_types):
-            raise self.fail(key, value)
-        if not math.isfinite(value) or value < self.minimum:
-            raise self.fail(key, value)
-        return self.kind(value)
-
-    def from_env(self, key: str, text: str) -> Any:
-        try:
-            return self.check(key, self.kind(text.strip()))
-        except ValueError:
-            raise self.fail(key, text) from None
-
-
-class _Str(_Kind):
-    def __init__(self, optional: bool = False) -> None:
-        self.optional = optional
-        self.name = "a string or null" if optional else "a string"
-
-    def check(self, key: str, value: Any) -> str | None:
-        if isinstance(value, str) or (value is None and self.optional):
-            return value
-        raise self.fail(key, value)
-
-
-class _Names(_Kind):
-    """A list (or set) of strings; a single string or a comma-separated one also works."""
-
-    def __init__(self, unique: bool = False) -> None:
-        self.unique = unique
-        self.name = "a list of strings"
-
-    def check(self, key: str, value: Any) -> list[str] | set[str]:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list | tuple | set | frozenset) or not all(
-            isinstance(item, str) for item in value
-        ):
-            raise self.fail(key, value)
-        return set(value) if self.unique else list(value)
-
-
-def _setting(default: Any, kind: _Kind, doc: str) -> Any:
-    def convert(value: Any, _self: Any, field: attrs.Attribute) -> Any:
-        return kind.check(field.name, value)
-
-    mutable = isinstance(default, list | set)
-    return attrs.field(
-        default=attrs.Factory(lambda: copy.copy(default)) if mutable else default,
-        converter=attrs.Converter(convert, takes_self=True, takes_field=True),
-        metadata={"kind": kind, "doc": doc},
-    )
 
 
 @attrs.define(kw_only=True)
 class TraceletSettings:
     """Tracelet's global settings. Each field ``x`` can also be set as ``TRACELET_X``."""
 
-    project: str = _setting("default", _Str(), "Project (group of runs) when none is given.")
-    backend: list[str] = _setting(["local"], _Names(), "Backends to send to.")
-    experiment_name: str | None = _setting(None, _Str(optional=True), "Default run name.")
-    store_path: str = _setting(".tracelet", _Str(), "Folder of the local store (the journal).")
-    track_system: bool = _setting(True, _Bool(), "Sample CPU, memory and GPU use.")
-    track_gpu: bool = _setting(True, _Bool(), "Include NVIDIA GPUs in system samples.")
-    track_git: bool = _setting(True, _Bool(), "Record the git commit and branch.")
-    track_env: bool = _setting(True, _Bool(), "Record Python, platform and packages.")
-    metrics_interval: float = _setting(10.0, _Number(float, 0.1), "Seconds between samples.")
-    git_repo_path: str = _setting(".", _Str(), "Repository whose state is recorded.")
-    include_uncommitted_changes: bool = _setting(False, _Bool(), "Record the git diff too.")
-    enable_automagic: bool = _setting(False, _Bool(), "Capture hyperparameters automatically.")
-    automagic_frameworks: set[str] = _setting(set(), _Names(unique=True), "Frameworks to hook.")
-    enable_artifacts: bool = _setting(False, _Bool(), "Enable the artifact system.")
-    automagic_artifacts: bool = _setting(False, _Bool(), "Detect artifacts automatically.")
-    watch_filesystem: bool = _setting(False, _Bool(), "Watch folders for new artifacts.")
-    artifact_watch_dirs: list[str] = _setting([], _Names(), "Folders to watch.")
-    flush_interval: float = _setting(
-        0.5, _Number(float, 0.001), "Seconds between journal commits (the most a crash loses)."
+    project: str = setting("default", Str(), "Project (group of runs) when none is given.")
+    backend: list[str] = setting(["local"], Names(), "Backends to send to.")
+    experiment_name: str | None = setting(None, Str(optional=True), "Default run name.")
+    store_path: str = setting(".tracelet", Str(), "Folder of the local store (the journal).")
+    track_system: bool = setting(True, Bool(), "Sample CPU, memory and GPU use.")
+    track_gpu: bool = setting(True, Bool(), "Include NVIDIA GPUs in system samples.")
+    track_git: bool = setting(True, Bool(), "Record the git commit and branch.")
+    track_env: bool = setting(True, Bool(), "Record Python, platform and packages.")
+    metrics_interval: float = setting(10.0, Number(float, 0.1), "Seconds between samples.")
+    git_repo_path: str = setting(".", Str(), "Repository whose state is recorded.")
+    include_uncommitted_changes: bool = setting(False, Bool(), "Record the git diff too.")
+    enable_automagic: bool = setting(False, Bool(), "Capture hyperparameters automatically.")
+    automagic_frameworks: set[str] = setting(set(), Names(unique=True), "Frameworks to hook.")
+    enable_artifacts: bool = setting(False, Bool(), "Enable the artifact system.")
+    automagic_artifacts: bool = setting(False, Bool(), "Detect artifacts automatically.")
+    watch_filesystem: bool = setting(False, Bool(), "Watch folders for new artifacts.")
+    artifact_watch_dirs: list[str] = setting([], Names(), "Folders to watch.")
+    flush_interval: float = setting(
+        0.5, Number(float, 0.001), "Seconds between journal commits (the most a crash loses)."
     )
-    flush_timeout: float = _setting(
-        30.0, _Number(float, 0.0), "Seconds `stop` waits for backends before leaving the rest."
+    flush_timeout: float = setting(
+        30.0, Number(float, 0.0), "Seconds `stop` waits for backends before leaving the rest."
     )
-    buffer_size: int = _setting(
-        200_000, _Number(int, 1), "Records buffered in memory before the caller waits."
+    buffer_size: int = setting(
+        200_000, Number(int, 1), "Records buffered in memory before the caller waits."
     )
-    disable_plugins: list[str] = _setting([], _Names(), "Plugins (entry-point names) to skip.")
-    checkpoint_interval: int = _setting(
-        1000, _Number(int, 0), "Steps between checkpoints (`tracelet.step()`); 0: none."
+    disable_plugins: list[str] = setting([], Names(), "Plugins (entry-point names) to skip.")
+    checkpoint_interval: int = setting(
+        1000, Number(int, 0), "Steps between checkpoints (`tracelet.step()`); 0: none."
     )
-    capture_samples: int = _setting(5, _Number(int, 0), "Samples kept per checkpoint.")
-    retention_days: int = _setting(30, _Number(int, 1), "Age at which `tracelet gc` removes runs.")
-    track_gradients: bool = _setting(True, _Bool(), "Record gradient statistics of watched models.")
-    gradient_layers: list[str] = _setting([], _Names(), "Layers whose gradients are recorded.")
-    detect_anomalies: bool = _setting(True, _Bool(), "Watch metrics for anomalies while logging.")
-    track_metrics: bool = _setting(
-        True, _Bool(), "Record metrics (off: metric calls are checked, then dropped)."
+    capture_samples: int = setting(5, Number(int, 0), "Samples kept per checkpoint.")
+    retention_days: int = setting(30, Number(int, 1), "Age at which `tracelet gc` removes runs.")
+    track_gradients: bool = setting(True, Bool(), "Record gradient statistics of watched models.")
+    gradient_layers: list[str] = setting([], Names(), "Layers whose gradients are recorded.")
+    detect_anomalies: bool = setting(True, Bool(), "Watch metrics for anomalies while logging.")
+    track_metrics: bool = setting(
+        True, Bool(), "Record metrics (off: metric calls are checked, then dropped)."
     )
-    track_args: bool = _setting(True, _Bool(), "Record the command line (secrets redacted).")
-    track_checkpoints: bool = _setting(
-        True, _Bool(), "Write checkpoints every `checkpoint_interval` steps."
+    track_args: bool = setting(True, Bool(), "Record the command line (secrets redacted).")
+    track_checkpoints: bool = setting(
+        True, Bool(), "Write checkpoints every `checkpoint_interval` steps."
     )
-    debug: bool = _setting(False, _Bool(), "Trace every plugin hook call to stderr (pluggy).")
+    debug: bool = setting(False, Bool(), "Trace every plugin hook call to stderr (pluggy).")
 
     ALIASES: ClassVar[Mapping[str, str]] = {
         "collect_system_metrics": "track_system",
@@ -455,3 +356,23 @@ def resolve_run(
     for name in options:
         options[name] = {**sections.get(name, {}), **options[name]}
     return RunSettings(resolved, run_keys, options)
+
+
+def stored_backend_options(run_config: Mapping[str, Any], backend: str) -> dict[str, Any]:
+    """A finished run's options for ``backend``, to deliver it again (``tracelet sync``):
+    those it was logged with, less what was redacted, under today's ``tracelet.yaml``
+    section (which may hold a corrected address)."""
+    stored = _without_redacted(run_config.get("backends", {}).get(backend, {}))
+    section = read_config_file().sections.get(backend, {})
+    return {**stored, **(section if isinstance(section, Mapping) else {})}
+
+
+def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without entries whose value had a secret masked (``***`` anywhere in it)."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            kept[key] = _without_redacted(value)
+        elif REDACTED not in repr(value):
+            kept[key] = value
+    return kept

@@ -25,8 +25,7 @@ from tracelet.core.delivery import Delivery, DeliveryState, describe_error
 from tracelet.core.registry import PluginRegistry, default_registry
 from tracelet.exceptions import ConfigurationError, StoreError
 from tracelet.plugins import BackendRegistration, RunInfo, RunStatus
-from tracelet.redaction import REDACTED
-from tracelet.settings import read_config_file
+from tracelet.settings import stored_backend_options
 from tracelet.storage import LocalStore, StoredRun
 from tracelet.storage.locks import is_locked
 
@@ -156,10 +155,8 @@ class _BackendSync:
         )
 
     def _options(self, registration: BackendRegistration) -> dict[str, Any]:
-        """Stored options without what was redacted, under today's ``tracelet.yaml``
-        section (it may hold a corrected address), under the given overrides."""
-        stored = _without_redacted(self.run.config.get("backends", {}).get(registration.name, {}))
-        section = read_config_file().sections.get(registration.name, {})
+        """The options the run was logged with (secrets left out) and today's
+        ``tracelet.yaml`` section, under the given overrides, checked by type."""
         declared = {option.name: option for option in registration.options}
         given = {}
         for key, value in self.overrides.items():
@@ -167,23 +164,12 @@ class _BackendSync:
                 registration.check_options({key: value})  # raises, naming the options
             option = declared[key]
             given[key] = option.parse(registration.name, value) if isinstance(value, str) else value
-        return {**stored, **(section if isinstance(section, Mapping) else {}), **given}
+        return {**stored_backend_options(self.run.config, registration.name), **given}
 
     def _result(self, name: str, delivered: int, error: str | None, **extra: Any) -> SyncResult:
         last = self.store.last_seq(self.run.id)
         remaining = last - self.store.get_cursor(self.run.id, name)
         return SyncResult(self.run.id, name, delivered, remaining, error, **extra)
-
-
-def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` without entries whose value had a secret masked (``***`` anywhere in it)."""
-    kept: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            kept[key] = _without_redacted(value)
-        elif REDACTED not in repr(value):
-            kept[key] = value
-    return kept
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:

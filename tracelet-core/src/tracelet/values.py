@@ -18,6 +18,18 @@ MAX_STEP = 2**63 - 1
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(text: str) -> bool | None:
+    """``"yes"``/``"true"``/``"on"``/``"1"`` -> True, their opposites -> False, else None."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    return False if lowered in _FALSE else None
+
+
 def to_metric_value(name: str, value: Any) -> float:
     """Return ``value`` as a float, or raise ``TypeError`` naming the metric and the type.
 

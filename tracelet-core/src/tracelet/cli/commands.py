@@ -20,7 +20,7 @@ from tracelet.settings import TraceletSettings
 
 if TYPE_CHECKING:
     from tracelet.core.delivery import DeliveryState
-    from tracelet.storage.store import StoredDelivery
+    from tracelet.storage.cursors import StoredDelivery
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,9 +17,7 @@ from typing import Any
 import attrs
 
 from tracelet.exceptions import ConfigurationError, did_you_mean
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+from tracelet.values import parse_bool
 
 
 def _as_types(value: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -60,13 +58,11 @@ class Option:
         """The value of ``text`` as given on a command line (``--option key=value``)."""
         for kind in self.type:
             try:
-                if kind is bool:
-                    lowered = text.strip().lower()
-                    if lowered in _TRUE | _FALSE:
-                        return lowered in _TRUE
-                elif kind in (int, float):
+                if kind is bool and parse_bool(text) is not None:
+                    return parse_bool(text)
+                if kind in (int, float):
                     return self.check(backend, kind(text))
-                elif kind in (str, os.PathLike):
+                if kind in (str, os.PathLike):
                     return text
             except ValueError:
                 continue

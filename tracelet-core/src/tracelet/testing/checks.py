@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -236,18 +237,9 @@ def replay_creates_no_duplicates(kit: Harness) -> None:
     instance that reopens the run: everything is in the tool exactly once."""
     points = metric_series(600, repeats=0)
     files = _artifact_files(kit)
+    artifact = {"checkpoints/epoch1.pt": files["checkpoints/epoch1.pt"]}
     with kit.start("replay", journal_only=True) as exp:
-        for i, (name, value, step) in enumerate(points):
-            exp.log_metric(name, value, step)
-            if i % 200 == 199:
-                kit.flushed(exp)
-        exp.log_params(PARAMS)
-        exp.add_tags({"replayed": "yes"})
-        for name, step, text in TEXTS:
-            exp.log_text(name, text, step)
-        for name, step, data in IMAGES:
-            exp.log_image(name, data, step)
-        exp.log_artifact(kit.root / "inputs" / "epoch1.pt", "checkpoints/epoch1.pt")
+        _log_everything(kit, exp, points, {"replayed": "yes"}, artifact, flush_every=200)
     run = exp.run_info
     batches = kit.journal.read_batches(run.id, 0, limit=1_000_000)
     first = kit.delivery(kit.build_backend(), run)
@@ -256,14 +248,7 @@ def replay_creates_no_duplicates(kit: Harness) -> None:
     _deliver(kit, second, batches, resumed=True, status=RunStatus.FINISHED)
     kit.expect_one_run(run.id)
     kit.expect_status(run.id, RunStatus.FINISHED)
-    expect_metrics(kit, run.id, points)
-    expect_params(kit, run.id, PARAMS)
-    expect_tags(kit, run.id, {"replayed": "yes"})
-    expect_texts(kit, run.id, TEXTS, optional=True)
-    expect_images(kit, run.id, IMAGES, optional=True)
-    expect_artifacts(
-        kit, run.id, {"checkpoints/epoch1.pt": files["checkpoints/epoch1.pt"]}, optional=True
-    )
+    _expect_everything(kit, run.id, points, {"replayed": "yes"}, artifact)
 
 
 def published_later(kit: Harness) -> None:
@@ -271,17 +256,9 @@ def published_later(kit: Harness) -> None:
     NAME``): every point, param, tag, text, image and artifact arrives once, with the
     final status; publishing it again does nothing."""
     points = metric_series(2_000, repeats=0)
-    files = _artifact_files(kit)
+    artifact = {"model.bin": _artifact_files(kit)["model.bin"]}
     with kit.start("publish", journal_only=True) as exp:
-        for name, value, step in points:
-            exp.log_metric(name, value, step)
-        exp.log_params(PARAMS)
-        exp.add_tags({"published": "later"})
-        for name, step, text in TEXTS:
-            exp.log_text(name, text, step)
-        for name, step, data in IMAGES:
-            exp.log_image(name, data, step)
-        exp.log_artifact(kit.root / "inputs" / "model.bin")
+        _log_everything(kit, exp, points, {"published": "later"}, artifact)
     (result,) = kit.publish(exp.id)
     if result.error is not None:
         raise AssertionError(f"publishing run {exp.id} failed: {result.error}")
@@ -289,12 +266,48 @@ def published_later(kit: Harness) -> None:
     kit.expect_status(exp.id, RunStatus.FINISHED)
     if kit.publish(exp.id):
         raise AssertionError("publishing a run the backend already holds did something")
-    expect_metrics(kit, exp.id, points)
-    expect_params(kit, exp.id, PARAMS)
-    expect_tags(kit, exp.id, {"published": "later"})
-    expect_texts(kit, exp.id, TEXTS, optional=True)
-    expect_images(kit, exp.id, IMAGES, optional=True)
-    expect_artifacts(kit, exp.id, {"model.bin": files["model.bin"]}, optional=True)
+    _expect_everything(kit, exp.id, points, {"published": "later"}, artifact)
+
+
+def _log_everything(
+    kit: Harness,
+    exp: Experiment,
+    points: Sequence[tuple[str, float, int]],
+    tags: dict[str, str],
+    artifact: dict[str, bytes],
+    flush_every: int | None = None,
+) -> None:
+    """Log ``points`` (waiting for delivery every ``flush_every``), the kit's params,
+    ``tags``, texts and images, and the one ``artifact`` (path to bytes) of the inputs."""
+    for i, (name, value, step) in enumerate(points, 1):
+        exp.log_metric(name, value, step)
+        if flush_every and i % flush_every == 0:
+            kit.flushed(exp)
+    exp.log_params(PARAMS)
+    exp.add_tags(tags)
+    for name, step, text in TEXTS:
+        exp.log_text(name, text, step)
+    for name, step, data in IMAGES:
+        exp.log_image(name, data, step)
+    (path,) = artifact
+    exp.log_artifact(kit.root / "inputs" / Path(path).name, path)
+
+
+def _expect_everything(
+    kit: Harness,
+    run_id: str,
+    points: Sequence[tuple[str, float, int]],
+    tags: dict[str, str],
+    artifact: dict[str, bytes],
+) -> None:
+    """What :func:`_log_everything` logged is in the tool (texts, images and artifacts
+    only where the tool reads them back)."""
+    expect_metrics(kit, run_id, points)
+    expect_params(kit, run_id, PARAMS)
+    expect_tags(kit, run_id, tags)
+    expect_texts(kit, run_id, TEXTS, optional=True)
+    expect_images(kit, run_id, IMAGES, optional=True)
+    expect_artifacts(kit, run_id, artifact, optional=True)
 
 
 def _deliver(
