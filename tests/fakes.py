@@ -19,7 +19,7 @@ OPTIONS = (
     Option("fail_times", int, 0, doc="deliveries that raise before the first success"),
     Option("delay", float, 0.0, doc="seconds each delivery takes"),
     Option("hang", bool, False, doc="block every delivery until released"),
-    Option("api_key", str, doc="a credential (never stored)", secret=True),
+    Option("api_key", str, doc="a credential (never stored)", secret=True, env="RECORDING_KEY"),
 )
 
 

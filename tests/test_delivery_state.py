@@ -49,7 +49,8 @@ def test_a_permanent_failure_in_start_is_reported_once_and_never_retried(read_st
     assert healthy[0].final_status is RunStatus.FINISHED
     assert len(read_store().metrics(exp.id)) == 2_000
     (stored,) = [d for d in read_store().deliveries(exp.id) if d.backend == "denied"]
-    assert stored.state == "failed"
+    assert stored.phase is DeliveryPhase.FAILED
+    assert "the API key was revoked" in stored.error
     assert stored.pending == read_store().last_seq(exp.id), "kept for tracelet sync"
 
 
@@ -67,7 +68,7 @@ def test_show_says_where_each_backend_stands(read_store, capsys):
     assert "failed for good" in out
     assert "the API key was revoked" in out
     assert cli(["show", exp.id[:8], "--json"]) == 0
-    assert '"state": "failed"' in capsys.readouterr().out
+    assert '"phase": "failed"' in capsys.readouterr().out
 
 
 def test_the_default_backoff_is_capped_so_a_recovered_tool_is_found_fast():

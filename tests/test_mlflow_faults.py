@@ -126,7 +126,7 @@ def test_sync_against_a_server_that_is_down_ends_within_its_timeout(capsys):
     assert took < 4 + 5, f"sync took {took:.1f} s with --timeout 4"
     assert "mlflow: retrying since" in out, "progress while it waits"
     (line,) = err.strip().splitlines()
-    assert line.startswith("tracelet: error: backend 'mlflow' still failing after 4 s;")
+    assert line.startswith("tracelet: error: backend 'mlflow' not done at the 4 s --timeout;")
     assert f"batch(es) of run {exp.id[:12]} left" in line
     assert exp.store.undelivered(exp.id)["mlflow"] > 0, "kept for a later sync"
 
@@ -160,3 +160,28 @@ def test_a_local_run_is_published_to_mlflow_later_exactly_once(server, tmp_path,
     assert "nothing to sync" in capsys.readouterr().out
     assert tool.run_count(exp.id) == 1
     assert sorted((n, v, s) for n, v, s, _ in tool.metrics(exp.id)) == sorted(points)
+
+
+def test_sync_delivers_to_the_server_a_uri_with_credentials_named(server, tmp_path, capsys):
+    host = server.url.removeprefix("http://")
+    config = {
+        "mlflow": {"tracking_uri": f"http://alice:s3cret@{host}", "experiment_name": "creds"},
+        "flush_timeout": 1,
+    }
+    exp = tracelet.start_logging("with credentials", backend=["local", "mlflow"], config=config)
+    for step in range(1000):
+        exp.log_metric("loss", float(step), step)
+    assert exp.flush(timeout=60)
+    server.stop()
+    for step in range(1000, 2000):
+        exp.log_metric("loss", float(step), step)
+    exp.stop()
+    stored = exp.store.get_run(exp.id).config["backends"]["mlflow"]["tracking_uri"]
+    assert stored == server.url, "the credentials are gone, the target is kept"
+    server.start()
+    assert cli(["sync"]) == 0
+    assert "0 left, up to date" in capsys.readouterr().out
+    assert mlflow_points(server.url, "creds") == [(s, float(s)) for s in range(2000)]
+    assert not (tmp_path / "mlflow.db").exists(), "nothing went to MLflow's default store"
+    assert not (tmp_path / "mlruns").exists()
+    assert "s3cret" not in repr(exp.store.get_run(exp.id).config)

@@ -52,13 +52,23 @@ def test_text_that_cannot_be_stored_raises_at_the_call(call):
         call(exp)
 
 
-def test_a_name_that_slips_through_the_fast_path_is_left_out_alone(read_store, caplog):
+def test_a_name_that_cannot_be_stored_is_refused_at_the_call(read_store):
+    exp = start()
+    exp.log_metric("good", 2.0, 1)
+    with pytest.raises(ValueError, match="cannot be stored as UTF-8"):
+        exp.log_metric("bad\ud800", 3.0, 1)
+    exp.log_metric("good_after", 4.0, 2)
+    exp.stop()
+    assert [p[0] for p in read_store().metrics(exp.id)] == ["good", "good_after"]
+
+
+def test_a_record_that_slips_past_every_check_is_left_out_alone(read_store, caplog):
     exp = start()
     exp.log_metric("good_before", 1.0, 0)
     exp.flush()
     with caplog.at_level(logging.WARNING, "tracelet"):
         exp.log_metric("good", 2.0, 1)
-        exp.log_metric("bad\ud800", 3.0, 1)  # not checked on the hot path
+        exp.orchestrator.put(("bad\ud800", 3.0, 1, 0.0))  # the raw buffer checks nothing
         exp.log_metric("good_after", 4.0, 2)
         assert exp.flush(timeout=10)
     exp.stop()

@@ -35,7 +35,17 @@ PROJECT_NAME = "tracelet"
 """The pluggy project name, which is also the entry-point group."""
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+class HookimplMarker(pluggy.HookimplMarker):
+    """Marks a function (or method) as the implementation of the Tracelet hook of the same
+    name: ``@hookimpl`` above ``def tracelet_register_backends(): ...``. pluggy's options
+    apply (``@hookimpl(tryfirst=True)``)."""
+
+    __slots__ = ()
+
+
+hookimpl = HookimplMarker(PROJECT_NAME)
 
 
 @hookspec

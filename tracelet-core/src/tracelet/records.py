@@ -9,6 +9,7 @@ the dispatcher journals one batch per transaction and hands the same batch to ev
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -153,3 +154,58 @@ class Batch:
             + len(self.images)
             + len(self.artifacts)
         )
+
+
+class DeliveryPhase(enum.StrEnum):
+    """Where a backend's delivery of a run stands."""
+
+    STARTING = "starting"
+    DELIVERING = "delivering"
+    RETRYING = "retrying"
+    """The backend fails; it is tried again with backoff, nothing is lost."""
+    STOPPED = "stopped"
+    """The run stopped (or ``tracelet sync`` timed out) with batches pending: they wait in
+    the journal for ``tracelet sync``."""
+    FAILED = "failed"
+    """For good in this run (a permanent failure): ``tracelet sync`` tries again."""
+
+
+@attrs.frozen
+class DeliveryState:
+    """One backend's delivery of one run: phase, progress, since when, and the latest error."""
+
+    backend: str
+    phase: DeliveryPhase
+    delivered: int
+    """The last batch the backend accepted."""
+    journaled: int
+    """The newest batch in the journal, as far as the delivery knows."""
+    since: float
+    """When the phase began (seconds since the epoch)."""
+    error: str | None = None
+    """The latest failure, while retrying, stopped or failed for good."""
+    rejection: str | None = None
+    """The latest batch the tool refused for good (skipped, kept in the local store)."""
+    finished: bool = False
+    """Whether the backend has the run's final status."""
+
+    @property
+    def pending(self) -> int:
+        """Batches journaled but not yet accepted."""
+        return max(0, self.journaled - self.delivered)
+
+    def describe(self) -> str:
+        """One line for people, e.g. ``retrying since 2026-11-29 12:03:04 (ConnectionError:
+        ...); 12/40 batches, 28 pending``."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        progress = f"{self.delivered}/{self.journaled} batches, {self.pending} pending"
+        why = f" ({self.error})" if self.error else ""
+        if self.phase is DeliveryPhase.FAILED:
+            return f"failed for good at {when}{why}; {progress}; fix it, then `tracelet sync`"
+        if self.phase is DeliveryPhase.RETRYING:
+            return f"retrying since {when}{why}; {progress}"
+        if self.phase is DeliveryPhase.STOPPED and self.pending:
+            return f"stopped at {when}{why}; {progress}; `tracelet sync` delivers them"
+        if self.pending:
+            return f"{self.phase.value}, {progress}"
+        return f"up to date ({self.delivered}/{self.journaled} batches)"

@@ -4,6 +4,11 @@ A value is secret when its name says so: any word of the name (split on ``_ . -`
 spaces and camelCase) is a secret word such as ``token`` or ``password``, or the name
 contains a joined one such as ``apikey``. URIs lose their ``user:password@`` part and the
 values of secret-named query parameters.
+
+Parameters and tags the user logs follow a narrower rule (:func:`is_secret_param`): the
+*last* word of the name must say it, so that hyperparameters such as ``max_tokens``,
+``token_budget`` or ``key_dim`` stay visible while ``db/password``, ``hf_token`` and
+``apiKey`` are masked.
 """
 
 from __future__ import annotations
@@ -54,9 +59,42 @@ def is_secret_key(key: str) -> bool:
     return any(word in _SECRET_WORDS for word in words) or any(j in joined for j in _JOINED)
 
 
+_PARAM_WORDS = {"password", "passwd", "secret", "token", "credential", "credentials", "auth"}
+_PARAM_JOINED = {"apikey", "accesskey", "privatekey", "secretkey", "accesstoken", "authtoken"}
+
+
+def is_secret_param(key: str) -> bool:
+    """Whether a parameter or tag name (``db/password``, ``hf_token``, ``apiKey``) says its
+    value is secret: its last word is a secret word, or its last two words join into one."""
+    words = [w for w in _WORDS.split(_CAMEL.sub("_", key).lower()) if w]
+    if not words:
+        return False
+    return words[-1] in _PARAM_WORDS or "".join(words[-2:]) in _PARAM_JOINED
+
+
+def redact_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (flat parameters or tags) with secret-named values masked and every URI's
+    credentials removed; the keys stay, so a reader sees that a value was withheld."""
+    return {
+        key: REDACTED
+        if is_secret_param(key) and value not in (None, "")
+        else redact_uri(value)
+        if isinstance(value, str)
+        else value
+        for key, value in values.items()
+    }
+
+
 def redact_uri(text: str) -> str:
     """Remove ``user:password@`` and secret query values from every URI in ``text``."""
     text = _URI_CREDENTIALS.sub(rf"\g<scheme>{REDACTED}@", text)
+    return _QUERY_VALUE.sub(_redact_query_value, text)
+
+
+def strip_uri_credentials(text: str) -> str:
+    """Every URI in ``text`` without its ``user:password@`` part (scheme, host, port and path
+    kept, so it still names the same place) and with secret query values masked."""
+    text = _URI_CREDENTIALS.sub(r"\g<scheme>", text)
     return _QUERY_VALUE.sub(_redact_query_value, text)
 
 
@@ -66,8 +104,8 @@ def _redact_query_value(match: re.Match[str]) -> str:
 
 
 def redact(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``values`` with secret-named entries masked and URI credentials removed,
-    looking into nested mappings and lists."""
+    """A copy of ``values`` with secret-named entries masked and URI credentials removed
+    (the URI still names the same place), looking into nested mappings and lists."""
     return {key: _redact_value(str(key), value) for key, value in values.items()}
 
 
@@ -77,7 +115,7 @@ def _redact_value(key: str, value: Any) -> Any:
     if is_secret_key(key) and value not in (None, ""):
         return REDACTED
     if isinstance(value, str):
-        return redact_uri(value)
+        return strip_uri_credentials(value)
     if isinstance(value, list | tuple):
         return [_redact_value(key, item) for item in value]
     return value

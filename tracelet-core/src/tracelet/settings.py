@@ -73,6 +73,9 @@ class TraceletSettings:
         True, Bool(), "Write checkpoints every `checkpoint_interval` steps."
     )
     debug: bool = setting(False, Bool(), "Trace every plugin hook call to stderr (pluggy).")
+    redact_secrets: bool = setting(
+        True, Bool(), "Mask params and tags named like secrets, and URI credentials in them."
+    )
 
     ALIASES: ClassVar[Mapping[str, str]] = {
         "collect_system_metrics": "track_system",
@@ -358,21 +361,16 @@ def resolve_run(
     return RunSettings(resolved, run_keys, options)
 
 
-def stored_backend_options(run_config: Mapping[str, Any], backend: str) -> dict[str, Any]:
+def stored_backend_options(
+    run_config: Mapping[str, Any], backend: str
+) -> tuple[dict[str, Any], set[str]]:
     """A finished run's options for ``backend``, to deliver it again (``tracelet sync``):
-    those it was logged with, less what was redacted, under today's ``tracelet.yaml``
-    section (which may hold a corrected address)."""
-    stored = _without_redacted(run_config.get("backends", {}).get(backend, {}))
+    those it was logged with under today's ``tracelet.yaml`` section (which may hold a
+    corrected address). Also returns the options that were withheld as secret and that the
+    section does not give again: sync must get them elsewhere, or refuse."""
+    stored = dict(run_config.get("backends", {}).get(backend, {}))
+    withheld = {key for key, value in stored.items() if REDACTED in repr(value)}
     section = read_config_file().sections.get(backend, {})
-    return {**stored, **(section if isinstance(section, Mapping) else {})}
-
-
-def _without_redacted(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` without entries whose value had a secret masked (``***`` anywhere in it)."""
-    kept: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            kept[key] = _without_redacted(value)
-        elif REDACTED not in repr(value):
-            kept[key] = value
-    return kept
+    section = section if isinstance(section, Mapping) else {}
+    options = {k: v for k, v in stored.items() if k not in withheld} | dict(section)
+    return options, withheld - set(section)

@@ -15,22 +15,28 @@ credentials come from the environment as they would for a new run. Retries stop 
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from tracelet.core.delivery import Delivery, DeliveryState, describe_error
-from tracelet.core.registry import PluginRegistry, default_registry
+from tracelet.core.delivery import Delivery, describe_error
+from tracelet.core.registry import PluginRegistry, registry_for
 from tracelet.exceptions import ConfigurationError, StoreError
 from tracelet.plugins import BackendRegistration, RunInfo, RunStatus
-from tracelet.settings import stored_backend_options
+from tracelet.records import DeliveryState
+from tracelet.redaction import REDACTED, redact
+from tracelet.settings import TraceletSettings, stored_backend_options
 from tracelet.storage import LocalStore, StoredRun
 from tracelet.storage.locks import is_locked
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds ``tracelet sync`` keeps retrying a backend that does not answer."""
+HANG_GRACE = 2.0
+"""Seconds past the deadline a backend call may take before sync leaves it behind."""
 
 Observer = Callable[[str, DeliveryState], object]
 """Called as ``observer(run_id, state)`` on every change of a backend's delivery."""
@@ -90,7 +96,7 @@ def sync_run(
         raise StoreError(f"no run {run_id!r} in the store at {store.path}")
     if _is_live(store, run):
         raise StoreError(f"run {run_id} is still being written; its own process delivers it")
-    registry = registry or default_registry()
+    registry = registry or registry_for(TraceletSettings.load())
     deadline = time.monotonic() + DEFAULT_TIMEOUT if deadline is None else deadline
     behind = pending(store, [run_id]).get(run_id, {})
     if to is not None:
@@ -113,13 +119,36 @@ class _BackendSync:
     deadline: float
 
     def __call__(self, name: str) -> SyncResult:
+        """Sync the run into backend ``name``; a backend call that hangs past the deadline
+        is left behind on its own thread, so sync still ends on time."""
+        outcome: list[SyncResult] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(self._sync(name)),
+            name=f"tracelet-sync-{name}",
+            daemon=True,
+        )
+        worker.start()
+        worker.join(max(0.0, self.deadline - time.monotonic()) + HANG_GRACE)
+        if outcome:
+            return outcome[0]
+        return self._result(name, 0, "a call to the backend did not return", timed_out=True)
+
+    def _sync(self, name: str) -> SyncResult:
         resumed = name in self.store.cursors(self.run.id)
         try:
             registration = self.registry.select_backends([name])[0]
-            backend = registration.build(self._options(registration))
+            options = self._options(registration)
+            backend = self.registry.build_backend(name, options)
         except Exception as error:
             return self._result(name, 0, describe_error(error))
-        self.store.ensure_cursor(self.run.id, name)
+        if not resumed:  # published here: later syncs go to the same place
+            secret = registration.secret_options
+            self.store.set_backend_options(
+                self.run.id,
+                name,
+                redact({k: REDACTED if k in secret else v for k, v in options.items()}),
+            )
+            self.store.ensure_cursor(self.run.id, name)
         delivery = Delivery(
             backend,
             self.store,
@@ -131,6 +160,8 @@ class _BackendSync:
         first = self.store.get_cursor(self.run.id, name)
         try:
             done = delivery.open(resumed) and delivery.finish(self.run.status)
+            if not done:
+                delivery.give_up()
         finally:
             delivery.release()
         delivered = max(0, delivery.delivered - first)
@@ -155,8 +186,9 @@ class _BackendSync:
         )
 
     def _options(self, registration: BackendRegistration) -> dict[str, Any]:
-        """The options the run was logged with (secrets left out) and today's
-        ``tracelet.yaml`` section, under the given overrides, checked by type."""
+        """The options the run was logged with and today's ``tracelet.yaml`` section, under
+        the given overrides, checked by type. An option withheld as secret comes from the
+        overrides or its environment variable; without either, ConfigurationError."""
         declared = {option.name: option for option in registration.options}
         given = {}
         for key, value in self.overrides.items():
@@ -164,7 +196,19 @@ class _BackendSync:
                 registration.check_options({key: value})  # raises, naming the options
             option = declared[key]
             given[key] = option.parse(registration.name, value) if isinstance(value, str) else value
-        return {**stored_backend_options(self.run.config, registration.name), **given}
+        options, withheld = stored_backend_options(self.run.config, registration.name)
+        for key in sorted(withheld - set(given)):
+            option = declared.get(key)
+            if option is not None and option.env and os.environ.get(option.env):
+                given[key] = option.parse(registration.name, os.environ[option.env])
+                continue
+            where = f", or set {option.env}" if option is not None and option.env else ""
+            raise ConfigurationError(
+                f"option {key!r} of backend {registration.name!r} was withheld from the "
+                f"journal as a secret; give it with --option {key}=... or in the "
+                f"{registration.name}: section of tracelet.yaml{where}"
+            )
+        return {**options, **given}
 
     def _result(self, name: str, delivered: int, error: str | None, **extra: Any) -> SyncResult:
         last = self.store.last_seq(self.run.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import math
 import numbers
 import re
 from collections.abc import Iterator, Mapping
@@ -41,11 +42,15 @@ def to_metric_value(name: str, value: Any) -> float:
         getattr(value, "ndim", None) == 0 and not isinstance(value, str | bytes)
     ):
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:
             raise ValueError(f"metric {name!r}: {value!r} is too large for a float") from None
         except (TypeError, ValueError):
             pass
+        else:  # a finite Decimal beyond float's range becomes inf instead of raising
+            if isinstance(value, decimal.Decimal) and value.is_finite() and math.isinf(number):
+                raise ValueError(f"metric {name!r}: {value!r} is too large for a float")
+            return number
     kind = type(value).__name__
     hint = ""
     if getattr(value, "ndim", 0) and getattr(value, "size", 2) == 1:
@@ -122,20 +127,30 @@ def check_relative_path(path: Any) -> str:
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, ParamValue]:
-    """Flatten nested mappings into ``{"a/b": value}`` and normalise every leaf value."""
+    """Flatten nested mappings into ``{"a/b": value}`` and normalise every leaf value.
+
+    A mapping that contains itself is a ValueError naming the key where the cycle closes.
+    """
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict, not {type(params).__name__}")
-    return dict(_flatten(params, prefix))
+    return dict(_flatten(params, prefix, (id(params),)))
 
 
-def _flatten(params: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, ParamValue]]:
+def _flatten(
+    params: Mapping[str, Any], prefix: str, path: tuple[int, ...]
+) -> Iterator[tuple[str, ParamValue]]:
     for key, value in params.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"parameter names must be non-empty strings, got {key!r}")
         check_text(key, "parameter name")
         full = f"{prefix}/{key}" if prefix else key
         if isinstance(value, Mapping):
-            yield from _flatten(value, full)
+            if id(value) in path:
+                raise ValueError(
+                    f"parameter {full!r} contains a dict it is inside of (a cycle); "
+                    "log a copy without the cycle"
+                )
+            yield from _flatten(value, full, (*path, id(value)))
         else:
             yield full, to_param_value(value)
 

@@ -208,7 +208,9 @@ class MlflowBackend(BackendPlugin):
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
+            self.client.log_batch(  # synchronous: MLflow's async mode would skip our bounds
+                self.run_id, metrics=metrics, params=params, tags=tags, synchronous=True
+            )
         except MlflowException as error:
             if error.error_code == "INVALID_PARAMETER_VALUE":
                 raise RejectedBatchError(f"MLflow refused it: {error.message}") from error

@@ -40,6 +40,12 @@ class ThreadBound:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.variable, name)
 
+    def __str__(self) -> str:
+        return str(self.variable)
+
+    def __repr__(self) -> str:
+        return repr(self.variable)
+
 
 def _install() -> None:
     from mlflow.utils import rest_utils

@@ -8,7 +8,12 @@ from tracelet.plugins import BackendRegistration, Option, hookimpl
 from tracelet_mlflow import __version__
 
 OPTIONS = (
-    Option("tracking_uri", str, doc="Tracking server or database URI (MLFLOW_TRACKING_URI)."),
+    Option(
+        "tracking_uri",
+        str,
+        doc="Tracking server or database URI (credentials belong in the environment).",
+        env="MLFLOW_TRACKING_URI",
+    ),
     Option("experiment_name", str, doc="MLflow experiment (default: the Tracelet project)."),
     Option("run_name", str, doc="MLflow run name (default: the Tracelet run name)."),
     Option(
@@ -20,6 +25,7 @@ OPTIONS = (
         float,
         10.0,
         doc="Seconds one HTTP request may take; Tracelet retries, MLflow does not.",
+        minimum=0.1,
     ),
 )
 """The options the backend accepts, nested, prefixed (``mlflow_tracking_uri``) or plain."""

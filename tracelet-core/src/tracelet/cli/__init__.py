@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_SYNC_TIMEOUT,
         metavar="SECONDS",
-        help=f"stop retrying a backend after this long (default {DEFAULT_SYNC_TIMEOUT:g})",
+        help=f"give up after this long, the whole command (default {DEFAULT_SYNC_TIMEOUT:g})",
     )
 
     gc = commands.add_parser("gc", help="remove runs older than retention_days")

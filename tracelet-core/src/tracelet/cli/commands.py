@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
+import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,8 +22,7 @@ from tracelet.exceptions import NotFoundError
 from tracelet.settings import TraceletSettings
 
 if TYPE_CHECKING:
-    from tracelet.core.delivery import DeliveryState
-    from tracelet.storage.cursors import StoredDelivery
+    from tracelet.records import DeliveryState
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +76,9 @@ def show(engine: QueryEngine, args: argparse.Namespace) -> int:
     ):
         head.add_row(label, value)
     for delivery in deliveries:
-        head.add_row(f"-> {delivery.backend}", delivered_text(delivery))
+        ended = summary["status"] != "running" and not delivery.finished
+        note = ", final status not delivered yet" if ended and not delivery.pending else ""
+        head.add_row(f"-> {delivery.backend}", delivery.describe() + note)
     metrics = new_table("metric", "last", "min", "max", "points", "last step")
     for name, m in summary["metrics"].items():
         metrics.add_row(
@@ -205,7 +209,7 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
             print(f"{run_id[:12]}: skipped, still being written (its own process delivers it)")
     deadline = time.monotonic() + args.timeout
     results = []
-    with Progress(transient=True) as bar:
+    with Progress(transient=True) as bar, _logged_to(bar.console):
         watcher = SyncProgress(bar, args.timeout)
         for run_id in runs:
             for result in sync_run(
@@ -228,13 +232,37 @@ def sync(engine: QueryEngine, args: argparse.Namespace) -> int:
         print("nothing to sync: every backend has every batch")
     failures = [r for r in results if r.error is not None]
     for result in failures:
-        why = f"still failing after {args.timeout:g} s" if result.timed_out else "failed"
+        why = f"not done at the {args.timeout:g} s --timeout" if result.timed_out else "failed"
         print(
             f"tracelet: error: backend {result.backend!r} {why}; {result.remaining} batch(es) "
             f"of run {result.run_id[:12]} left ({result.error})",
             file=sys.stderr,
         )
     return 1 if failures else 0
+
+
+@contextlib.contextmanager
+def _logged_to(console: Any) -> Iterator[None]:
+    """Tracelet's log lines (a backend unreachable, caught up) as progress lines on
+    ``console``, not on standard error, which is left for the final one-line verdicts."""
+    tracelet_logger = logging.getLogger("tracelet")
+    handler = _ConsoleHandler(console)
+    tracelet_logger.addHandler(handler)
+    propagate, tracelet_logger.propagate = tracelet_logger.propagate, False
+    try:
+        yield
+    finally:
+        tracelet_logger.removeHandler(handler)
+        tracelet_logger.propagate = propagate
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Any) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(record.getMessage(), soft_wrap=True, markup=False)
 
 
 class SyncProgress:
@@ -357,24 +385,6 @@ def number(value: float | None, signed: bool = False) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return f"{value:+.6g}" if signed else f"{value:.6g}"
-
-
-def delivered_text(delivery: StoredDelivery) -> str:
-    """Where one backend's delivery of a run stands, for ``tracelet show``."""
-    progress = f"{delivery.delivered}/{delivery.journaled} batches"
-    if delivery.state == "failed":
-        return (
-            f"failed for good at {when(delivery.updated_at)} ({delivery.error}); {progress} "
-            "(fix the cause, then `tracelet sync`)"
-        )
-    if delivery.pending:
-        last = (
-            f"; last error at {when(delivery.updated_at)}: {delivery.error}"
-            if delivery.error
-            else ""
-        )
-        return f"{delivery.state}, {progress}, {delivery.pending} pending{last}"
-    return f"up to date ({progress})" + ("" if delivery.finished else ", final status not yet")
 
 
 def when(timestamp: float | None) -> str:

@@ -11,7 +11,6 @@ becomes unreachable, one line when it has caught up again.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Callable
@@ -22,57 +21,13 @@ import attrs
 from tracelet.core.retry import RetryPolicy
 from tracelet.exceptions import ConfigurationError, PermanentBackendError, RejectedBatchError
 from tracelet.plugins import BackendPlugin
-from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.records import Batch, DeliveryPhase, DeliveryState, RunInfo, RunStatus
 from tracelet.redaction import redact_uri
 from tracelet.reporting import logger
 from tracelet.storage import LocalStore
 
 READ_AHEAD = 16
 """Batches read from the journal at a time while catching up."""
-
-
-class DeliveryPhase(enum.StrEnum):
-    """Where a backend's delivery stands."""
-
-    STARTING = "starting"
-    DELIVERING = "delivering"
-    RETRYING = "retrying"
-    FAILED = "failed"
-    """For good in this run (a PermanentBackendError): ``tracelet sync`` tries again."""
-
-
-@attrs.frozen
-class DeliveryState:
-    """A backend's delivery of one run: phase, progress, since when, and the latest error."""
-
-    backend: str
-    phase: DeliveryPhase
-    delivered: int
-    """The last batch the backend accepted."""
-    journaled: int
-    """The newest batch in the journal, as far as the delivery knows."""
-    since: float
-    """When the phase began (seconds since the epoch)."""
-    error: str | None = None
-    """The latest failure, while retrying or failed for good."""
-    rejection: str | None = None
-    """The latest batch the tool refused for good (skipped, kept in the local store)."""
-
-    @property
-    def pending(self) -> int:
-        """Batches journaled but not yet accepted."""
-        return max(0, self.journaled - self.delivered)
-
-    def describe(self) -> str:
-        """One line for people: ``retrying since 12:03:04 (ConnectionError: ...), 4 pending``."""
-        clock = time.strftime("%H:%M:%S", time.localtime(self.since))
-        if self.phase is DeliveryPhase.FAILED:
-            return f"failed for good at {clock} ({self.error}); {self.pending} batch(es) pending"
-        if self.phase is DeliveryPhase.RETRYING:
-            return f"retrying since {clock} ({self.error}); {self.pending} batch(es) pending"
-        if self.pending:
-            return f"{self.phase.value}, {self.pending} batch(es) pending"
-        return "up to date"
 
 
 class Cursor(Protocol):
@@ -136,10 +91,12 @@ class MemoryCursor:
 
 
 class Delivery:
-    """Delivers one run's batches to one backend; every method runs on one thread.
+    """Delivers one run's batches to one backend.
 
-    ``deadline`` (a ``time.monotonic()`` value) bounds the retries; ``abort`` ends them at
-    once; setting ``wakeup`` cuts a backoff short (a recovered backend is tried at once).
+    Every step runs on one thread (the sink's, or the caller's in ``tracelet sync``); only
+    :meth:`note_journaled` is called from another (the dispatcher). ``deadline`` (a
+    ``time.monotonic()`` value) bounds the retries; ``abort`` ends them at once; setting
+    ``wakeup`` cuts a backoff short (a recovered backend is tried at once).
     """
 
     def __init__(
@@ -164,7 +121,9 @@ class Delivery:
         self.abort = threading.Event()
         self.wakeup = threading.Event()
         self._down_since: float | None = None
-        self.state = DeliveryState(backend.name, DeliveryPhase.STARTING, 0, journaled, time.time())
+        self._journaled = journaled
+        self._journaled_lock = threading.Lock()
+        self._state = DeliveryState(backend.name, DeliveryPhase.STARTING, 0, 0, time.time())
 
     @property
     def name(self) -> str:
@@ -172,14 +131,19 @@ class Delivery:
         return self.backend.name
 
     @property
+    def state(self) -> DeliveryState:
+        """Where the delivery stands now."""
+        return attrs.evolve(self._state, journaled=self._journaled)
+
+    @property
     def delivered(self) -> int:
         """The last batch the backend accepted."""
-        return self.state.delivered
+        return self._state.delivered
 
     @property
     def failed(self) -> bool:
         """Whether the backend failed for good (nothing more is tried in this delivery)."""
-        return self.state.phase is DeliveryPhase.FAILED
+        return self._state.phase is DeliveryPhase.FAILED
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -201,25 +165,24 @@ class Delivery:
         return True
 
     def note_journaled(self, seq: int) -> None:
-        """The journal now holds batches up to ``seq``."""
-        if seq > self.state.journaled:
-            self.state = attrs.evolve(self.state, journaled=seq)
+        """The journal now holds batches up to ``seq`` (from any thread)."""
+        with self._journaled_lock:
+            self._journaled = max(self._journaled, seq)
 
     def deliver(self, batch: Batch) -> bool:
         """Deliver ``batch`` (retrying) and move the cursor to it; False if it gave up."""
         self.note_journaled(batch.seq)
-        rejection = self.state.rejection
+        rejection = self._state.rejection
         try:
-            if not self._attempt(f"batch {batch.seq}", lambda: self.backend.log_batch(batch)):
-                return False
+            done = self._attempt(
+                f"batch {batch.seq}", lambda: self.backend.log_batch(batch), refusable=True
+            )
         except RejectedBatchError as error:
-            rejection = self._rejected(batch, error)
-        if self.abort.is_set():  # stop gave up on this delivery meanwhile
+            done, rejection = True, self._rejected(batch, error)
+        if not done:
             return False
         self._update(delivered=batch.seq, rejection=rejection)
-        if self._down_since is not None and not self.state.pending:
-            self._caught_up()
-        return True
+        return not self.abort.is_set()
 
     def catch_up(self, upto: int | None = None) -> bool:
         """Deliver the journaled batches after the cursor up to ``upto`` (default: all)."""
@@ -249,8 +212,15 @@ class Delivery:
             return False
         if not self._attempt("finish", lambda: self.backend.finish_run(status)):
             return False
-        self._attempt("recording the final status", self.cursor.finished)
+        if self._attempt("recording the final status", self.cursor.finished):
+            self._update(finished=True)
         return True
+
+    def give_up(self) -> None:
+        """Record that this delivery ends with batches pending (the run stopped, or sync's
+        deadline passed): they wait in the journal for ``tracelet sync``."""
+        if self.state.pending and self._state.phase is not DeliveryPhase.FAILED:
+            self._update(phase=DeliveryPhase.STOPPED)
 
     def release(self) -> None:
         """Stop the backend if it was started, whether or not delivery completed."""
@@ -263,18 +233,22 @@ class Delivery:
 
     # -- retries and reports -------------------------------------------------------------
 
-    def _attempt(self, what: str, action: Callable[[], object]) -> bool:
+    def _attempt(self, what: str, action: Callable[[], object], refusable: bool = False) -> bool:
         """Run ``action`` until it succeeds (True) or delivery must give up (False).
 
-        :class:`RejectedBatchError` is not retried: it propagates to the caller.
+        A :class:`RejectedBatchError` propagates when ``refusable`` (a batch the tool
+        refuses); anywhere else it, like a ConfigurationError, is a permanent failure.
         """
         delays = self.retry.delays()
         while not self.abort.is_set() and not self.failed:
             try:
                 action()
-            except RejectedBatchError:
+            except RejectedBatchError as error:
+                if not refusable:
+                    return self._fail_for_good(f"{what}: {describe_error(error)}")
+                self._recovered()
                 raise
-            except PermanentBackendError as error:
+            except (PermanentBackendError, ConfigurationError) as error:
                 return self._fail_for_good(f"{what}: {describe_error(error)}")
             except Exception as error:
                 self._retrying(what, error)
@@ -284,15 +258,18 @@ class Delivery:
                 self.wakeup.wait(wait)
                 self.wakeup.clear()
                 continue
-            if self.state.phase is DeliveryPhase.RETRYING:
-                self._update(phase=DeliveryPhase.DELIVERING, error=None)
+            self._recovered()
             return True
         return False
 
+    def _recovered(self) -> None:
+        if self._state.phase is DeliveryPhase.RETRYING:
+            self._update(phase=DeliveryPhase.DELIVERING, error=None)
+
     def _retrying(self, what: str, error: Exception) -> None:
         message = describe_error(error)
-        if self.state.phase is DeliveryPhase.RETRYING:
-            self.state = attrs.evolve(self.state, error=message)
+        if self._state.phase is DeliveryPhase.RETRYING:
+            self._state = attrs.evolve(self._state, error=message)
             if self.on_update is not None:
                 self.on_update(self.state)
             return
@@ -307,16 +284,6 @@ class Delivery:
                 self.state.pending,
             )
         self._update(phase=DeliveryPhase.RETRYING, error=message)
-
-    def _caught_up(self) -> None:
-        assert self._down_since is not None
-        logger.warning(
-            "tracelet backend %r is back and has caught up (down %.1f s; up to batch %d)",
-            self.name,
-            time.monotonic() - self._down_since,
-            self.delivered,
-        )
-        self._down_since = None
 
     def _fail_for_good(self, reason: str) -> bool:
         self._update(phase=DeliveryPhase.FAILED, error=reason)
@@ -341,17 +308,29 @@ class Delivery:
         return rejection
 
     def _update(self, **changes: object) -> None:
-        """Change the state, persist it, and tell ``on_update``."""
-        before = self.state
+        """Change the state, persist it, tell ``on_update``, and say once when a backend
+        that was down has caught up."""
+        before = self._state
         if "phase" in changes and changes["phase"] != before.phase:
             changes["since"] = time.time()
-        self.state = attrs.evolve(before, **changes)  # type: ignore[arg-type]
-        try:  # the in-memory state drives this delivery; the stored one serves `sync`, `show`
-            self.cursor.save(self.state)
-        except Exception as error:
-            logger.warning("tracelet backend %r: cursor not saved (%r)", self.name, error)
+        self._state = attrs.evolve(before, **changes)  # type: ignore[arg-type]
+        state = self.state
+        if not self.abort.is_set():  # once aborted, the store may be closed: leave it be
+            try:  # the in-memory state drives this delivery; the stored one serves `sync`
+                self.cursor.save(state)
+            except Exception as error:
+                logger.warning("tracelet backend %r: cursor not saved (%r)", self.name, error)
         if self.on_update is not None:
-            self.on_update(self.state)
+            self.on_update(state)
+        back = state.phase is DeliveryPhase.DELIVERING and not state.pending
+        if self._down_since is not None and back:
+            logger.warning(
+                "tracelet backend %r is back and has caught up (down %.1f s; up to batch %d)",
+                self.name,
+                time.monotonic() - self._down_since,
+                state.delivered,
+            )
+            self._down_since = None
 
     def _last_seq(self) -> int:
         return self.journal.last_seq(self.run.id)

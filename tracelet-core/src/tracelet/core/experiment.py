@@ -28,14 +28,24 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
-from tracelet.core.delivery import DeliveryPhase, DeliveryState
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.process import status_for
-from tracelet.core.registry import PluginRegistry, default_registry
+from tracelet.core.registry import PluginRegistry, registry_for
 from tracelet.core.session import RunSession
 from tracelet.media import PendingImage
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
-from tracelet.records import CheckpointRequest, Params, RunInfo, RunStatus, Sample, Tags, Text
+from tracelet.records import (
+    CheckpointRequest,
+    DeliveryPhase,
+    DeliveryState,
+    Params,
+    RunInfo,
+    RunStatus,
+    Sample,
+    Tags,
+    Text,
+)
+from tracelet.redaction import redact_params
 from tracelet.reporting import report_once
 from tracelet.settings import ExperimentConfig, TraceletSettings, resolve_run
 from tracelet.storage import LocalStore
@@ -54,6 +64,8 @@ if TYPE_CHECKING:
 
 _time = time.time
 _MAX_STEP = MAX_STEP
+MAX_CHECKED_NAMES = 10_000
+"""Metric names remembered as checked (a set lookup on the hot path); then forgotten."""
 
 
 class Experiment:
@@ -134,6 +146,7 @@ class Experiment:
         self._buffer: Any = ()
         self._capacity = 0
         self._gradients: dict[str, float] = {}
+        self._checked_names: set[str] = set()
         self.latest_system: dict[str, float] = {}
         """The latest system sample (set by the system collector)."""
         self.add_tags([tags] if isinstance(tags, str) else tags or [])
@@ -142,9 +155,7 @@ class Experiment:
             self.add_tags({"notes": str(keys["notes"])})
 
     def _declared_options(self, settings: TraceletSettings) -> dict[str, frozenset[str]]:
-        self._registry = self._registry or default_registry(
-            settings.disable_plugins, debug=settings.debug
-        )
+        self._registry = self._registry or registry_for(settings)
         return {r.name: r.option_names for r in self._registry.select_backends(settings.backend)}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -261,8 +272,8 @@ class Experiment:
         """Log one scalar. The step is ``iteration`` (or ``step=``), else the current iteration."""
         if value.__class__ is not float:
             value = to_metric_value(name, value)
-        if name.__class__ is not str or not name:
-            name = check_name(name)
+        if name.__class__ is not str or name not in self._checked_names:
+            name = self._check_metric_name(name)
         if iteration is None:
             iteration = self._iteration if step is None else step
         elif step is not None:
@@ -272,6 +283,14 @@ class Experiment:
         if len(self._buffer) >= self._capacity:
             self._full()
         self._append_metric((name, value, iteration, _time()))
+
+    def _check_metric_name(self, name: Any) -> str:
+        """Check a metric name not seen before (type, emptiness, storable UTF-8)."""
+        name = check_name(name)
+        if len(self._checked_names) >= MAX_CHECKED_NAMES:
+            self._checked_names.clear()
+        self._checked_names.add(name)
+        return name
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several scalars at one step (the current iteration when ``step`` is None)."""
@@ -287,8 +306,11 @@ class Experiment:
             self._append_metric(point)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` -> ``opt/lr``)."""  # noqa: E501
-        self._put(Params(flatten_params(params)))
+        """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` ->
+        ``opt/lr``). Values named like secrets (``db/password``) are masked, and URIs lose
+        their credentials, unless ``redact_secrets`` is off."""
+        values = flatten_params(params)
+        self._put(Params(redact_params(values) if self.settings.redact_secrets else values))
 
     def log_hyperparameter(self, name: str, value: Any) -> None:
         """Log one parameter."""
@@ -359,6 +381,8 @@ class Experiment:
             check_name(key, "tag")
             if not isinstance(value, str):
                 raise TypeError(f"tag {key!r}: value must be a str, not {type(value).__name__}")
+        if self.settings.redact_secrets:
+            values = redact_params(values)
         self._tags.extend(k for k, v in values.items() if not v and k not in self._tags)
         self._run_tags.update(values)
         if self.is_running:

@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracelet.core.delivery import DeliveryState
 from tracelet.core.journaling import write_batch
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
@@ -26,6 +25,7 @@ from tracelet.plugins import BackendPlugin
 from tracelet.records import (
     Batch,
     CheckpointRequest,
+    DeliveryState,
     MetricPoint,
     Params,
     RunInfo,

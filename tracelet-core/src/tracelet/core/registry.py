@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -31,7 +31,17 @@ from tracelet.plugins import (
 )
 from tracelet.reporting import logger, report_once
 
-__all__ = ["PluginRegistry", "default_registry", "logger", "report_once", "unknown_backend"]
+if TYPE_CHECKING:
+    from tracelet.settings import TraceletSettings
+
+__all__ = [
+    "PluginRegistry",
+    "default_registry",
+    "logger",
+    "registry_for",
+    "report_once",
+    "unknown_backend",
+]
 
 BUILT_IN_PLUGINS = {
     "local": "tracelet.storage.backend",
@@ -83,7 +93,11 @@ class PluginRegistry:
     # -- loading -------------------------------------------------------------------------
 
     def _load(self, name: str, load: Callable[[], Any]) -> None:
-        if self.manager.is_blocked(name) or self.manager.get_plugin(name) is not None:
+        if self.manager.is_blocked(name):
+            return
+        if self.manager.get_plugin(name) is not None:
+            taken = self.manager.get_plugin(name)
+            self._fail(name, f"the name is taken by {getattr(taken, '__name__', taken)!r}; skipped")
             return
         try:
             self.manager.register(load(), name=name)
@@ -155,43 +169,66 @@ class PluginRegistry:
         """Call a lifecycle hook on every plugin, reporting (not raising) their failures."""
         self.call(hook_name, **kwargs)
 
-    def _records(self, hook_name: str, kind: str) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for records in self.call(hook_name, repeatable=True):
-            for record in records or ():
-                if record.name in found and found[record.name] != record:
-                    owners = ", ".join(repr(o) for o in self._owners(hook_name, record.name))
-                    raise ConfigurationError(
-                        f"two plugins ({owners}) register a {kind} named {record.name!r}; "
-                        "uninstall one or name it in TRACELET_DISABLE_PLUGINS"
+    def _records(self, hook_name: str, record: type, kind: str) -> dict[str, Any]:
+        """Every record ``hook_name`` returns, by name; a plugin returning anything but a
+        list of ``record`` is reported once and unregistered, two records of one name are
+        a ConfigurationError naming both plugins."""
+        results = self.call(hook_name, repeatable=True)
+        if not all(_records_of(result, record) for result in results):
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                alone = self._call_alone(hook_name, impl)
+                if not all(_records_of(result, record) for result in alone):
+                    self._fail(
+                        impl.plugin_name,
+                        f"{hook_name} returned {alone[0]!r}, not a list of {record.__name__}; "
+                        "skipped",
                     )
-                found[record.name] = record
+                    self.manager.unregister(impl.plugin)
+            results = self.call(hook_name, repeatable=True)
+        found: dict[str, Any] = {}
+        for item in (item for result in results for item in result):
+            if item.name in found and found[item.name] != item:
+                owners = ", ".join(repr(o) for o in self._owners(hook_name, item.name))
+                raise ConfigurationError(
+                    f"two plugins ({owners}) register a {kind} named {item.name!r}; "
+                    "uninstall one or name it in TRACELET_DISABLE_PLUGINS"
+                )
+            found[item.name] = item
         return found
+
+    def _call_alone(self, hook_name: str, impl: pluggy.HookImpl) -> list[Any]:
+        """What one implementation of a registration hook returns (nothing if it raises)."""
+        others = [i.plugin for i in getattr(self.manager.hook, hook_name).get_hookimpls()]
+        try:
+            return self.manager.subset_hook_caller(
+                hook_name, [p for p in others if p is not impl.plugin]
+            )()
+        except Exception:  # reported by call()
+            return []
 
     def _owners(self, hook_name: str, name: str) -> list[str]:
         """The plugins whose ``hook_name`` returns a record named ``name``."""
-        impls = getattr(self.manager.hook, hook_name).get_hookimpls()
-        owners = []
-        for impl in impls:
-            others = [other.plugin for other in impls if other is not impl]
-            results = self.manager.subset_hook_caller(hook_name, others)()
-            if any(record.name == name for records in results for record in records or ()):
-                owners.append(impl.plugin_name)
-        return owners
+        return [
+            impl.plugin_name
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls()
+            if any(r.name == name for result in self._call_alone(hook_name, impl) for r in result)
+        ]
 
     # -- what plugins provide ------------------------------------------------------------
 
     def backends(self) -> dict[str, BackendRegistration]:
         """Every registered backend by name."""
-        return self._records("tracelet_register_backends", "backend")
+        return self._records("tracelet_register_backends", BackendRegistration, "backend")
 
     def collectors(self) -> dict[str, CollectorRegistration]:
         """Every registered collector by name."""
-        return self._records("tracelet_register_collectors", "collector")
+        return self._records("tracelet_register_collectors", CollectorRegistration, "collector")
 
     def frameworks(self) -> dict[str, FrameworkRegistration]:
         """Every registered framework integration by name."""
-        return self._records("tracelet_register_frameworks", "framework integration")
+        return self._records(
+            "tracelet_register_frameworks", FrameworkRegistration, "framework integration"
+        )
 
     def select_backends(self, names: Sequence[str]) -> list[BackendRegistration]:
         """The registrations for ``names``; an unknown name raises ConfigurationError."""
@@ -213,19 +250,26 @@ class PluginRegistry:
         return registration.build(options)
 
 
+def _records_of(result: object, record: type) -> bool:
+    """Whether a registration hook's result is a list (or tuple) of ``record``."""
+    return isinstance(result, list | tuple) and all(isinstance(r, record) for r in result)
+
+
 def _raising_impl(impls: Sequence[pluggy.HookImpl], error: BaseException) -> Any:
-    """The implementation whose frame raised ``error`` (the outermost one in its traceback)."""
-    by_code = {}
-    for impl in impls:
-        function = getattr(impl.function, "__func__", impl.function)
-        code = getattr(function, "__code__", None)
-        if code is not None:
-            by_code[code] = impl
+    """The implementation whose frame raised ``error`` (the outermost one in its traceback).
+
+    Frames are matched by code and, for methods, by ``self``: two plugins may be instances
+    of one class.
+    """
     trace = error.__traceback__
     while trace is not None:
-        found = by_code.get(trace.tb_frame.f_code)
-        if found is not None:
-            return found
+        frame = trace.tb_frame
+        for impl in impls:
+            function = impl.function
+            owner = getattr(function, "__self__", None)
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            if frame.f_code is code and (owner is None or frame.f_locals.get("self") is owner):
+                return impl
         trace = trace.tb_next
     return None
 
@@ -258,6 +302,11 @@ def unknown_backend(name: str, available: Iterable[str]) -> ConfigurationError:
 
 
 _default: PluginRegistry | None = None
+
+
+def registry_for(settings: TraceletSettings) -> PluginRegistry:
+    """The process-wide registry as ``settings`` want it (disabled plugins, tracing)."""
+    return default_registry(settings.disable_plugins, debug=settings.debug)
 
 
 def default_registry(disabled: Iterable[str] = (), *, debug: bool = False) -> PluginRegistry:

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from tracelet.core.collecting import CollectorRunner
-from tracelet.core.delivery import DeliveryState
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.registry import PluginRegistry
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
-from tracelet.records import RunInfo, RunStatus
+from tracelet.records import DeliveryState, RunInfo, RunStatus
 from tracelet.redaction import REDACTED, redact
 from tracelet.reporting import report_once
 from tracelet.settings import RunSettings, TraceletSettings
@@ -65,30 +64,30 @@ class RunSession:
         try:
             self._lock = store.lock_run(info.id)
             info, resumed = self._create_run(store, info)
+            orchestrator = self.orchestrator = Orchestrator(
+                store,
+                info,
+                flush_interval=self.settings.flush_interval,
+                buffer_size=self.settings.buffer_size,
+                capture_samples=self.settings.capture_samples,
+            )
+            if detector is not None:
+                orchestrator.detector = detector
+                detector.prime(self._recent_points(store, info.id))
+            for backend in self.backends:
+                orchestrator.add_backend(backend, resumed=backend.name in resumed.backends)
         except BaseException:
             if self._lock is not None:
                 self._lock.release()
             store.close()
             raise
-        orchestrator = self.orchestrator = Orchestrator(
-            store,
-            info,
-            flush_interval=self.settings.flush_interval,
-            buffer_size=self.settings.buffer_size,
-            capture_samples=self.settings.capture_samples,
-        )
-        if detector is not None:
-            orchestrator.detector = detector
-            detector.prime(self._recent_points(store, info.id))
-        for backend in self.backends:
-            orchestrator.add_backend(backend, resumed=backend.name in resumed.backends)
         orchestrator.start()
         return info, resumed
 
     def _build_backends(self) -> list[BackendPlugin]:
         """Build every selected backend; bad options raise, a broken plugin is skipped."""
         built = []
-        for name in self.settings.backend:
+        for name in dict.fromkeys(self.settings.backend):  # each once, in order
             options = self.backend_options.get(name, {})
             try:
                 built.append(self.registry.build_backend(name, options))

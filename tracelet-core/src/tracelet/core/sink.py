@@ -12,10 +12,10 @@ import contextlib
 import queue
 import threading
 
-from tracelet.core.delivery import Delivery, DeliveryState
+from tracelet.core.delivery import Delivery
 from tracelet.core.retry import RetryPolicy
 from tracelet.plugins import BackendPlugin
-from tracelet.records import Batch, RunInfo, RunStatus
+from tracelet.records import Batch, DeliveryState, RunInfo, RunStatus
 from tracelet.reporting import logger
 from tracelet.storage import LocalStore
 
@@ -112,10 +112,10 @@ class BackendSink:
                 batch = self._queue.get(timeout=0.05)
             except queue.Empty:
                 if self._closing.is_set():
-                    if self._final_status is None:
-                        delivery.catch_up()
-                    else:
-                        delivery.finish(self._final_status)
+                    status = self._final_status
+                    done = delivery.catch_up() if status is None else delivery.finish(status)
+                    if not done:
+                        delivery.give_up()
                     return
                 if delivery.state.pending and not delivery.catch_up(delivery.state.journaled):
                     return  # batches dropped on overflow: read them back while idle

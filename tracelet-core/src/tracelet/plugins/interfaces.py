@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,17 +44,17 @@ class PluginMetadata:
 
 
 def _tracking(method: Callable[[Any], None], started: bool) -> Callable[[Any], None]:
-    """``method`` (a plugin's start or stop) wrapped to keep the plugin's ``started`` state."""
+    """``method`` (a plugin's start or stop) wrapped to keep the plugin's ``started`` state:
+    true once ``start`` returned, false once ``stop`` was called or ``start`` raised."""
 
     @functools.wraps(method)
     def tracked(self: PluginInterface) -> None:
         try:
             method(self)
-        finally:
-            if not started:
-                self._started = False
-        if started:
-            self._started = True
+        except BaseException:
+            self._started = False
+            raise
+        self._started = started
 
     tracked.__tracelet_tracks_state__ = True  # type: ignore[attr-defined]
     return tracked
@@ -63,6 +64,7 @@ class PluginInterface(abc.ABC):
     """Base of every plugin: its options, its metadata, and its started/stopped state."""
 
     kind: ClassVar[PluginType]
+    _started = False
 
     def __init__(self) -> None:
         self.config: dict[str, Any] = {}
@@ -75,7 +77,7 @@ class PluginInterface(abc.ABC):
         super().__init_subclass__(**kwargs)
         for name, started in (("start", True), ("stop", False)):
             method = cls.__dict__.get(name)
-            if callable(method) and not hasattr(method, "__tracelet_tracks_state__"):
+            if inspect.isfunction(method) and not hasattr(method, "__tracelet_tracks_state__"):
                 setattr(cls, name, _tracking(method, started))
 
     def get_metadata(self) -> PluginMetadata:
@@ -100,13 +102,13 @@ class PluginInterface(abc.ABC):
         """
         self.config = dict(config)
 
+    @functools.partial(_tracking, started=True)  # noqa: B027 - optional, not abstract
     def start(self) -> None:
         """Acquire what the plugin needs (connections, threads); the default needs nothing."""
-        self._started = True
 
+    @functools.partial(_tracking, started=False)  # noqa: B027 - optional, not abstract
     def stop(self) -> None:
         """Release what :meth:`start` acquired; the default holds nothing."""
-        self._started = False
 
     def get_status(self) -> dict[str, Any]:
         """A short description of the plugin's state, for diagnostics."""

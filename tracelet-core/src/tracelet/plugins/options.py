@@ -31,7 +31,8 @@ class Option:
     ``type`` is a type or a tuple of types the value must be an instance of (an ``int`` is
     accepted for ``float``; ``None`` always means "not set": the default). A ``secret``
     option (a password, an API key) is never stored in the journal or shown: ``tracelet
-    sync`` takes it again from the environment, ``tracelet.yaml`` or ``--option``.
+    sync`` takes it again from ``--option``, ``tracelet.yaml`` or ``env``, the tool's own
+    environment variable for it.
     """
 
     name: str
@@ -39,6 +40,9 @@ class Option:
     default: Any = None
     doc: str = ""
     secret: bool = False
+    env: str | None = None
+    minimum: float | None = None
+    """The smallest number accepted (for ``int`` and ``float`` options)."""
 
     def check(self, backend: str, value: Any) -> Any:
         """``value`` as the backend receives it, or a ConfigurationError naming the option."""
@@ -52,6 +56,10 @@ class Option:
             raise self._wrong(backend, value)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigurationError(f"{backend} option {self.name!r} must be finite, not {value}")
+        if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
+            raise ConfigurationError(
+                f"{backend} option {self.name!r} must be >= {self.minimum:g}, not {value}"
+            )
         return value
 
     def parse(self, backend: str, text: str) -> Any:

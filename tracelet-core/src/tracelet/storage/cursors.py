@@ -12,29 +12,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-import attrs
-
-
-@attrs.frozen
-class StoredDelivery:
-    """One backend's delivery of a run, as the journal records it."""
-
-    backend: str
-    delivered: int
-    """The last batch the backend accepted."""
-    journaled: int
-    """The run's last batch."""
-    state: str
-    """``delivering``, ``retrying`` or ``failed`` (for good, until a ``tracelet sync``)."""
-    error: str | None
-    updated_at: float
-    finished: bool
-    """Whether the backend has the run's final status."""
-
-    @property
-    def pending(self) -> int:
-        """Batches the backend has not accepted."""
-        return self.journaled - self.delivered
+from tracelet.records import DeliveryPhase, DeliveryState
 
 
 class CursorTable:
@@ -83,8 +61,8 @@ class CursorTable:
             (self._pk(run_id), backend, seq, time.time(), error, state),
         )
 
-    def deliveries(self, run_id: str) -> list[StoredDelivery]:
-        """Where each backend of the run stands, by backend name."""
+    def deliveries(self, run_id: str) -> list[DeliveryState]:
+        """Where each backend of the run stands, as the journal last recorded it."""
         rows = self.connection().execute(
             "SELECT backend, seq, state, error, updated_at, finished FROM cursors"
             " WHERE run = ? ORDER BY backend",
@@ -92,7 +70,7 @@ class CursorTable:
         )
         last = self.last_seq(run_id)
         return [
-            StoredDelivery(b, seq, last, state, error, at, bool(f))
+            DeliveryState(b, _phase(state), seq, last, at, error, finished=bool(f))
             for b, seq, state, error, at, f in rows
         ]
 
@@ -125,3 +103,10 @@ class CursorTable:
             (self._pk(run_id),),
         )
         return [backend for (backend,) in rows]
+
+
+def _phase(stored: str) -> DeliveryPhase:
+    try:
+        return DeliveryPhase(stored)
+    except ValueError:  # written by a newer Tracelet
+        return DeliveryPhase.DELIVERING

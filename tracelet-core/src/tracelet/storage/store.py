@@ -158,6 +158,21 @@ class LocalStore(RunReader, CursorTable):
                 )
         return bool(resumed)
 
+    def set_backend_options(self, run_id: str, backend: str, options: Mapping[str, Any]) -> None:
+        """Record the options ``backend`` delivers the run with (already redacted), so that
+        a later ``tracelet sync`` sends it to the same place."""
+        con = self.connection()
+        with transaction(con):
+            (text,) = con.execute(
+                "SELECT config FROM runs WHERE pk = ?", (self._pk(run_id),)
+            ).fetchone()
+            config = json.loads(text or "{}")
+            config.setdefault("backends", {})[backend] = dict(options)
+            con.execute(
+                "UPDATE runs SET config = ? WHERE pk = ?",
+                (json.dumps(config, default=str), self._pk(run_id)),
+            )
+
     def ensure_run(self, info: RunInfo) -> None:
         """Create the run (as running) unless the store already has it."""
         if self.get_run(info.id) is None:

@@ -21,7 +21,7 @@ import pytest
 import tracelet
 from tracelet.core.delivery import Delivery, MemoryCursor
 from tracelet.core.experiment import Experiment
-from tracelet.core.registry import default_registry
+from tracelet.core.registry import registry_for
 from tracelet.plugins import BackendPlugin, RunInfo, RunStatus
 from tracelet.settings import TraceletSettings
 from tracelet.storage import LocalStore
@@ -101,7 +101,7 @@ class Harness:
 
     def build_backend(self) -> BackendPlugin:
         """A new instance of the backend, built as runs build it (options checked)."""
-        registry = default_registry(self.settings.disable_plugins)
+        registry = registry_for(self.settings)
         if self.backend.name not in registry.backends():
             raise AssertionError(
                 f"no backend named {self.backend.name!r} is registered "
@@ -188,16 +188,9 @@ class Harness:
             )
 
     def _cursor_error(self, run_id: str) -> str | None:
-        row = (
-            self.journal.connection()
-            .execute(
-                "SELECT c.error FROM cursors c JOIN runs r ON r.pk = c.run"
-                " WHERE r.id = ? AND c.backend = ?",
-                (run_id, self.backend.name),
-            )
-            .fetchone()
-        )
-        return row[0] if row else None
+        states = {d.backend: d for d in self.journal.deliveries(run_id)}
+        state = states.get(self.backend.name)
+        return (state.error or state.rejection) if state else None
 
     def _errors(self, run_id: str) -> str:
         error = self._cursor_error(run_id)
