@@ -145,3 +145,77 @@ def test_a_backend_call_that_hangs_cannot_hold_sync_past_its_timeout(
     assert time.monotonic() - started < 1 + 5
     assert "did not return" in capsys.readouterr().err
     assert exp.store.undelivered(exp.id)["recording"] == 1
+
+
+def noise(size: int, seed: int):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_stop_returns_within_flush_timeout_whatever_is_queued(read_store, caplog):
+    import logging
+    import time
+
+    with recording_backend() as _, caplog.at_level(logging.WARNING, "tracelet"):
+        config = {"recording": {"hang": True}, "flush_timeout": 1.0, "flush_interval": 5}
+        exp = tracelet.start_logging("busy stop", backend=["local", "recording"], config=config)
+        for step in range(16):  # about 0.5 s each to encode: 8 s in all
+            exp.log_image("noise", noise(2500, step), step)
+        exp.log_metric("loss", 1.0, 0)
+        started = time.monotonic()
+        exp.stop()
+        took = time.monotonic() - started
+    assert took < 1.0 + 3.0, f"stop took {took:.1f} s with flush_timeout=1"
+    assert "were not journaled before the 1s flush timeout" in caplog.text
+    assert exp.delivery["recording"].phase in ("stopped", "starting", "delivering")
+
+
+def test_queued_images_are_bounded_in_bytes(read_store):
+    one = noise(512, 0).nbytes  # 786,432 bytes
+    config = {"media_buffer_mb": 2 * one / 2**20}
+    with tracelet.start_logging("bounded media", config=config) as exp:
+        orchestrator = exp.orchestrator
+        most = 0
+        for step in range(10):
+            exp.log_image("noise", noise(512, step), step)
+            most = max(most, orchestrator.media_bytes)
+        assert most <= 2 * one, "log_image waited for room"
+    assert orchestrator.media_bytes == 0
+    assert len(read_store().images(exp.id)) == 10, "nothing dropped"
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_during_stop_neither_restarts_nor_cuts_the_wait(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time, tracelet\n"
+        "from fakes import recording_backend\n"
+        "with recording_backend():\n"
+        "    config = {'recording': {'hang': True}, 'flush_timeout': 6}\n"
+        "    both = ['local', 'recording']\n"
+        "    with tracelet.start_logging('t', backend=both, config=config) as e:\n"
+        "        e.log_metric('loss', 1.0, 0)\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+    )
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": tests},
+    )
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    first = time.monotonic()
+    time.sleep(3)
+    child.send_signal(signal.SIGTERM)  # while stop waits for the hung backend
+    assert child.wait(timeout=30) == 143
+    took = time.monotonic() - first
+    assert 6 - 1 < took < 6 + 2, f"exited {took:.1f} s after the first signal (flush_timeout 6)"

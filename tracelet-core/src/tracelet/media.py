@@ -37,6 +37,11 @@ class PendingImage:
         """Copy what the caller may change later; raise ``TypeError`` for unusable input."""
         return cls(name, step, timestamp, _snapshot(name, image))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes this image holds in memory until it is journaled."""
+        return len(self.data) if isinstance(self.data, bytes) else int(self.data.nbytes)
+
     def store(self, folder: Path, seq: int, index: int) -> Image:
         """Encode to PNG under ``folder`` and return the journal record."""
         folder.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,9 @@ class TraceletSettings:
     buffer_size: int = setting(
         200_000, Number(int, 1), "Records buffered in memory before the caller waits."
     )
+    media_buffer_mb: float = setting(
+        512.0, Number(float, 1.0), "Megabytes of images held in memory before `log_image` waits."
+    )
     disable_plugins: list[str] = setting([], Names(), "Plugins (entry-point names) to skip.")
     checkpoint_interval: int = setting(
         1000, Number(int, 0), "Steps between checkpoints (`tracelet.step()`); 0: none."

@@ -216,6 +216,7 @@ class Experiment:
                 return
             assert self._session is not None
             assert self._registry is not None
+            process.stopping.add(self)
             self._session.stop_helpers()
             self._append = self._append_metric = self._not_running
             undelivered = self._session.close(status, self.settings.flush_timeout)
@@ -231,9 +232,11 @@ class Experiment:
                 )
             self._status = status
             process.running.discard(self)
+            process.stopping.discard(self)
         self._registry.announce("tracelet_run_finished", experiment=self, status=status)
         for callback in self._on_stop:
             callback(self)
+        process.terminate_if_signalled()
 
     def end(self) -> None:
         """Alias of :meth:`stop`."""
@@ -368,9 +371,15 @@ class Experiment:
 
     def log_image(self, name: str, image: Any, step: int | None = None) -> None:
         """Log an image: a NumPy array (HW, HWC or CHW), a tensor, a PIL image, PNG bytes or
-        a path. The pixels are copied now and encoded off the training thread."""
+        a path. The pixels are copied now and encoded off the training thread; while the
+        images waiting to be encoded hold ``media_buffer_mb`` or more, the call waits."""
         check_name(name, "image")
-        self._put(PendingImage.snapshot(name, image, self._step(step), _time()))
+        pending = PendingImage.snapshot(name, image, self._step(step), _time())
+        orchestrator = self.orchestrator
+        if not self.is_running or orchestrator is None:
+            self._not_running(pending)
+        assert orchestrator is not None
+        orchestrator.put_media(pending)
 
     def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
         """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""

@@ -54,11 +54,16 @@ class Orchestrator:
         buffer_size: int = 200_000,
         retry: RetryPolicy | None = None,
         capture_samples: int = 5,
+        media_bytes: int = 512 * 2**20,
     ) -> None:
         self.store = store
         self.run = run
         self.buffer: deque[Any] = deque()
         self.capacity = buffer_size
+        self.media_capacity = media_bytes
+        """Bytes of images the buffer may hold before ``put_media`` waits."""
+        self.media_bytes = 0
+        """Bytes of images queued and not journaled yet."""
         self.flush_interval = flush_interval
         self.retry = retry or RetryPolicy()
         self.sinks: dict[str, BackendSink] = {}
@@ -74,6 +79,7 @@ class Orchestrator:
         self._cycled = threading.Condition()
         self._cycles = 0
         self._stopping = False
+        self._abandoned = False
         self._stop_deadline = float("inf")
         self._thread = threading.Thread(
             target=self._dispatch, name="tracelet-dispatcher", daemon=True
@@ -108,6 +114,24 @@ class Orchestrator:
         if len(self.buffer) >= self.capacity:
             self.wait_for_room()
         self.buffer.append(record)
+
+    def put_media(self, image: PendingImage) -> None:
+        """Queue an image, waiting while the images queued hold ``media_capacity`` bytes or
+        more (one image larger than that still goes through an empty queue)."""
+        size = image.nbytes
+        with self._room:
+            while self.media_bytes and self.media_bytes + size > self.media_capacity:
+                if not self.running:
+                    break
+                self._wake.set()
+                self._room.wait(0.5)
+            self.media_bytes += size
+        self.put(image)
+
+    def _media_done(self, image: PendingImage) -> None:
+        with self._room:
+            self.media_bytes -= image.nbytes
+            self._room.notify_all()
 
     def wait_for_room(self) -> None:
         """Block until the dispatcher has made room in the buffer (back-pressure)."""
@@ -194,9 +218,18 @@ class Orchestrator:
         self._stopping = True
         self._wake.set()
         if self.running:
-            self._thread.join()
-        with self._drain_lock:
-            self._drain()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self.running:  # still encoding or writing at the deadline: leave it there
+            self._abandoned = True
+            left = len(self.buffer) + self.unjournaled
+            report_once(
+                f"tracelet run {self.run.id}",
+                f"{left} record(s) were not journaled before the {timeout:g}s flush timeout "
+                "(the journal was still busy, e.g. encoding images); they are lost",
+            )
+        else:
+            with self._drain_lock:
+                self._drain()
         for sink in self.sinks.values():
             sink.close(status, deadline)
         for sink in self.sinks.values():
@@ -232,7 +265,7 @@ class Orchestrator:
     def _drain(self) -> None:
         buffer = self.buffer
         popleft = buffer.popleft
-        while buffer:
+        while buffer and not self._abandoned:
             items = [popleft() for _ in range(min(len(buffer), MAX_BATCH))]
             with self._room:
                 self._room.notify_all()
@@ -321,8 +354,17 @@ class Orchestrator:
                 elif isinstance(event, Text):
                     texts.append(event)
                 elif isinstance(event, PendingImage):
-                    images.append(event.store(files / "images", seq, len(images)))
+                    try:
+                        if self._give_up():  # past stop's deadline: no more encoding
+                            self.unjournaled += 1
+                            continue
+                        images.append(event.store(files / "images", seq, len(images)))
+                    finally:
+                        self._media_done(event)
                 elif isinstance(event, PendingArtifact):
+                    if self._give_up():
+                        self.unjournaled += 1
+                        continue
                     artifacts.append(event.store(files / "artifacts"))
                 elif isinstance(event, Sample):
                     self.samples.append(event)

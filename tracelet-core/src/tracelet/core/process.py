@@ -38,6 +38,8 @@ class Run(Protocol):
 
 running: set[Run] = set()
 """The runs started in this process and not stopped yet."""
+stopping: set[Run] = set()
+"""The runs whose ``stop`` is flushing now (a SIGTERM then only marks them killed)."""
 
 _unhandled: list[type[BaseException]] = []
 _previous_excepthook: list[Any] = []
@@ -66,9 +68,25 @@ def watch() -> None:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM: unwind the main thread (``with`` blocks end their runs as killed)."""
+    """SIGTERM: unwind the main thread (``with`` blocks end their runs as killed). During a
+    run's ``stop`` it does not interrupt the flush, whose deadline stays as it was: the
+    process exits once that stop returns."""
     _unhandled.append(Terminated)
+    if stopping:
+        _terminate_after_stop.append(signum)
+        return
     raise Terminated()
+
+
+_terminate_after_stop: list[int] = []
+
+
+def terminate_if_signalled() -> None:
+    """Raise the Terminated a SIGTERM during ``stop`` put off (main thread, no run stopping)."""
+    main = threading.current_thread() is threading.main_thread()
+    if _terminate_after_stop and not stopping and main:
+        _terminate_after_stop.clear()
+        raise Terminated()
 
 
 def _disown_in_child() -> None:

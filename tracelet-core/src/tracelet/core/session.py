@@ -70,6 +70,7 @@ class RunSession:
                 flush_interval=self.settings.flush_interval,
                 buffer_size=self.settings.buffer_size,
                 capture_samples=self.settings.capture_samples,
+                media_bytes=int(self.settings.media_buffer_mb * 2**20),
             )
             if detector is not None:
                 orchestrator.detector = detector
