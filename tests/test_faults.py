@@ -219,3 +219,196 @@ def test_a_second_sigterm_during_stop_neither_restarts_nor_cuts_the_wait(tmp_pat
     assert child.wait(timeout=30) == 143
     took = time.monotonic() - first
     assert 6 - 1 < took < 6 + 2, f"exited {took:.1f} s after the first signal (flush_timeout 6)"
+
+
+FORKS = """
+import os, sys, threading, time
+import tracelet
+
+exp = tracelet.start_logging("parent", config={"flush_interval": 0.001})
+stop = threading.Event()
+
+def keep_logging():
+    step = 0
+    while not stop.is_set():
+        exp.log_metric("loss", 1.0, step)
+        step += 1
+
+writer = threading.Thread(target=keep_logging)
+writer.start()
+for trial in range(8):
+    time.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with tracelet.start_logging(f"child {trial}") as child:
+                child.log_metric("x", float(trial), 0)
+        except BaseException as error:
+            print("child failed:", repr(error), flush=True)
+            os._exit(2)
+        os._exit(0)
+    started = time.monotonic()
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), round(time.monotonic() - started, 2), flush=True)
+stop.set()
+writer.join()
+exp.stop()
+"""
+
+
+@pytest.mark.slow
+def test_a_forked_child_starts_its_own_run_at_once_while_the_parent_journals(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    children = [line.split() for line in done.stdout.splitlines()]
+    assert [code for code, _ in children] == ["0"] * 8, done.stdout
+    assert max(float(took) for _, took in children) < 5, "no child waited on a lock"
+    from tracelet.storage import LocalStore
+
+    store = LocalStore(tmp_path / ".tracelet")
+    runs = {run.name: run for run in store.list_runs()}
+    assert {f"child {i}" for i in range(8)} <= set(runs)
+    assert all(runs[f"child {i}"].status.value == "finished" for i in range(8))
+    assert store.metrics(runs["child 3"].id)[0][:3] == ("x", 3.0, 0)
+    assert runs["parent"].status.value == "finished"
+    store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs (skipped where mounting is not permitted), and a way to fill it."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder) -> None:
+    """Write zeros into ``folder/filler`` until the disk is full."""
+    with open(folder / "filler", "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_mid_run_holds_records_until_space_returns(small_disk, read_store):
+    import time
+
+    config = {"store_path": str(small_disk / "store")}
+    exp = tracelet.start_logging("full then free", config=config)
+    for step in range(1000):
+        exp.log_metric("loss", float(step), step)
+    assert exp.flush(timeout=30)
+    fill(small_disk)
+    for step in range(1000, 3000):  # the journal cannot take these now
+        exp.log_metric("loss", float(step), step)
+    time.sleep(1)
+    (small_disk / "filler").unlink()
+    exp.stop()
+    store = read_store(small_disk / "store")
+    assert [p[2] for p in store.metrics(exp.id)] == list(range(3000)), "nothing lost"
+    assert store.get_run(exp.id).status.value == "finished"
+
+
+def test_a_store_that_cannot_be_written_at_stop_has_a_defined_outcome(small_disk, capsys, caplog):
+    import logging
+    import time
+
+    from tracelet.storage import LocalStore
+
+    path = small_disk / "store"
+    config = {"store_path": str(path), "flush_timeout": 2}
+    exp = tracelet.start_logging("cannot finish", config=config)
+    for step in range(500):
+        exp.log_metric("loss", float(step), step)
+    assert exp.flush(timeout=30)
+    fill(small_disk)
+    for step in range(500, 1500):
+        exp.log_metric("loss", float(step), step)
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        started = time.monotonic()
+        exp.stop()  # no raw sqlite3 error reaches the caller
+        took = time.monotonic() - started
+    assert took < 2 + 3
+    assert "1000 record(s) were not journaled" in caplog.text, "reported with its count"
+    assert "could not be recorded" in caplog.text
+    store = LocalStore(path)  # readable while the disk is full
+    assert len(store.metrics(exp.id)) == 500
+    store.close()
+    capsys.readouterr()
+    assert cli(["--store", str(path), "list"]) == 0
+    assert "cannot finish" in capsys.readouterr().out
+    (small_disk / "filler").unlink()
+    store = LocalStore(path)
+    assert store.get_run(exp.id).status.value == "crashed", "the lock was released"
+    store.close()
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_store_deleted_or_replaced_mid_run_is_recreated_and_later_points_kept(
+    fault, tmp_path, read_store, caplog
+):
+    import logging
+
+    exp = tracelet.start_logging("moved under")
+    for step in range(100):
+        exp.log_metric("loss", float(step), step)
+    assert exp.flush(timeout=30)
+    store_dir = tmp_path / ".tracelet"
+    for part in store_dir.glob("tracelet.db*"):
+        part.unlink()
+    if fault == "replaced":
+        (store_dir / "tracelet.db").write_text("my notes, not a database")
+    with caplog.at_level(logging.ERROR, "tracelet"):
+        for step in range(100, 300):
+            exp.log_metric("loss", float(step), step)
+        exp.stop()
+    assert "was deleted or replaced while run" in caplog.text, "reported loudly"
+    store = read_store()
+    assert [p[2] for p in store.metrics(exp.id)] == list(range(100, 300))
+    assert store.get_run(exp.id).status.value == "finished"
+    if fault == "replaced":
+        (kept,) = store_dir.glob("tracelet.db.replaced-*")
+        assert kept.read_text() == "my notes, not a database"
+    with tracelet.start_logging("next run") as again:
+        again.log_metric("loss", 1.0, 0)
+    assert len(read_store().metrics(again.id)) == 1
+
+
+def test_a_read_only_store_is_readable_and_refuses_new_runs_clearly(small_disk, capsys):
+    import subprocess
+
+    from tracelet.exceptions import StoreError
+    from tracelet.storage import LocalStore
+
+    with tracelet.start_logging("before", config={"store_path": str(small_disk / "store")}) as e:
+        e.log_metric("loss", 1.0, 0)
+    view = small_disk.parent / "read-only"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(small_disk), str(view)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        store = LocalStore(view / "store")
+        assert len(store.metrics(e.id)) == 1, "readable"
+        store.close()
+        assert cli(["--store", str(view / "store"), "list"]) == 0
+        assert "before" in capsys.readouterr().out
+        with pytest.raises(StoreError, match="is read-only; it can be read"):
+            tracelet.start_logging("after", config={"store_path": str(view / "store")})
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)

@@ -34,7 +34,7 @@ from tracelet.records import (
     Tags,
     Text,
 )
-from tracelet.reporting import report_once
+from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
 from tracelet.values import check_name, check_step, to_metric_value
 
@@ -80,6 +80,8 @@ class Orchestrator:
         self._cycles = 0
         self._stopping = False
         self._abandoned = False
+        self._in_flight = 0
+        """Records the dispatcher is journaling now."""
         self._stop_deadline = float("inf")
         self._thread = threading.Thread(
             target=self._dispatch, name="tracelet-dispatcher", daemon=True
@@ -221,11 +223,12 @@ class Orchestrator:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.running:  # still encoding or writing at the deadline: leave it there
             self._abandoned = True
-            left = len(self.buffer) + self.unjournaled
+            left = len(self.buffer) + self.unjournaled + self._in_flight
             report_once(
                 f"tracelet run {self.run.id}",
                 f"{left} record(s) were not journaled before the {timeout:g}s flush timeout "
-                "(the journal was still busy, e.g. encoding images); they are lost",
+                "(the journal was still busy: encoding images, or a full or failing disk); "
+                "they are lost",
             )
         else:
             with self._drain_lock:
@@ -253,6 +256,7 @@ class Orchestrator:
             stopping = self._stopping
             try:
                 with self._drain_lock:
+                    self._check_store()
                     self._drain()
             except Exception as error:  # the dispatcher must outlive any bug
                 report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
@@ -270,12 +274,32 @@ class Orchestrator:
             with self._room:
                 self._room.notify_all()
             before = self.seq
+            self._in_flight = len(items)
             try:
                 self._journal(items)
             except BaseException:
                 if self.seq == before:  # nothing of it was written: keep it for the next try
                     buffer.extendleft(reversed(items))
                 raise
+            finally:
+                self._in_flight = 0
+
+    def _check_store(self) -> None:
+        """Notice a journal deleted or replaced under the run, and start a new one."""
+        if self.store.file_identity() == self.store.identity:
+            return
+        logger.error(
+            "tracelet: the local store %s was deleted or replaced while run %s was writing "
+            "to it; what it held is gone from there. A new one is created and the run goes on "
+            "in it from batch %d",
+            self.store.db_path,
+            self.run.id,
+            self.seq + 1,
+        )
+        self.store.reopen()
+        self.store.create_run(self.run)
+        for name in self.sinks:
+            self.store.ensure_cursor(self.run.id, name)
 
     def _journal(self, items: list[Any]) -> None:
         """Journal ``items`` as one batch, or one per checkpoint request they contain (so

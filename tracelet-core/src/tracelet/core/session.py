@@ -5,6 +5,7 @@ is the public face; a :class:`RunSession` is what it owns between ``start`` and 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import attrs
 from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.registry import PluginRegistry
+from tracelet.exceptions import StoreError
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.records import DeliveryState, RunInfo, RunStatus
 from tracelet.redaction import REDACTED, redact
@@ -62,6 +64,11 @@ class RunSession:
         self.backends = self._build_backends()
         store = self.store = LocalStore(self.settings.store_path)
         try:
+            if store.read_only:
+                raise StoreError(
+                    f"the local store at {store.path} is read-only; it can be read, but a run "
+                    "needs a store it can write: choose another store_path"
+                )
             self._lock = store.lock_run(info.id)
             info, resumed = self._create_run(store, info)
             orchestrator = self.orchestrator = Orchestrator(
@@ -184,7 +191,14 @@ class RunSession:
         assert self.orchestrator is not None
         assert self.store is not None
         undelivered = self.orchestrator.stop(status, timeout=flush_timeout)
-        self.store.finish_run(self.orchestrator.run.id, status)
+        try:
+            self.store.finish_run(self.orchestrator.run.id, status)
+        except sqlite3.Error as error:  # full, read-only or gone: the lock still goes
+            report_once(
+                f"tracelet run {self.orchestrator.run.id}",
+                f"its final status {status.value!r} could not be recorded ({error}); the "
+                f"store at {self.store.path} will show it as crashed",
+            )
         if self._lock is not None:
             self._lock.release(remove=True)
         self.store.close()

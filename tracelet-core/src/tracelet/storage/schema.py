@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 
 from tracelet.exceptions import StoreError
+from tracelet.storage.sql import transaction
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -126,8 +127,9 @@ def migrate(connection: sqlite3.Connection) -> int:
 
     Raises :class:`StoreError` when the store was written by a newer Tracelet.
     """
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    if connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return SCHEMA_VERSION  # current: nothing to write (a full or read-only disk is fine)
+    with transaction(connection):
         found = connection.execute("PRAGMA user_version").fetchone()[0]
         if found > SCHEMA_VERSION:
             raise StoreError(
@@ -138,8 +140,4 @@ def migrate(connection: sqlite3.Connection) -> int:
             for statement in MIGRATIONS[version - 1]:
                 connection.execute(statement)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
     return found

@@ -7,6 +7,8 @@ import math
 import sqlite3
 from typing import Any
 
+from tracelet.storage.forking import GATE
+
 NAN = math.nan
 
 
@@ -25,14 +27,23 @@ def finite_or_none(value: Any) -> float | None:
 
 
 class transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception; the whole
+    transaction holds the fork gate (:mod:`tracelet.storage.forking`)."""
 
     def __init__(self, con: sqlite3.Connection) -> None:
         self.con = con
 
     def __enter__(self) -> sqlite3.Connection:
-        self.con.execute("BEGIN IMMEDIATE")
+        GATE.__enter__()
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            GATE.__exit__()
+            raise
         return self.con
 
     def __exit__(self, kind: object, error: object, tb: object) -> None:
-        self.con.execute("ROLLBACK" if kind else "COMMIT")
+        try:
+            self.con.execute("ROLLBACK" if kind else "COMMIT")
+        finally:
+            GATE.__exit__()
