@@ -3,6 +3,10 @@
 It is the journal every record passes through before any backend sees it, the default
 backend, and what the analysis tools read. One :class:`LocalStore` is safe to share between
 threads (each thread gets its own connection) and between processes (SQLite's locking).
+
+This module holds the runs and the journal's write path; the file and its connections
+are in ``connections.py``, the read side in ``readers.py``, delivery cursors in
+``cursors.py``, and a fork's rules in ``forking.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -25,15 +28,13 @@ import attrs
 
 from tracelet.exceptions import StoreError
 from tracelet.records import Artifact, Batch, Image, MetricPoint, RunInfo, RunStatus, Text
+from tracelet.storage.connections import DB_NAME, StoreFile
 from tracelet.storage.cursors import CursorTable
-from tracelet.storage.forking import GATE, GatedConnection, track
 from tracelet.storage.locks import RunLock, is_locked
 from tracelet.storage.readers import RunReader
-from tracelet.storage.schema import migrate
 from tracelet.storage.sql import nan_of, transaction
 from tracelet.values import check_run_id
 
-DB_NAME = "tracelet.db"
 _EVENT_SQL = {
     "params": "SELECT batch, key, value FROM params",
     "tags": "SELECT batch, key, value FROM tags",
@@ -64,82 +65,22 @@ class StoredRun:
     config: Mapping[str, Any]
 
 
-class LocalStore(RunReader, CursorTable):
+class LocalStore(StoreFile, RunReader, CursorTable):
     """The SQLite journal and local backend under ``path`` (created if missing)."""
 
     def __init__(self, path: str | os.PathLike[str] = ".tracelet", *, recover: bool = True) -> None:
-        self.path = Path(path).expanduser().resolve()
-        self.db_path = self.path / DB_NAME
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._guard = threading.Lock()
+        super().__init__(path)
         self._run_pks: dict[str, int] = {}
-        track(self)
-        self._open()
         if recover:
             with contextlib.suppress(sqlite3.OperationalError):  # full or read-only disk:
                 self.recover_crashed()  # readers still get in
 
     # -- connections ---------------------------------------------------------------------
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit; transactions are explicit)."""
-        con = getattr(self._local, "con", None)
-        if con is None:
-            with GATE:  # opening takes SQLite's own locks: never across a fork
-                con = self._connect()
-            self._local.con = con
-            with self._guard:
-                self._connections.append(con)
-        return con
-
-    def _connect(self) -> sqlite3.Connection:
-        """A new connection; on a read-only disk a read-only one (no WAL files to make)."""
-        if self.read_only:
-            uri = f"{self.db_path.as_uri()}?mode=ro&immutable=1"
-            return sqlite3.connect(uri, uri=True, check_same_thread=False, factory=GatedConnection)
-        con = sqlite3.connect(
-            self.db_path,
-            isolation_level=None,
-            timeout=60.0,
-            check_same_thread=False,
-            factory=GatedConnection,
-        )
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        return con
-
-    @property
-    def read_only(self) -> bool:
-        """Whether the store's folder cannot be written (a read-only mount): it is read as is."""
-        return self.db_path.exists() and not os.access(self.path, os.W_OK)
-
-    def _open(self) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            migrate(self.connection())
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"cannot open the local store at {self.db_path}: {error}") from error
-        self.identity = self.file_identity()
-        """The database file this store opened (device, inode)."""
-
-    def file_identity(self) -> tuple[int, int] | None:
-        """The database file now at the store's path (device, inode); None if there is none."""
-        try:
-            stat = os.stat(self.db_path)
-        except OSError:
-            return None
-        return stat.st_dev, stat.st_ino
-
     def reopen(self) -> None:
         """Start over on a new database file after the one in use was deleted or replaced;
         a file that is not ours is moved aside (``tracelet.db.replaced-<time>``), kept."""
-        with GATE, self._guard:
-            for con in self._connections:
-                with contextlib.suppress(Exception):
-                    con.close()
-            self._connections = []
-        self._local = threading.local()
+        self.close()
         self._run_pks.clear()
         if self.db_path.exists():
             aside = self.db_path.with_name(f"{DB_NAME}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -148,24 +89,6 @@ class LocalStore(RunReader, CursorTable):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{self.db_path}{suffix}")
         self._open()
-
-    def forget_connections(self) -> None:
-        """In a forked child: close the connections inherited from the parent (none of its
-        threads exists here) and open new ones on demand."""
-        for con in self._connections:
-            with contextlib.suppress(Exception):
-                con.close()
-        self._connections = []
-        self._local = threading.local()
-        self._guard = threading.Lock()
-
-    def close(self) -> None:
-        """Close every connection this store opened."""
-        with GATE, self._guard:
-            for con in self._connections:
-                con.close()
-            self._connections.clear()
-        self._local = threading.local()
 
     def files_dir(self, run_id: str) -> Path:
         """Where the run's stored images and artifacts live."""
