@@ -570,6 +570,14 @@ def test_yaml_that_is_not_a_mapping_raises_naming_file(via, tmp_path, monkeypatc
     assert "mapping" in message.replace(str(path), "")  # tmp_path has the test name
 
 
+@pytest.mark.parametrize("via", VIAS)
+def test_a_backend_section_that_is_not_a_mapping_raises_naming_it(via, tmp_path):
+    path = write_yaml(tmp_path / "tracelet.yaml", "mlflow: 5\n")
+    with pytest.raises(ConfigurationError, match="the 'mlflow' section must hold") as error:
+        resolve(via)
+    assert str(path) in str(error.value)
+
+
 def test_spec_validation_example_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="nonexistent"):
         tracelet.start_logging(backend="nonexistent")

@@ -250,6 +250,12 @@ def read_config_file(
             f"{path} must hold a mapping of settings, not {type(data).__name__}"
         )
     sections = {k: v or {} for k, v in data.items() if isinstance(v, dict) or k in _SECTIONS}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigurationError(
+                f"{path}: the {name!r} section must hold that backend's options "
+                f"(a mapping), not {type(section).__name__} {section!r}"
+            )
     flat = {k: v for k, v in data.items() if k not in sections}
     return ConfigFile(path, normalise_keys(flat, source=str(path)), sections)
 
@@ -374,6 +380,5 @@ def stored_backend_options(
     stored = dict(run_config.get("backends", {}).get(backend, {}))
     withheld = {key for key, value in stored.items() if REDACTED in repr(value)}
     section = read_config_file().sections.get(backend, {})
-    section = section if isinstance(section, Mapping) else {}
     options = {k: v for k, v in stored.items() if k not in withheld} | dict(section)
     return options, withheld - set(section)

@@ -28,7 +28,6 @@ from tracelet.core.registry import PluginRegistry, registry_for
 from tracelet.exceptions import ConfigurationError, StoreError
 from tracelet.plugins import BackendRegistration, RunInfo, RunStatus
 from tracelet.records import DeliveryState
-from tracelet.redaction import REDACTED, redact
 from tracelet.settings import TraceletSettings, stored_backend_options
 from tracelet.storage import LocalStore, StoredRun
 from tracelet.storage.locks import is_locked
@@ -138,16 +137,11 @@ class _BackendSync:
         try:
             registration = self.registry.select_backends([name])[0]
             options = self._options(registration)
-            backend = self.registry.build_backend(name, options)
+            backend = registration.build(options)
         except Exception as error:
             return self._result(name, 0, describe_error(error))
         if not resumed:  # published here: later syncs go to the same place
-            secret = registration.secret_options
-            self.store.set_backend_options(
-                self.run.id,
-                name,
-                redact({k: REDACTED if k in secret else v for k, v in options.items()}),
-            )
+            self.store.set_backend_options(self.run.id, name, registration.stored_options(options))
             self.store.ensure_cursor(self.run.id, name)
         delivery = Delivery(
             backend,

@@ -17,7 +17,7 @@ from tracelet.core.registry import PluginRegistry
 from tracelet.exceptions import StoreError
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.records import DeliveryState, RunInfo, RunStatus
-from tracelet.redaction import REDACTED, redact
+from tracelet.redaction import redact
 from tracelet.reporting import report_once
 from tracelet.settings import RunSettings, TraceletSettings
 from tracelet.storage import LocalStore
@@ -45,6 +45,7 @@ class RunSession:
         self.registry = registry
         self.settings = run.settings
         self.backend_options = run.backend_options
+        self._registrations = registry.select_backends(self.settings.backend)
         self.store: LocalStore | None = None
         self.orchestrator: Orchestrator | None = None
         self.backends: list[BackendPlugin] = []
@@ -95,15 +96,16 @@ class RunSession:
     def _build_backends(self) -> list[BackendPlugin]:
         """Build every selected backend; bad options raise, a broken plugin is skipped."""
         built = []
-        for name in dict.fromkeys(self.settings.backend):  # each once, in order
-            options = self.backend_options.get(name, {})
+        for registration in self._registrations:
+            options = self.backend_options.get(registration.name, {})
             try:
-                built.append(self.registry.build_backend(name, options))
+                built.append(registration.build(options))
             except ValueError:  # ConfigurationError included: the user's to fix
                 raise
             except Exception as error:
                 report_once(
-                    f"tracelet backend {name!r}", f"could not be created ({error!r}); skipped"
+                    f"tracelet backend {registration.name!r}",
+                    f"could not be created ({error!r}); skipped",
                 )
         return built
 
@@ -114,7 +116,7 @@ class RunSession:
                 info, name=stored.name, project=stored.project, created_at=stored.created_at
             )
         info = attrs.evolve(info, store_path=str(store.path))
-        snapshot = redact({"settings": attrs.asdict(self.settings), "backends": self._options()})
+        snapshot = {"settings": redact(attrs.asdict(self.settings)), "backends": self._options()}
         store.create_run(info, backends=self.settings.backend, config=snapshot)
         if stored is None:
             return info, Resumed()
@@ -126,16 +128,10 @@ class RunSession:
         return info, Resumed(store.last_step(info.id), versions, frozenset(store.cursors(info.id)))
 
     def _options(self) -> dict[str, dict[str, Any]]:
-        """The backend options as stored: options declared secret are masked."""
-        secret = {
-            r.name: r.secret_options for r in self.registry.select_backends(self.settings.backend)
-        }
+        """The backend options as the journal keeps them (secrets masked)."""
         return {
-            name: {
-                key: REDACTED if key in secret.get(name, ()) and value is not None else value
-                for key, value in options.items()
-            }
-            for name, options in self.backend_options.items()
+            r.name: r.stored_options(self.backend_options.get(r.name, {}))
+            for r in self._registrations
         }
 
     @staticmethod

@@ -22,6 +22,7 @@ from tracelet.plugins.interfaces import (
     PluginType,
 )
 from tracelet.plugins.options import Option, check_options
+from tracelet.redaction import REDACTED, redact
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
@@ -87,6 +88,16 @@ class BackendRegistration:
     def check_options(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` checked against the declared options, defaults filled in."""
         return check_options(self.name, self.options, values)
+
+    def stored_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` as the journal keeps them: secret options masked, URIs without
+        their credentials (they still name the same place)."""
+        return redact(
+            {
+                key: REDACTED if key in self.secret_options and value is not None else value
+                for key, value in options.items()
+            }
+        )
 
     def build(self, options: Mapping[str, Any]) -> BackendPlugin:
         """A new backend, initialized with ``options`` once they are checked."""
