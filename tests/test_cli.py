@@ -213,7 +213,7 @@ def test_gc_removes_old_runs_and_says_so(capsys, tmp_path):
     running.stop()
     code, out, _ = cli(capsys, path, "gc")
     assert code == 0
-    assert "removed 0 run(s) older than 30 days" in out
+    assert "removed 0 run(s) older than their retention_days" in out
 
 
 @pytest.mark.slow

@@ -159,7 +159,8 @@ def test_every_constructor_argument_takes_effect(tmp_path, read_store):
     assert exp.store.tags(exp.id) == {"baseline": "", "notes": "first try"}
     kinds = [a["kind"] for a in seen]
     assert kinds == ["nan_or_inf"], "on_anomaly called; the loss-spike rule is off"
-    assert exp.automagic_config == {"frameworks": ["torch"]}
+    assert exp.automagic_config == tracelet.AutomagicConfig(frameworks={"torch"})
+    assert exp.settings.automagic_frameworks == {"torch"}
 
 
 def test_options_for_a_backend_the_run_does_not_use_are_an_error():

@@ -24,6 +24,8 @@ _EXPORTS = {
     "Orchestrator": "tracelet.core.orchestrator",
     "TraceletSettings": "tracelet.settings",
     "ExperimentConfig": "tracelet.settings",
+    "TracerConfig": "tracelet.config",
+    "AutomagicConfig": "tracelet.automagic",
     "TraceletException": "tracelet.exceptions",
     "ConfigurationError": "tracelet.exceptions",
     "BackendError": "tracelet.exceptions",
@@ -33,6 +35,9 @@ _EXPORTS = {
     "RunStatus": "tracelet.records",
     "ArtifactType": "tracelet.artifacts",
     "TraceletArtifact": "tracelet.artifacts",
+    "ArtifactFile": "tracelet.artifacts",
+    "ArtifactObject": "tracelet.artifacts",
+    "ArtifactReference": "tracelet.artifacts",
     "ArtifactResult": "tracelet.artifacts",
     "PluginInterface": "tracelet.plugins",
     "BackendPlugin": "tracelet.plugins",
@@ -63,7 +68,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
+    from tracelet.artifacts import (
+        ArtifactFile,
+        ArtifactObject,
+        ArtifactReference,
+        ArtifactResult,
+        ArtifactType,
+        TraceletArtifact,
+    )
+    from tracelet.automagic import AutomagicConfig
+    from tracelet.config import TracerConfig
     from tracelet.core.experiment import Experiment
     from tracelet.core.orchestrator import Orchestrator
     from tracelet.exceptions import (

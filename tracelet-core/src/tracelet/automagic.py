@@ -1,23 +1,111 @@
 """Automagic: describe hyperparameters, models and datasets without the user spelling them out.
 
-Every function here is pure (it only reads the object it is given) and returns plain
-parameters, ready for ``log_params``. Nothing is imported: a model is recognised by what it
-offers (``parameters()``, ``get_params()``), not by its library.
+:class:`AutomagicConfig` says what is looked at. Every function here is pure (it only
+reads the object it is given) and returns plain parameters, ready for ``log_params``.
+Nothing is imported: a model is recognised by what it offers (``parameters()``,
+``get_params()``), not by its library.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import inspect
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
+from tracelet.exceptions import ConfigurationError
 from tracelet.redaction import is_secret_key
+from tracelet.setting_kinds import Bool, Names, Number, setting
 from tracelet.values import ParamValue
 
-MAX_TEXT = 250
-"""Longest string kept as a hyperparameter (longer ones are file contents, not settings)."""
+VALUE_KINDS = frozenset({"bool", "int", "float", "str", "list"})
+"""Kinds of values automagic keeps as hyperparameters (``list``: lists and tuples of the
+others, logged as their text)."""
+
+
+def _value_kinds(value: Any) -> frozenset[str]:
+    kinds = frozenset(Names(unique=True).check("value_kinds", value) or ())
+    unknown = kinds - VALUE_KINDS
+    if unknown:
+        raise ConfigurationError(
+            f"AutomagicConfig value_kinds has unknown kind(s) {sorted(unknown)}; "
+            f"choose from {sorted(VALUE_KINDS)}"
+        )
+    return kinds
+
+
+def _frameworks(value: Any) -> frozenset[str] | None:
+    names = Names(unique=True, optional=True).check("frameworks", value)
+    if names is not None and not names:
+        raise ConfigurationError(
+            "AutomagicConfig frameworks is empty; give the integrations to attach "
+            "(None: the automagic_frameworks setting); to attach none, list their plugins "
+            "in disable_plugins"
+        )
+    return None if names is None else frozenset(names)
+
+
+@attrs.frozen(kw_only=True)
+class AutomagicConfig:
+    """What automagic capture looks at: ``Experiment(automagic=True, automagic_config=...)``.
+
+    Hyperparameters are the caller's local variables captured at start (and by
+    ``capture_hyperparams``), and the ``get_params()`` of models given to ``capture_model``.
+    Private names and names that say they hold a secret (``api_key``) are never kept.
+    """
+
+    frameworks: frozenset[str] | None = attrs.field(default=None, converter=_frameworks)
+    """Framework integrations to attach (None: the ``automagic_frameworks`` setting)."""
+    hyperparameters: bool = setting(True, Bool(), "Capture the caller's variables at start.")
+    value_kinds: frozenset[str] = attrs.field(default=VALUE_KINDS, converter=_value_kinds)
+    """Kinds of values kept (:data:`VALUE_KINDS`)."""
+    include: tuple[str, ...] = attrs.field(default=(), converter=lambda v: tuple(_patterns(v)))
+    """Shell-style patterns (``lr*``); when given, a name must match one to be kept."""
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=lambda v: tuple(_patterns(v)))
+    """Shell-style patterns of names never kept."""
+    max_string_length: int = setting(250, Number(int, 0), "Longest string kept.")
+    max_list_length: int = setting(16, Number(int, 0), "Most items of a list kept.")
+
+    def keeps(self, name: str) -> bool:
+        """Whether a variable called ``name`` may be captured."""
+        if name.startswith("_") or is_secret_key(name):
+            return False
+        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    def value(self, value: Any) -> ParamValue | None:
+        """``value`` as a parameter, or None when it is not of a kind kept."""
+        if self._simple(value):
+            return value
+        if (
+            "list" in self.value_kinds
+            and isinstance(value, list | tuple)
+            and len(value) <= self.max_list_length
+            and all(map(self._simple, value))
+        ):
+            return str(list(value))
+        return None
+
+    def _simple(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return "bool" in self.value_kinds
+        if isinstance(value, str):
+            return "str" in self.value_kinds and len(value) <= self.max_string_length
+        if isinstance(value, int):
+            return "int" in self.value_kinds
+        return isinstance(value, float) and "float" in self.value_kinds
+
+
+def _patterns(value: Any) -> list[str]:
+    return list(Names().check("pattern", value) or ())
+
+
+DEFAULT = AutomagicConfig()
 
 
 def users_namespace() -> Mapping[str, Any]:
@@ -32,33 +120,26 @@ def _in_tracelet(module: str) -> bool:
     return module == "tracelet" or module.startswith("tracelet.")
 
 
-def hyperparameters_in(namespace: Mapping[str, Any]) -> dict[str, ParamValue]:
-    """The names in ``namespace`` that look like hyperparameters.
+def hyperparameters_in(
+    namespace: Mapping[str, Any], config: AutomagicConfig = DEFAULT
+) -> dict[str, ParamValue]:
+    """The names in ``namespace`` that look like hyperparameters under ``config``.
 
-    Kept: public names bound to a bool, int, float, short str, or a short list/tuple of
-    those. Skipped: private names, names that say they hold a secret (``api_key``,
-    ``token`` ...), modules, classes, functions, and everything else.
+    By default kept: public names bound to a bool, int, float, short str, or a short
+    list/tuple of those. Skipped: private names, names that say they hold a secret
+    (``api_key``, ``token`` ...), modules, classes, functions, and everything else.
     """
     found: dict[str, ParamValue] = {}
     for name, value in namespace.items():
-        if name.startswith("_") or inspect.ismodule(value) or callable(value):
+        if inspect.ismodule(value) or callable(value) or not config.keeps(name):
             continue
-        if is_secret_key(name):
-            continue
-        if _is_simple(value):
-            found[name] = value
-        elif isinstance(value, list | tuple) and len(value) <= 16 and all(map(_is_simple, value)):
-            found[name] = str(list(value))
+        kept = config.value(value)
+        if kept is not None:
+            found[name] = kept
     return found
 
 
-def _is_simple(value: Any) -> bool:
-    if isinstance(value, str):
-        return len(value) <= MAX_TEXT
-    return isinstance(value, bool | int | float)
-
-
-def describe_model(model: Any) -> dict[str, ParamValue]:
+def describe_model(model: Any, config: AutomagicConfig = DEFAULT) -> dict[str, ParamValue]:
     """Class, and parameter counts (PyTorch-style ``parameters()``) or estimator parameters
     (scikit-learn-style ``get_params()``) when the model offers them."""
     found: dict[str, ParamValue] = {
@@ -74,7 +155,8 @@ def describe_model(model: Any) -> dict[str, ParamValue]:
     if callable(get_params):
         params = get_params()
         if isinstance(params, Mapping):
-            found.update({f"params/{k}": v for k, v in hyperparameters_in(params).items()})
+            kept = hyperparameters_in(params, config)
+            found.update({f"params/{k}": v for k, v in kept.items()})
     return found
 
 

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracelet.core.experiment import Experiment
 from tracelet.settings import TraceletSettings
+
+if TYPE_CHECKING:
+    from tracelet.config import TracerConfig
 
 _active: Experiment | None = None
 _guard = threading.RLock()
@@ -86,14 +89,33 @@ def _deactivate(experiment: Experiment) -> None:
 # -- the short form ----------------------------------------------------------------------
 
 
-def init(project: str, run_name: str | None = None, **config: Any) -> Experiment:
+def init(
+    project: str | None = None,
+    run_name: str | None = None,
+    *,
+    config: TracerConfig | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Experiment:
     """Start a run in ``project`` (the short form of :func:`start_logging`).
 
-    Keyword arguments are the same ``config`` keys ``start_logging`` takes, ``backend``
-    included: ``tracelet.init(project="nlp", backend="mlflow", tags=["baseline"])``.
+    ``config`` is a :class:`~tracelet.config.TracerConfig` (or a ``config=`` mapping of
+    ``start_logging``). Keyword arguments are the same keys ``start_logging``'s ``config``
+    takes, ``backend`` and every ``TracerConfig`` field included, and win over ``config``:
+    ``tracelet.init(project="nlp", backend="mlflow", tags=["baseline"], max_workers=2)``.
+    Without ``project``, the project comes from ``config`` or the ``project`` setting.
     """
-    backend = config.pop("backend", None)
-    return start_logging(run_name, project=project, backend=backend, config=config)
+    from tracelet.config import TracerConfig
+
+    if isinstance(config, TracerConfig):
+        options = {**config.as_config(), **options}
+    elif isinstance(config, Mapping):
+        options = {**config, **options}
+    elif config is not None:
+        raise TypeError(
+            f"config must be a TracerConfig or a dict of settings, not {type(config).__name__}"
+        )
+    backend = options.pop("backend", None)
+    return start_logging(run_name, project=project, backend=backend, config=options)
 
 
 def log(metrics: Mapping[str, Any], step: int | None = None) -> None:

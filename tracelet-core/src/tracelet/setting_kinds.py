@@ -86,11 +86,14 @@ class Str(Kind):
 class Names(Kind):
     """A list (or set) of strings; a single string or a comma-separated one also works."""
 
-    def __init__(self, unique: bool = False) -> None:
+    def __init__(self, unique: bool = False, optional: bool = False) -> None:
         self.unique = unique
-        self.name = "a list of strings"
+        self.optional = optional
+        self.name = "a list of strings" + (" or null" if optional else "")
 
-    def check(self, key: str, value: Any) -> list[str] | set[str]:
+    def check(self, key: str, value: Any) -> list[str] | set[str] | None:
+        if value is None and self.optional:
+            return None
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list | tuple | set | frozenset) or not all(
@@ -101,6 +104,8 @@ class Names(Kind):
 
 
 def setting(default: Any, kind: Kind, doc: str) -> Any:
+    """An attrs field holding a setting of ``kind`` (``default=attrs.NOTHING``: required)."""
+
     def convert(value: Any, _self: Any, field: attrs.Attribute) -> Any:
         return kind.check(field.name, value)
 

@@ -56,6 +56,10 @@ class TraceletSettings:
     buffer_size: int = setting(
         200_000, Number(int, 1), "Records buffered in memory before the caller waits."
     )
+    async_writes: bool = setting(
+        True, Bool(), "Journal on a background thread (off: each logging call waits for it)."
+    )
+    max_workers: int = setting(4, Number(int, 1), "Most threads delivering to backends at once.")
     media_buffer_mb: float = setting(
         512.0, Number(float, 1.0), "Megabytes of images held in memory before `log_image` waits."
     )
@@ -87,6 +91,9 @@ class TraceletSettings:
         "track_git_info": "track_git",
         "track_environment": "track_env",
         "storage_path": "store_path",
+        "project_name": "project",
+        "track_system_metrics": "track_system",
+        "write_buffer_size": "buffer_size",
     }
 
     @classmethod

@@ -121,8 +121,9 @@ class _BackendSync:
         """Sync the run into backend ``name``; a backend call that hangs past the deadline
         is left behind on its own thread, so sync still ends on time."""
         outcome: list[SyncResult] = []
+        deliveries: list[Delivery] = []
         worker = threading.Thread(
-            target=lambda: outcome.append(self._sync(name)),
+            target=lambda: outcome.append(self._sync(name, deliveries)),
             name=f"tracelet-sync-{name}",
             daemon=True,
         )
@@ -130,9 +131,11 @@ class _BackendSync:
         worker.join(max(0.0, self.deadline - time.monotonic()) + HANG_GRACE)
         if outcome:
             return outcome[0]
+        for delivery in deliveries:  # once the hung call returns, it touches nothing
+            delivery.abandon()
         return self._result(name, 0, "a call to the backend did not return", timed_out=True)
 
-    def _sync(self, name: str) -> SyncResult:
+    def _sync(self, name: str, deliveries: list[Delivery]) -> SyncResult:
         resumed = name in self.store.cursors(self.run.id)
         try:
             registration = self.registry.select_backends([name])[0]
@@ -151,6 +154,7 @@ class _BackendSync:
             on_update=self._observe,
         )
         delivery.deadline = self.deadline
+        deliveries.append(delivery)
         first = self.store.get_cursor(self.run.id, name)
         try:
             done = delivery.open(resumed) and delivery.finish(self.run.status)

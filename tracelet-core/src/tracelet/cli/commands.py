@@ -20,6 +20,7 @@ import attrs
 from tracelet.analysis.query import QueryEngine
 from tracelet.exceptions import NotFoundError
 from tracelet.settings import TraceletSettings
+from tracelet.storage.store import StoredRun
 
 if TYPE_CHECKING:
     from tracelet.records import DeliveryState
@@ -299,15 +300,24 @@ class SyncProgress:
 
 
 def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
-    """``tracelet gc``: remove finished runs older than ``retention_days``."""
-    days = args.days if args.days is not None else TraceletSettings.load().retention_days
-    if not math.isfinite(days) or days < 0:
-        raise ValueError(f"--older-than must be a number of days >= 0, got {days}")
-    cutoff = time.time() - days * 86_400
+    """``tracelet gc``: remove finished runs older than their ``retention_days`` (the value
+    each run was started with; the setting's today for runs that recorded none), or than
+    ``--older-than`` days for every run."""
+    if args.days is not None and (not math.isfinite(args.days) or args.days < 0):
+        raise ValueError(f"--older-than must be a number of days >= 0, got {args.days}")
+    default_days = TraceletSettings.load().retention_days
+    now = time.time()
+
+    def retention(run: StoredRun) -> float:
+        if args.days is not None:
+            return float(args.days)
+        return float(run.config.get("settings", {}).get("retention_days", default_days))
+
     old = [
         r
         for r in engine.store.list_runs()
-        if r.status.value != "running" and (r.ended_at or r.created_at) < cutoff
+        if r.status.value != "running"
+        and (r.ended_at or r.created_at) < now - retention(r) * 86_400
     ]
     backlog = [r for r in old if engine.store.undelivered(r.id)]
     if not args.force:
@@ -321,8 +331,12 @@ def gc(engine: QueryEngine, args: argparse.Namespace) -> int:
     for run in old:
         if not args.dry_run:
             engine.store.delete_run(run.id)
-        print(f"{verb} {run.id[:12]} {run.name!r} ({run.project}, {when(run.created_at)})")
-    print(f"{verb} {len(old)} run(s) older than {days:g} days from {engine.store.path}")
+        print(
+            f"{verb} {run.id[:12]} {run.name!r} ({run.project}, {when(run.created_at)}, "
+            f"kept {retention(run):g} days)"
+        )
+    limit = f"{args.days:g} days" if args.days is not None else "their retention_days"
+    print(f"{verb} {len(old)} run(s) older than {limit} from {engine.store.path}")
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import attrs
 
-from tracelet.core.retry import RetryPolicy
+from tracelet.core.retry import DelayIterator, RetryPolicy
 from tracelet.exceptions import ConfigurationError, PermanentBackendError, RejectedBatchError
 from tracelet.plugins import BackendPlugin
 from tracelet.records import Batch, DeliveryPhase, DeliveryState, RunInfo, RunStatus
@@ -28,6 +28,20 @@ from tracelet.storage import LocalStore
 
 READ_AHEAD = 16
 """Batches read from the journal at a time while catching up."""
+
+
+class BackingOff(Exception):
+    """Raised by a :class:`Delivery` that does not wait on its thread (``waits=False``)
+    instead of sleeping through a backoff: call the same step again at ``until`` (a
+    ``time.monotonic()`` value); the delivery picks up where it left off."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
+
+
+class _Abandoned(Exception):
+    """The delivery was abandoned: the journal must not be touched."""
 
 
 class Cursor(Protocol):
@@ -93,10 +107,11 @@ class MemoryCursor:
 class Delivery:
     """Delivers one run's batches to one backend.
 
-    Every step runs on one thread (the sink's, or the caller's in ``tracelet sync``); only
-    :meth:`note_journaled` is called from another (the dispatcher). ``deadline`` (a
-    ``time.monotonic()`` value) bounds the retries; ``abort`` ends them at once; setting
-    ``wakeup`` cuts a backoff short (a recovered backend is tried at once).
+    One step runs at a time (on a delivery worker, or the caller's thread in ``tracelet
+    sync``); only :meth:`note_journaled` is called from elsewhere (the dispatcher).
+    ``deadline`` (a ``time.monotonic()`` value) bounds the retries; :meth:`abandon` ends
+    them at once. With ``waits`` (the default) a backoff sleeps on the calling thread, and
+    setting ``wakeup`` cuts it short; without, a step raises :class:`BackingOff` instead.
     """
 
     def __init__(
@@ -109,6 +124,7 @@ class Delivery:
         retry: RetryPolicy | None = None,
         journaled: int = 0,
         on_update: Callable[[DeliveryState], object] | None = None,
+        waits: bool = True,
     ) -> None:
         self.backend = backend
         self.journal = journal
@@ -119,7 +135,13 @@ class Delivery:
         """Told every change of the state: each batch delivered, each failed try."""
         self.deadline = float("inf")
         self.abort = threading.Event()
+        """Set by :meth:`abandon`: nothing more is tried, and the journal is not touched."""
         self.wakeup = threading.Event()
+        self._journal_use = threading.Lock()
+        """Held around every use of the journal, so :meth:`abandon` can wait one out."""
+        self.waits = waits
+        self._delays: DelayIterator | None = None
+        """The backoff of the failure episode in progress (None: the last try succeeded)."""
         self._down_since: float | None = None
         self._journaled = journaled
         self._journaled_lock = threading.Lock()
@@ -150,7 +172,9 @@ class Delivery:
     def open(self, resumed: bool) -> bool:
         """Read the cursor, start the backend and open the run; False if it gave up."""
         delivered: list[int] = []
-        if not self._attempt("reading its cursor", lambda: delivered.append(self.cursor.load())):
+        if not self._attempt(
+            "reading its cursor", lambda: delivered.append(self.cursor.load()), remote=False
+        ):
             return False
         self._update(delivered=delivered[0])
 
@@ -188,14 +212,18 @@ class Delivery:
         """Deliver the journaled batches after the cursor up to ``upto`` (default: all)."""
         last: list[int] = []
         if upto is None:
-            if not self._attempt("reading the journal", lambda: last.append(self._last_seq())):
+            if not self._attempt(
+                "reading the journal", lambda: last.append(self._last_seq()), remote=False
+            ):
                 return False
             upto = last[0]
         self.note_journaled(upto)
         batches: list[Batch] = []
         while self.delivered < upto:
             batches.clear()
-            if not self._attempt("reading the journal", lambda: batches.extend(self._read(upto))):
+            if not self._attempt(
+                "reading the journal", lambda: batches.extend(self._read(upto)), remote=False
+            ):
                 return False
             if not batches or batches[0].seq != self.delivered + 1:
                 return self._fail_for_good(
@@ -212,7 +240,7 @@ class Delivery:
             return False
         if not self._attempt("finish", lambda: self.backend.finish_run(status)):
             return False
-        if self._attempt("recording the final status", self.cursor.finished):
+        if self._attempt("recording the final status", self.cursor.finished, remote=False):
             self._update(finished=True)
         return True
 
@@ -221,6 +249,14 @@ class Delivery:
         deadline passed): they wait in the journal for ``tracelet sync``."""
         if self.state.pending and self._state.phase is not DeliveryPhase.FAILED:
             self._update(phase=DeliveryPhase.STOPPED)
+
+    def abandon(self) -> None:
+        """Stop this delivery where it is (its owner is closing the journal): wait for a
+        use of the journal in progress to end (they are short; a backend call may go on,
+        but nothing after it touches the journal), and try nothing more."""
+        with self._journal_use:
+            self.abort.set()
+        self.wakeup.set()
 
     def release(self) -> None:
         """Stop the backend if it was started, whether or not delivery completed."""
@@ -233,36 +269,57 @@ class Delivery:
 
     # -- retries and reports -------------------------------------------------------------
 
-    def _attempt(self, what: str, action: Callable[[], object], refusable: bool = False) -> bool:
+    def _attempt(
+        self,
+        what: str,
+        action: Callable[[], object],
+        refusable: bool = False,
+        remote: bool = True,
+    ) -> bool:
         """Run ``action`` until it succeeds (True) or delivery must give up (False).
 
         A :class:`RejectedBatchError` propagates when ``refusable`` (a batch the tool
-        refuses); anywhere else it, like a ConfigurationError, is a permanent failure.
+        refuses); anywhere else it, like a ConfigurationError, is a permanent failure. Only
+        a ``remote`` action (a call into the backend) that succeeds ends a failure episode:
+        reading the journal between tries neither resets the backoff nor the phase.
         """
-        delays = self.retry.delays()
         while not self.abort.is_set() and not self.failed:
             try:
-                action()
+                action() if remote else self._using_journal(action)
+            except _Abandoned:
+                return False
             except RejectedBatchError as error:
                 if not refusable:
                     return self._fail_for_good(f"{what}: {describe_error(error)}")
-                self._recovered()
+                if remote:
+                    self._recovered()
                 raise
             except (PermanentBackendError, ConfigurationError) as error:
                 return self._fail_for_good(f"{what}: {describe_error(error)}")
             except Exception as error:
                 self._retrying(what, error)
-                wait = min(next(delays), self.deadline - time.monotonic())
-                if wait <= 0:
+                if self.deadline <= time.monotonic():
                     return False
-                self.wakeup.wait(wait)
-                self.wakeup.clear()
+                self._back_off()
                 continue
-            self._recovered()
+            if remote:
+                self._recovered()
             return True
         return False
 
+    def _back_off(self) -> None:
+        """Wait the next delay of this failure episode (never past ``deadline``), or raise
+        :class:`BackingOff` when the delivery does not wait on its thread."""
+        if self._delays is None:
+            self._delays = self.retry.delays()
+        until = min(time.monotonic() + next(self._delays), self.deadline)
+        if not self.waits:
+            raise BackingOff(until)
+        self.wakeup.wait(max(0.0, until - time.monotonic()))
+        self.wakeup.clear()
+
     def _recovered(self) -> None:
+        self._delays = None
         if self._state.phase is DeliveryPhase.RETRYING:
             self._update(phase=DeliveryPhase.DELIVERING, error=None)
 
@@ -315,11 +372,12 @@ class Delivery:
             changes["since"] = time.time()
         self._state = attrs.evolve(before, **changes)  # type: ignore[arg-type]
         state = self.state
-        if not self.abort.is_set():  # once aborted, the store may be closed: leave it be
-            try:  # the in-memory state drives this delivery; the stored one serves `sync`
-                self.cursor.save(state)
-            except Exception as error:
-                logger.warning("tracelet backend %r: cursor not saved (%r)", self.name, error)
+        try:  # the in-memory state drives this delivery; the stored one serves `sync`
+            self._using_journal(lambda: self.cursor.save(state))
+        except _Abandoned:
+            pass  # the store may be closed: leave it be
+        except Exception as error:
+            logger.warning("tracelet backend %r: cursor not saved (%r)", self.name, error)
         if self.on_update is not None:
             self.on_update(state)
         back = state.phase is DeliveryPhase.DELIVERING and not state.pending
@@ -331,6 +389,13 @@ class Delivery:
                 state.delivered,
             )
             self._down_since = None
+
+    def _using_journal(self, action: Callable[[], object]) -> None:
+        """Run ``action`` (a use of the journal) unless the delivery was abandoned."""
+        with self._journal_use:
+            if self.abort.is_set():
+                raise _Abandoned
+            action()
 
     def _last_seq(self) -> int:
         return self.journal.last_seq(self.run.id)

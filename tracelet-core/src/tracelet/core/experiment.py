@@ -26,12 +26,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from tracelet.automagic import AutomagicConfig
 from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, registry_for
 from tracelet.core.session import RunSession
+from tracelet.gradients import selected_stats
 from tracelet.media import PendingImage
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.records import (
@@ -74,8 +76,9 @@ class Experiment:
     ``config`` (an :class:`ExperimentConfig`), ``automagic``, ``artifacts`` and
     ``automagic_artifacts`` are per-run synonyms of settings; ``options`` takes what
     ``start_logging``'s ``config=`` takes (settings, run keys, backend options in any form),
-    ``backend_options`` the nested form only. ``automagic_config`` is kept for automagic
-    capture.
+    ``backend_options`` the nested form only. ``automagic_config`` (an
+    :class:`~tracelet.automagic.AutomagicConfig`, or a dict of its fields) says what
+    automagic capture looks at.
     """
 
     def __init__(
@@ -85,7 +88,7 @@ class Experiment:
         backend: list[str] | str | None = None,
         tags: list[str] | None = None,
         automagic: bool = False,
-        automagic_config: Any = None,
+        automagic_config: AutomagicConfig | Mapping[str, Any] | None = None,
         artifacts: bool = False,
         automagic_artifacts: bool = False,
         *,
@@ -106,6 +109,8 @@ class Experiment:
                 "(a dict of settings goes to tracelet.start_logging(config=...) or options=)"
             )
         self._registry = registry
+        self.automagic_config = _automagic_config(automagic_config)
+        """What automagic capture looks at (:class:`~tracelet.automagic.AutomagicConfig`)."""
         flags = {"enable_automagic": automagic, "enable_artifacts": artifacts}
         flags["automagic_artifacts"] = automagic_artifacts
         run = resolve_run(
@@ -117,12 +122,12 @@ class Experiment:
             arguments={
                 "project": project,
                 "backend": backend,
+                "automagic_frameworks": self.automagic_config.frameworks,
                 **{k: True for k, v in flags.items() if v},
             },
         )
         self.settings = run.settings
         self.config = config or ExperimentConfig(**flags)
-        self.automagic_config = automagic_config
         self._run = run
         keys = run.run_keys
         self._name = name or keys.get("run_name") or self.settings.experiment_name or _new_name()
@@ -176,7 +181,10 @@ class Experiment:
         assert session.orchestrator is not None
         orchestrator = session.orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
-        self._append = orchestrator.buffer.append  # callers check capacity first
+        # callers check capacity first; without async writes, each call journals
+        self._append = (
+            orchestrator.buffer.append if self.settings.async_writes else orchestrator.put_journaled
+        )
         self._append_metric = self._append if self.settings.track_metrics else _dropped
         self._artifacts = ArtifactLogger(
             info, session.store, self._put, session.backends, resumed.versions
@@ -188,10 +196,10 @@ class Experiment:
         process.running.add(self)
         session.start_helpers(self)
         self._registry.announce("tracelet_run_started", experiment=self)
-        if self.settings.enable_automagic:
+        if self.settings.enable_automagic and self.automagic_config.hyperparameters:
             from tracelet.automagic import hyperparameters_in, users_namespace
 
-            found = hyperparameters_in(users_namespace())
+            found = hyperparameters_in(users_namespace(), self.automagic_config)
             if found:
                 self.log_params(found)
         return self
@@ -356,11 +364,20 @@ class Experiment:
         self._put(Sample(data, self._iteration, _time()))
 
     def log_gradient_stats(self, stats: Mapping[str, Any], step: int | None = None) -> None:
-        """Log gradient statistics (``{"total_norm": 1.3, ...}``) as ``grad/...`` metrics; the
-        latest are kept with each checkpoint."""
-        values = {f"grad/{name}": value for name, value in stats.items()}
+        """Log gradient statistics (``{"total_norm": 1.3, "fc1.weight/norm": 0.2}``) as
+        ``grad/...`` metrics; the latest are kept with each checkpoint.
+
+        Nothing is kept with ``track_gradients`` off; with ``gradient_layers``, per-layer
+        statistics only of those layers (see :mod:`tracelet.gradients`)."""
+        if not isinstance(stats, Mapping):
+            raise TypeError(f"stats must be a dict of name to value, not {type(stats).__name__}")
+        checked = {check_name(f"grad/{n}"): to_metric_value(n, v) for n, v in stats.items()}
+        if not self.settings.track_gradients:
+            return
+        layers = self.settings.gradient_layers
+        values = {f"grad/{n}": checked[f"grad/{n}"] for n in selected_stats(stats, layers)}
         self.log_metrics(values, step)
-        self._gradients = {k: to_metric_value(k, v) for k, v in values.items()}
+        self._gradients = values
 
     def log_text(self, name: str, text: str, step: int | None = None) -> None:
         """Log a piece of text at ``step`` (default: the current iteration)."""
@@ -460,12 +477,13 @@ class Experiment:
     def capture_hyperparams(self) -> dict[str, Any]:
         """Log the caller's local variables that look like hyperparameters; return them.
 
-        Public names bound to numbers, bools, short strings or short lists of those are
-        kept (``lr = 0.01``, ``layers = [64, 32]``); modules, functions and objects are not.
+        By default, public names bound to numbers, bools, short strings or short lists of
+        those are kept (``lr = 0.01``, ``layers = [64, 32]``); modules, functions and objects
+        are not. ``automagic_config`` narrows or widens this.
         """
         from tracelet.automagic import hyperparameters_in
 
-        found = hyperparameters_in(sys._getframe(1).f_locals)
+        found = hyperparameters_in(sys._getframe(1).f_locals, self.automagic_config)
         if found:
             self.log_params(found)
         return found
@@ -474,7 +492,7 @@ class Experiment:
         """Log a description of ``model`` as ``model/...`` parameters; return it."""
         from tracelet.automagic import describe_model
 
-        found = describe_model(model)
+        found = describe_model(model, self.automagic_config)
         self.log_params({"model": found})
         return found
 
@@ -608,6 +626,19 @@ class Experiment:
     def __repr__(self) -> str:
         state = self._status.value if self._status else "not started"
         return f"<Experiment {self._name!r} id={self._id[:8]} project={self.project!r} {state}>"
+
+
+def _automagic_config(given: AutomagicConfig | Mapping[str, Any] | None) -> AutomagicConfig:
+    if given is None:
+        return AutomagicConfig()
+    if isinstance(given, AutomagicConfig):
+        return given
+    if isinstance(given, Mapping):
+        return AutomagicConfig(**given)
+    raise TypeError(
+        f"automagic_config must be an AutomagicConfig (or a dict of its fields), "
+        f"not {type(given).__name__}"
+    )
 
 
 def _dropped(record: object) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from tracelet.core.journaling import write_batch
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
+from tracelet.core.workers import DeliveryWorkers
 from tracelet.media import PendingArtifact, PendingImage
 from tracelet.plugins import BackendPlugin
 from tracelet.records import (
@@ -55,6 +56,7 @@ class Orchestrator:
         retry: RetryPolicy | None = None,
         capture_samples: int = 5,
         media_bytes: int = 512 * 2**20,
+        max_workers: int = 4,
     ) -> None:
         self.store = store
         self.run = run
@@ -67,6 +69,8 @@ class Orchestrator:
         self.flush_interval = flush_interval
         self.retry = retry or RetryPolicy()
         self.sinks: dict[str, BackendSink] = {}
+        self.workers = DeliveryWorkers(max_workers)
+        """The threads delivering to backends (at most ``max_workers``, shared)."""
         self.seq = store.last_seq(run.id)
         self.unjournaled = 0
         self.samples: deque[Sample] = deque(maxlen=capture_samples)
@@ -117,6 +121,18 @@ class Orchestrator:
             self.wait_for_room()
         self.buffer.append(record)
 
+    def put_journaled(self, record: Any) -> None:
+        """Queue ``record`` and journal it, with everything queued before it, before
+        returning (``async_writes`` off). A failure is reported; the dispatcher retries."""
+        self.buffer.append(record)
+        if not self.running:
+            return
+        try:
+            with self._drain_lock:
+                self._drain()
+        except Exception as error:
+            report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
+
     def put_media(self, image: PendingImage) -> None:
         """Queue an image, waiting while the images queued hold ``media_capacity`` bytes or
         more (one image larger than that still goes through an empty queue)."""
@@ -153,6 +169,7 @@ class Orchestrator:
             backend,
             self.store,
             self.run,
+            self.workers,
             resumed=resumed,
             journaled=self.seq,
             retry=self.retry,
@@ -169,13 +186,14 @@ class Orchestrator:
         The backend's run is left open. Returns whether it caught up in time.
         """
         name = backend if isinstance(backend, str) else backend.name
-        sink = self.sinks.pop(name, None)
-        if sink is None:
+        if name not in self.sinks:
             raise ValueError(
                 f"no backend named {name!r} is attached (attached: {list(self.sinks)})"
             )
-        self.flush(timeout=0)
-        sink.close(None, time.monotonic() + (float("inf") if timeout is None else timeout))
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        self._journal_now(deadline)
+        sink = self.sinks.pop(name)
+        sink.close(None, deadline)
         return sink.join(timeout) and sink.cursor >= self.seq
 
     # -- flush and stop ------------------------------------------------------------------
@@ -187,9 +205,7 @@ class Orchestrator:
         The dispatcher does the journaling; the caller only waits for it.
         """
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
-        if threading.current_thread() is self._thread:
-            self._drain()  # called from a hook running on the dispatcher itself
-        elif not self._journal_queued(deadline):
+        if not self._journal_now(deadline):
             return False
         target = self.seq
         while any(s.cursor < target and not s.finished for s in self.sinks.values()):
@@ -197,6 +213,13 @@ class Orchestrator:
                 return False
             time.sleep(0.01)
         return all(s.cursor >= target for s in self.sinks.values())
+
+    def _journal_now(self, deadline: float) -> bool:
+        """Have everything queued so far journaled (by ``deadline``); True if it was."""
+        if threading.current_thread() is self._thread:
+            self._drain()  # called from a hook running on the dispatcher itself
+            return True
+        return self._journal_queued(deadline)
 
     def _journal_queued(self, deadline: float) -> bool:
         """Wait until a whole dispatcher cycle has begun and ended since this call."""
@@ -237,6 +260,7 @@ class Orchestrator:
             sink.close(status, deadline)
         for sink in self.sinks.values():
             sink.join(max(0.0, deadline - time.monotonic()))
+        self.workers.close()
         return self.undelivered()
 
     def delivery(self) -> dict[str, DeliveryState]:

@@ -79,6 +79,7 @@ class RunSession:
                 buffer_size=self.settings.buffer_size,
                 capture_samples=self.settings.capture_samples,
                 media_bytes=int(self.settings.media_buffer_mb * 2**20),
+                max_workers=self.settings.max_workers,
             )
             if detector is not None:
                 orchestrator.detector = detector

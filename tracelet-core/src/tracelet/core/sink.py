@@ -1,9 +1,11 @@
-"""One backend's live delivery line: its own thread and bounded queue around a :class:`Delivery`.
+"""One backend's live delivery line: a bounded queue around a :class:`Delivery`, run in slices
+by the run's :class:`~tracelet.core.workers.DeliveryWorkers`.
 
 The dispatcher offers every journaled batch to each sink. A sink whose queue is full simply
 lets the batch go: it is in the journal, and the sink reads it back from there when it sees
 a gap between its cursor and the next batch it is offered. So memory stays bounded, a slow
-or failing backend delays nobody, and nothing is lost.
+or failing backend delays nobody, and nothing is lost. A sink backing off after a failure
+holds no thread while it waits.
 """
 
 from __future__ import annotations
@@ -12,22 +14,27 @@ import contextlib
 import queue
 import threading
 
-from tracelet.core.delivery import Delivery
+from tracelet.core.delivery import BackingOff, Delivery
 from tracelet.core.retry import RetryPolicy
+from tracelet.core.workers import DeliveryWorkers, Next
 from tracelet.plugins import BackendPlugin
 from tracelet.records import Batch, DeliveryState, RunInfo, RunStatus
 from tracelet.reporting import logger
 from tracelet.storage import LocalStore
 
+SLICE_BATCHES = 8
+"""Queued batches a sink delivers before letting another sink have the worker."""
+
 
 class BackendSink:
-    """Delivers one run's batches to one backend on a dedicated thread."""
+    """Delivers one run's batches to one backend, on the run's delivery workers."""
 
     def __init__(
         self,
         backend: BackendPlugin,
         store: LocalStore,
         run: RunInfo,
+        workers: DeliveryWorkers,
         *,
         resumed: bool = False,
         journaled: int = 0,
@@ -37,14 +44,17 @@ class BackendSink:
         self.name = backend.name
         self.backend = backend
         self.resumed = resumed
-        self.delivery = Delivery(backend, store, run, retry=retry, journaled=journaled)
+        self.delivery = Delivery(backend, store, run, retry=retry, journaled=journaled, waits=False)
+        self._workers = workers
         self._queue: queue.Queue[Batch] = queue.Queue(maxsize=queue_size)
+        self._started = False
+        self._opened = False
         self._closing = threading.Event()
         self._final_status: RunStatus | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(
-            target=self._main, name=f"tracelet-{self.name}", daemon=True
-        )
+
+    def __repr__(self) -> str:
+        return f"<BackendSink {self.name!r}>"
 
     @property
     def state(self) -> DeliveryState:
@@ -57,14 +67,17 @@ class BackendSink:
         return self.delivery.delivered
 
     def start(self) -> None:
-        """Start the sink's thread."""
-        self._thread.start()
+        """Start delivering (open the backend's run on a worker)."""
+        self._started = True
+        self._workers.wake(self)
 
     def offer(self, batch: Batch) -> None:
         """Queue ``batch`` if there is room; otherwise it is replayed from the journal later."""
         self.delivery.note_journaled(batch.seq)
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(batch)
+        if self._started:
+            self._workers.wake(self)
 
     def close(self, status: RunStatus | None, deadline: float) -> None:
         """Deliver what is left, finish the run with ``status`` (None: leave it open), stop.
@@ -76,51 +89,71 @@ class BackendSink:
         self._final_status = status
         self.delivery.deadline = deadline
         self._closing.set()
-        self.delivery.wakeup.set()
+        self._started = True
+        self._workers.wake(self)
 
     def join(self, timeout: float | None) -> bool:
         """Wait for the sink to finish; True if it did (False: still busy or hanging)."""
         finished = self._done.wait(timeout)
         if not finished:
-            self.delivery.abort.set()
-            self.delivery.wakeup.set()
+            self.delivery.abandon()
+            self._workers.wake(self)
         return finished
 
     @property
     def finished(self) -> bool:
-        """Whether the sink's thread has ended."""
+        """Whether the sink has ended (its backend stopped)."""
         return self._done.is_set()
 
-    # -- the sink thread -----------------------------------------------------------------
+    # -- on a delivery worker ------------------------------------------------------------
 
-    def _main(self) -> None:
+    def run_slice(self) -> float | Next:
+        """Deliver some of what is queued; say when to come back (see :class:`Next`)."""
         delivery = self.delivery
         try:
-            if delivery.open(self.resumed):
-                self._deliver_until_closed()
-        except Exception as error:  # the thread must never die silently
+            if delivery.abort.is_set():
+                return self._end()
+            if not self._opened:
+                if not delivery.open(self.resumed):
+                    return self._end()
+                self._opened = True
+            if not self._deliver_queued():
+                return self._end()
+            if not self._queue.empty():
+                return Next.AGAIN
+            if self._closing.is_set():
+                status = self._final_status
+                done = delivery.catch_up() if status is None else delivery.finish(status)
+                if not done:
+                    delivery.give_up()
+                return self._end()
+            if delivery.state.pending and not delivery.catch_up(delivery.state.journaled):
+                return self._end()  # batches dropped on overflow are read back while idle
+            return Next.IDLE
+        except BackingOff as backoff:
+            return backoff.until
+        except Exception as error:  # a sink must never die silently
             if not delivery.abort.is_set():
                 logger.exception("tracelet backend %r stopped unexpectedly: %r", self.name, error)
-        finally:
-            delivery.release()
-            self._done.set()
+            return self._end()
 
-    def _deliver_until_closed(self) -> None:
+    def _deliver_queued(self) -> bool:
+        """Deliver up to :data:`SLICE_BATCHES` queued batches; False if delivery gave up."""
         delivery = self.delivery
-        while not delivery.abort.is_set():
+        for _ in range(SLICE_BATCHES):
             try:
-                batch = self._queue.get(timeout=0.05)
+                batch = self._queue.get_nowait()
             except queue.Empty:
-                if self._closing.is_set():
-                    status = self._final_status
-                    done = delivery.catch_up() if status is None else delivery.finish(status)
-                    if not done:
-                        delivery.give_up()
-                    return
-                if delivery.state.pending and not delivery.catch_up(delivery.state.journaled):
-                    return  # batches dropped on overflow: read them back while idle
-                continue
+                return True
             if batch.seq > delivery.delivered and not (
                 delivery.catch_up(batch.seq - 1) and delivery.deliver(batch)
             ):
-                return
+                return False
+        return True
+
+    def _end(self) -> Next:
+        try:
+            self.delivery.release()
+        finally:
+            self._done.set()
+        return Next.DONE

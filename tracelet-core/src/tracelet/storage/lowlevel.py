@@ -2,7 +2,7 @@
 
 For tools that write runs themselves, outside an :class:`~tracelet.Experiment`::
 
-    storage = StorageBackend(".tracelet")          # or StorageBackend(settings)
+    storage = StorageBackend(TracerConfig(project_name="test"))   # or settings, or a path
     storage.create_run(run_id="123", project_name="test", run_name="run1",
                        start_time=1000.0, config={})
     storage.write_checkpoint(run_id="123", step=100, timestamp=1100.0,
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -29,14 +29,22 @@ from tracelet.storage.locks import RunLock
 from tracelet.storage.store import LocalStore, StoredRun
 from tracelet.values import check_name, check_run_id, check_step, flatten_params, to_metric_value
 
+if TYPE_CHECKING:
+    from tracelet.config import TracerConfig
+
 
 class StorageBackend:
     """Runs and checkpoints in the local store, as plain dicts."""
 
-    def __init__(self, config: TraceletSettings | str | os.PathLike[str] | Any = None) -> None:
-        """Open the store of ``config``: settings (their ``store_path``), a path, any object
-        with a ``store_path`` or ``storage_path`` attribute, or None for the settings'."""
-        self.store = LocalStore(_store_path(config))
+    def __init__(
+        self, config: TracerConfig | TraceletSettings | str | os.PathLike[str] | Any = None
+    ) -> None:
+        """Open the store of ``config``: a :class:`~tracelet.config.TracerConfig`, settings,
+        a path, any object with a ``store_path`` or ``storage_path`` attribute, or None (the
+        ``store_path`` setting)."""
+        self.settings = _settings(config)
+        """The settings this object works under (its store, and the runs' retention)."""
+        self.store = LocalStore(self.settings.store_path)
         self._locks: dict[str, RunLock] = {}
 
     def create_run(
@@ -50,7 +58,8 @@ class StorageBackend:
         """Create a running run; ``config`` is stored as its parameters."""
         check_run_id(run_id)
         self._locks[run_id] = self.store.lock_run(run_id)
-        self.store.create_run(RunInfo(run_id, run_name, project_name, start_time))
+        kept = {"settings": {"retention_days": self.settings.retention_days}}
+        self.store.create_run(RunInfo(run_id, run_name, project_name, start_time), config=kept)
         if config:
             batch = Batch(run_id, self.store.last_seq(run_id) + 1, params=flatten_params(config))
             self.store.write_batch(batch)
@@ -129,16 +138,22 @@ def run_dict(run: StoredRun) -> dict[str, Any]:
     return data
 
 
-def _store_path(config: Any) -> str | os.PathLike[str]:
-    if config is None:
-        return TraceletSettings.load().store_path
-    if isinstance(config, str | os.PathLike):
+def _settings(config: Any) -> TraceletSettings:
+    from tracelet.config import TracerConfig
+
+    if isinstance(config, TraceletSettings):
         return config
+    if isinstance(config, TracerConfig):
+        return config.settings()
+    if config is None:
+        return TraceletSettings.load()
+    if isinstance(config, str | os.PathLike):
+        return TraceletSettings.load().replace(store_path=os.fspath(config))
     for attribute in ("store_path", "storage_path"):
         path = getattr(config, attribute, None)
         if path:
-            return path
+            return TraceletSettings.load().replace(store_path=os.fspath(path))
     raise TypeError(
-        "StorageBackend takes TraceletSettings, a store path, or an object with a "
-        f"store_path attribute, not {type(config).__name__}"
+        "StorageBackend takes a TracerConfig, TraceletSettings, a store path, or an object "
+        f"with a store_path attribute, not {type(config).__name__}"
     )
