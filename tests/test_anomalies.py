@@ -504,3 +504,41 @@ def test_a_storm_of_anomalies_is_muted_live_but_found_offline(caplog, read_store
     exp.stop()
     offline = AnomalyDetector(read_store()).detect_loss_anomalies(exp.id)
     assert len(offline) > 100, "offline detection is not muted"
+
+
+def _streams(seed: int) -> dict[str, list[float]]:
+    """Losses of every shape the block path must judge as the exact path does."""
+    rng = random.Random(seed)
+    decaying = [2.0 * math.exp(-i / 3000) * math.exp(rng.gauss(0, 0.05)) for i in range(6000)]
+    for at in rng.sample(range(100, 6000), 12):
+        decaying[at] *= rng.choice([1.7, 3.0, 20.0, 400.0])
+    noisy = [math.exp(rng.gauss(0, 0.4)) for _ in range(6000)]
+    shifted = [1.0 + rng.gauss(0, 0.01) for _ in range(3000)]
+    shifted += [5.0 + rng.gauss(0, 0.05) for _ in range(3000)]
+    signed = [rng.gauss(0, 1.0) + (30.0 if i % 997 == 0 else 0.0) for i in range(4000)]
+    flat = [1.0] * 500 + [1.6] * 30 + [1.0] * 500
+    return {
+        "decaying": decaying,
+        "noisy": noisy,
+        "shifted": shifted,
+        "signed": signed,
+        "flat": flat,
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blocks_of_points_find_exactly_what_point_by_point_finds(seed):
+    from tracelet.analysis.rules import LossSpikeRule
+
+    for config in (LossSpikeThresholds(), LossSpikeThresholds(window=20, warmup=5, patience=2)):
+        for name, values in _streams(seed).items():
+            one = LossSpikeRule("loss", config)
+            exact = [(i, f) for i, x in enumerate(values) if (f := one.update(x)) is not None]
+            blocks = LossSpikeRule("loss", config)
+            found, start = [], 0
+            for size in (1, 7, 500, 64, 3000, 10_000):  # batches of every size, in turn
+                part = values[start : start + size]
+                found += [(start + i, f) for i, f in blocks.update_many(part)]
+                start += len(part)
+            assert found == exact, (name, config)
+            assert list(blocks._values) == list(one._values), "the same window after"

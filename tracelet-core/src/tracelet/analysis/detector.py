@@ -9,9 +9,11 @@ the same points they report the same anomalies. An anomaly is a plain dict with 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 from tracelet.analysis.rules import RULES, DetectorConfig, Rule, Thresholds
@@ -66,9 +68,46 @@ class RuleStream:
         self._nonfinite: set[str] = set()  # metrics whose latest value was NaN or infinite
 
     def feed(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
-        """Take points ``(name, value, step, timestamp)`` in logged order; return anomalies."""
-        found: list[Anomaly] = []
+        """Take points ``(name, value, step, timestamp)`` in logged order; return anomalies.
+
+        A batch of finite values (the usual case) goes to each rule as one run of its
+        metric's values (:meth:`Rule.update_many`); otherwise point by point.
+        """
+        points = points if isinstance(points, list) else list(points)
         self.muted = []
+        if not self._nonfinite and math.isfinite(sum(map(itemgetter(1), points))):
+            return self._feed_finite(points)
+        return self._feed_each(points)
+
+    def _feed_finite(self, points: list[MetricPoint]) -> list[Anomaly]:
+        """Feed points whose values are all finite, one metric at a time."""
+        found: list[tuple[int, Anomaly]] = []
+        names = set(map(itemgetter(0), points))
+        for name in names:
+            rules = self._rules.get(name)
+            if rules is None:
+                rules = self._rules[name] = self._rules_for(name)
+            if not rules:
+                continue
+            if len(names) == 1:
+                values, where = list(map(itemgetter(1), points)), None
+            else:
+                values, where = [p[1] for p in points if p[0] == name], []
+            for rule in rules:
+                for position, finding in rule.update_many(values):
+                    if where is not None and not where:
+                        where.extend(i for i, p in enumerate(points) if p[0] == name)
+                    index = position if where is None else where[position]
+                    _, value, step, timestamp = points[index]
+                    found.append((index, self._anomaly(name, step, timestamp, value, *finding)))
+                    if self._count(name, finding[0]):
+                        break  # muted: this rule sees no more of the metric
+        found.sort(key=itemgetter(0))
+        return [anomaly for _, anomaly in found]
+
+    def _feed_each(self, points: list[MetricPoint]) -> list[Anomaly]:
+        """Feed points one by one (a batch holding NaN or infinite values)."""
+        found: list[Anomaly] = []
         rules_of = self._rules
         nonfinite = self._nonfinite
         for name, value, step, timestamp in points:
@@ -102,14 +141,15 @@ class RuleStream:
                     self._count(name, finding[0])
         return found
 
-    def _count(self, metric: str, kind: str) -> None:
-        """Count an anomaly; at ``limit``, mute the check that found it for this metric."""
+    def _count(self, metric: str, kind: str) -> bool:
+        """Count an anomaly; at ``limit``, mute the check that found it for this metric
+        (and return True)."""
         if self.limit is None:
-            return
+            return False
         key = (metric, kind)
         self._counts[key] = count = self._counts.get(key, 0) + 1
         if count != self.limit:
-            return
+            return False
         self.muted.append(key)
         if kind == "nan_or_inf":
             self._nan_watched[metric] = False
@@ -117,6 +157,7 @@ class RuleStream:
             rule_type = RULES[KIND_PART[kind]]
             kept = tuple(r for r in self._rules[metric] if not isinstance(r, rule_type))
             self._rules[metric] = kept
+        return True
 
     def _rules_for(self, name: str) -> tuple[Rule, ...]:
         return tuple(
