@@ -179,9 +179,9 @@ def test_queued_images_are_bounded_in_bytes(read_store):
         most = 0
         for step in range(10):
             exp.log_image("noise", noise(512, step), step)
-            most = max(most, orchestrator.media_bytes)
+            most = max(most, orchestrator.payload_bytes)
         assert most <= 2 * one, "log_image waited for room"
-    assert orchestrator.media_bytes == 0
+    assert orchestrator.payload_bytes == 0
     assert len(read_store().images(exp.id)) == 10, "nothing dropped"
 
 

@@ -51,7 +51,10 @@ def test_the_spec_tracer_config_example_and_its_defaults():
         write_buffer_size=100,
         max_workers=4,
     )
-    assert config == TracerConfig(project_name="gpt-finetuning"), "every default as the spec's"
+    defaults = TracerConfig(project_name="gpt-finetuning")
+    fields = [f.name for f in attrs.fields(TracerConfig) if f.init]
+    assert [getattr(config, f) for f in fields] == [getattr(defaults, f) for f in fields]
+    assert config != defaults, "equal values, but this one sets every field"
     assert config.as_config()["buffer_size"] == 100, "a field given takes effect"
     assert TracerConfig(project_name="p").as_config() == {"project": "p"}, "the rest: none"
     from tracelet.config import TracerConfig as same
@@ -223,6 +226,29 @@ def test_every_tracer_config_field_is_an_init_keyword(tmp_path, read_store):
     assert (settings.track_system, settings.track_gradients) == (False, False)
     assert settings.gradient_layers == ["fc1"]
     assert exp.name == "r"
+
+
+def test_keywords_win_over_config_under_any_of_their_names(read_store):
+    config = TracerConfig(project_name="p", write_buffer_size=50, storage_path="a")
+    exp = tracelet.init(config=config, write_buffer_size=10)
+    tracelet.finish()
+    assert exp.settings.buffer_size == 10
+    exp = tracelet.init(config={"buffer_size": 50}, project="p", write_buffer_size=7)
+    tracelet.finish()
+    assert exp.settings.buffer_size == 7
+
+
+def test_tracers_none_defaults_are_accepted_as_keywords(read_store):
+    exp = tracelet.init("p", gradient_layers=None, notes=None, run_name=None)
+    tracelet.finish()
+    assert exp.settings.gradient_layers == []
+
+
+def test_an_empty_project_is_refused():
+    with pytest.raises(tracelet.ConfigurationError, match="'project_name' expects a non-empty"):
+        TracerConfig(project_name=" ")
+    with pytest.raises(tracelet.ConfigurationError, match="'project' expects a non-empty"):
+        tracelet.init(project="")
 
 
 def test_init_without_project_takes_the_setting(monkeypatch, read_store):

@@ -19,14 +19,13 @@ to None (``run_name``, ``notes``, ``gradient_layers``) also keeps Tracelet's set
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from tracelet.setting_kinds import Bool, Names, Number, Str, setting
-
-if TYPE_CHECKING:
-    from tracelet.settings import TraceletSettings
+from tracelet.settings import RUN_KEYS, TraceletSettings
 
 
 def _remember(config: TracerConfig, field: attrs.Attribute, value: Any) -> Any:
@@ -40,7 +39,7 @@ class TracerConfig:
     Tracer's, and only the fields set take effect (see the module's docstring)."""
 
     # project metadata
-    project_name: str = setting(attrs.NOTHING, Str(), "Project of the run.")
+    project_name: str = setting(attrs.NOTHING, Str(empty=False), "Project of the run.")
     run_name: str | None = setting(None, Str(optional=True), "Run name (None: generated).")
     tags: list[str] = setting([], Names(), "Bare tags of the run.")
     notes: str | None = setting(None, Str(optional=True), "Free text, kept as the tag `notes`.")
@@ -59,8 +58,8 @@ class TracerConfig:
     async_writes: bool = setting(True, Bool(), "Journal on a background thread.")
     write_buffer_size: int = setting(100, Number(int, 1), "Records buffered before waiting.")
     max_workers: int = setting(4, Number(int, 1), "Most threads delivering to backends.")
-    _given: frozenset[str] = attrs.field(init=False, factory=frozenset, eq=False, repr=False)
-    """The fields set so far."""
+    _given: frozenset[str] = attrs.field(init=False, factory=frozenset, repr=False)
+    """The fields set so far (part of equality: they decide what takes effect)."""
 
     def as_config(self) -> dict[str, Any]:
         """The ``config=`` of :func:`tracelet.start_logging` this stands for: every field set
@@ -68,35 +67,35 @@ class TracerConfig:
         return {
             TRACER_CONFIG_KEYS[name]: getattr(self, name)
             for name in TRACER_CONFIG_KEYS
-            if name in self._given and getattr(self, name) is not None
+            if name in self._given and not (getattr(self, name) is None and name in OPTIONAL_FIELDS)
         }
 
     def settings(self) -> TraceletSettings:
         """Tracelet's settings with this configuration applied over the environment,
         ``tracelet.yaml`` and the defaults (run keys such as ``tags`` left out)."""
-        from tracelet.settings import RUN_KEYS, TraceletSettings
-
         changed = {k: v for k, v in self.as_config().items() if k not in RUN_KEYS}
         return TraceletSettings.load(changed)
 
 
 TRACER_CONFIG_KEYS = {
-    "project_name": "project",
-    "run_name": "run_name",
-    "tags": "tags",
-    "notes": "notes",
-    "storage_path": "store_path",
-    "retention_days": "retention_days",
-    "checkpoint_interval": "checkpoint_interval",
-    "capture_samples": "capture_samples",
-    "track_gradients": "track_gradients",
-    "track_system_metrics": "track_system",
-    "gradient_layers": "gradient_layers",
-    "async_writes": "async_writes",
-    "write_buffer_size": "buffer_size",
-    "max_workers": "max_workers",
+    name: TraceletSettings.ALIASES.get(name, name) for name in attrs.fields_dict(TracerConfig)
 }
-"""Each :class:`TracerConfig` field and the Tracelet setting (or run key) it sets."""
+"""Each :class:`TracerConfig` field and the Tracelet setting (or run key) it sets: the
+same name, or the setting it is an alias of (``write_buffer_size`` -> ``buffer_size``)."""
+TRACER_CONFIG_KEYS.pop("_given")
+
+OPTIONAL_FIELDS = frozenset({"run_name", "notes", "gradient_layers"})
+"""Fields whose None means "not set" (Tracer's default), as a field and as a keyword."""
+
+
+def canonical(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` under Tracelet's names (aliases resolved), Tracer's optional fields given
+    as None left out: so keywords and ``config=`` merge key by key."""
+    return {
+        TraceletSettings.ALIASES.get(key, key): value
+        for key, value in options.items()
+        if not (value is None and key in OPTIONAL_FIELDS)
+    }
 
 
 def _given_fields(init: Any) -> Any:

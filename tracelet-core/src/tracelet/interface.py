@@ -104,16 +104,19 @@ def init(
     ``tracelet.init(project="nlp", backend="mlflow", tags=["baseline"], max_workers=2)``.
     Without ``project``, the project comes from ``config`` or the ``project`` setting.
     """
-    from tracelet.config import TracerConfig
+    from tracelet.config import TracerConfig, canonical
 
     if isinstance(config, TracerConfig):
-        options = {**config.as_config(), **options}
+        base = config.as_config()
     elif isinstance(config, Mapping):
-        options = {**config, **options}
-    elif config is not None:
+        base = canonical(config)
+    elif config is None:
+        base = {}
+    else:
         raise TypeError(
             f"config must be a TracerConfig or a dict of settings, not {type(config).__name__}"
         )
+    options = {**base, **canonical(options)}
     backend = options.pop("backend", None)
     return start_logging(run_name, project=project, backend=backend, config=options)
 

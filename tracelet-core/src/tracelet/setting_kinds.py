@@ -73,12 +73,17 @@ class Number(Kind):
 
 
 class Str(Kind):
-    def __init__(self, optional: bool = False) -> None:
+    def __init__(self, optional: bool = False, empty: bool = True) -> None:
         self.optional = optional
-        self.name = "a string or null" if optional else "a string"
+        self.empty = empty
+        self.name = ("a string" if empty else "a non-empty string") + (
+            " or null" if optional else ""
+        )
 
     def check(self, key: str, value: Any) -> str | None:
-        if isinstance(value, str) or (value is None and self.optional):
+        if value is None and self.optional:
+            return value
+        if isinstance(value, str) and (self.empty or value.strip()):
             return value
         raise self.fail(key, value)
 

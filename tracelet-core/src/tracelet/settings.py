@@ -30,7 +30,9 @@ _SECTIONS = {"local", "mlflow", "wandb", "clearml", "aim"}
 class TraceletSettings:
     """Tracelet's global settings. Each field ``x`` can also be set as ``TRACELET_X``."""
 
-    project: str = setting("default", Str(), "Project (group of runs) when none is given.")
+    project: str = setting(
+        "default", Str(empty=False), "Project (group of runs) when none is given."
+    )
     backend: list[str] = setting(["local"], Names(), "Backends to send to.")
     experiment_name: str | None = setting(None, Str(optional=True), "Default run name.")
     store_path: str = setting(".tracelet", Str(), "Folder of the local store (the journal).")
@@ -61,7 +63,7 @@ class TraceletSettings:
     )
     max_workers: int = setting(4, Number(int, 1), "Most threads delivering to backends at once.")
     media_buffer_mb: float = setting(
-        512.0, Number(float, 1.0), "Megabytes of images held in memory before `log_image` waits."
+        512.0, Number(float, 1.0), "Megabytes of images, texts and params queued before waiting."
     )
     disable_plugins: list[str] = setting([], Names(), "Plugins (entry-point names) to skip.")
     checkpoint_interval: int = setting(

@@ -7,13 +7,16 @@
 - The MLflow run carries the tag ``tracelet.run_id``: starting again with the same run id
   (a resumed run, or ``tracelet sync``) continues the same MLflow run.
 - Metrics go through ``log_batch`` in calls of at most 1000 metrics or 100 params/tags,
-  with every point's step and original timestamp (in milliseconds, MLflow's unit).
+  with every point's step and original timestamp (in milliseconds, MLflow's unit); up to
+  ``requests_in_flight`` of a batch's metric calls are sent at once (default 2: the server
+  works on one while the next travels), params before them, tags after.
 - The tag ``tracelet.seq`` holds the last batch delivered, so a batch delivered again is
   skipped: replays never duplicate.
 - Texts, images and files land as artifacts: ``tracelet/texts/<name>/step_<step>.txt``,
   ``tracelet/images/<name>/step_<step>.png``, and each artifact at its own path.
 
-Everything runs on the backend's sink thread; ``MlflowClient`` is used with an explicit
+Everything runs on a delivery worker (and the backend's own threads for requests in
+flight, each bounded like the worker's); ``MlflowClient`` is used with an explicit
 tracking URI, never MLflow's process-global fluent state. Tracking servers and database
 stores (SQLite, PostgreSQL ...) are supported; with MLflow's deprecated file store, a batch
 cut off halfway and delivered again can duplicate the points it had already sent.
@@ -27,7 +30,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,12 +98,16 @@ class MlflowBackend(BackendPlugin):
         self._names = NameMap()
         self._run: RunInfo | None = None
         self._warned_params: set[str] = set()
+        self._senders: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
-        """Create the client (imports MLflow)."""
+        """Create the client (imports MLflow), and the threads for requests in flight."""
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.config["tracking_uri"])
+        extra = self.config["requests_in_flight"] - 1
+        if extra:
+            self._senders = ThreadPoolExecutor(extra, thread_name_prefix="tracelet-mlflow")
 
     @_remote
     def start_run(self, run: RunInfo, resumed: bool) -> None:
@@ -177,9 +185,11 @@ class MlflowBackend(BackendPlugin):
         tags += self._names.tags_for(seen)  # again with every batch: a retry loses none
         tags.append((SEQ_TAG, str(batch.seq)))  # last: a batch counts once all of it is in
         self._log_files(batch)
-        calls = _calls(metrics, [Param(k, v) for k, v in params], [RunTag(k, v) for k, v in tags])
-        for metric_part, param_part, tag_part in calls:
-            self._send(metric_part, param_part, tag_part)
+        for part in _parts(params, PARAMS_OR_TAGS_PER_CALL):
+            self._send([], [Param(k, v) for k, v in part], [])
+        self._send_metrics(metrics)
+        for part in _parts(tags, PARAMS_OR_TAGS_PER_CALL):  # the seq tag last of all
+            self._send([], [], [RunTag(k, v) for k, v in part])
         self._params.update(params)
         self.delivered_seq = batch.seq
 
@@ -202,6 +212,34 @@ class MlflowBackend(BackendPlugin):
                     name,
                 )
         return params, tags
+
+    def _send_metrics(self, metrics: list[Any]) -> None:
+        """Send ``metrics`` in calls of :data:`METRICS_PER_CALL`, ``requests_in_flight`` at
+        once (in as many lanes: this thread runs one, the backend's threads the others);
+        return once every call has succeeded, or raise the first failure once no call of
+        the batch is still running."""
+        parts = _parts(metrics, METRICS_PER_CALL)
+        width = self.config["requests_in_flight"]
+        lanes = [lane for lane in (parts[i::width] for i in range(width)) if lane]
+        if self._senders is None or len(lanes) < 2:
+            for part in parts:
+                self._send(part, [], [])
+            return
+        timeout = self.config["request_timeout"]
+
+        def send(lane: list[list[Any]]) -> None:
+            with bounded(timeout):  # the bound is per thread
+                for part in lane:
+                    self._send(part, [], [])
+
+        others = [self._senders.submit(send, lane) for lane in lanes[1:]]
+        try:
+            for part in lanes[0]:
+                self._send(part, [], [])
+        finally:
+            wait(others)
+        for future in others:
+            future.result()
 
     def _send(self, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
         """One ``log_batch`` call; what MLflow refuses for good is a RejectedBatchError."""
@@ -239,7 +277,10 @@ class MlflowBackend(BackendPlugin):
         self.client.set_terminated(self.run_id, status=STATUS[status], end_time=int(ended * 1000))
 
     def stop(self) -> None:
-        """Drop the client."""
+        """Drop the client and the threads for requests in flight."""
+        if self._senders is not None:
+            self._senders.shutdown(wait=False, cancel_futures=True)
+            self._senders = None
         self.client = None
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
@@ -249,17 +290,9 @@ class MlflowBackend(BackendPlugin):
         return f"runs:/{self.run_id}/{artifact_path}"
 
 
-def _calls(
-    metrics: list[Any], params: list[Any], tags: list[Any]
-) -> Iterator[tuple[list[Any], list[Any], list[Any]]]:
-    """Split entities into ``log_batch`` calls within MLflow's limits: params, then
-    metrics, then tags (so the ``tracelet.seq`` tag, last of all, marks a whole batch)."""
-    for start in range(0, len(params), PARAMS_OR_TAGS_PER_CALL):
-        yield [], params[start : start + PARAMS_OR_TAGS_PER_CALL], []
-    for start in range(0, len(metrics), METRICS_PER_CALL):
-        yield metrics[start : start + METRICS_PER_CALL], [], []
-    for start in range(0, len(tags), PARAMS_OR_TAGS_PER_CALL):
-        yield [], [], tags[start : start + PARAMS_OR_TAGS_PER_CALL]
+def _parts(items: list[Any], size: int) -> list[list[Any]]:
+    """``items`` in consecutive parts of at most ``size``."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _path_part(name: str) -> str:

@@ -27,6 +27,13 @@ OPTIONS = (
         doc="Seconds one HTTP request may take; Tracelet retries, MLflow does not.",
         minimum=0.1,
     ),
+    Option(
+        "requests_in_flight",
+        int,
+        2,
+        doc="log_batch requests sent at once within a batch (1: one after another).",
+        minimum=1,
+    ),
 )
 """The options the backend accepts, nested, prefixed (``mlflow_tracking_uri``) or plain."""
 

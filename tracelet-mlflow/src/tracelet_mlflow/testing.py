@@ -29,8 +29,10 @@ def free_port() -> int:
 class MlflowServer:
     """One ``mlflow server`` process group; ``url`` is its tracking URI."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, workers: int = 1) -> None:
         self.root = root
+        self.workers = workers
+        """Server worker processes (1 for tests; ``mlflow server`` itself starts 4)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.database = f"sqlite:///{root / 'mlflow.db'}"
@@ -53,7 +55,7 @@ class MlflowServer:
             "--port",
             str(self.port),
             "--workers",
-            "1",
+            str(self.workers),
         ]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - kept open by the server
         self.process = subprocess.Popen(

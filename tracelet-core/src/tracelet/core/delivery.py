@@ -250,13 +250,17 @@ class Delivery:
         if self.state.pending and self._state.phase is not DeliveryPhase.FAILED:
             self._update(phase=DeliveryPhase.STOPPED)
 
-    def abandon(self) -> None:
-        """Stop this delivery where it is (its owner is closing the journal): wait for a
-        use of the journal in progress to end (they are short; a backend call may go on,
-        but nothing after it touches the journal), and try nothing more."""
-        with self._journal_use:
-            self.abort.set()
+    def abandon(self, timeout: float = 1.0) -> bool:
+        """Stop this delivery where it is (its owner is closing the journal): nothing more
+        is tried and the journal is not touched again. Returns whether no use of the journal
+        is still under way (one may wait on a locked database for a while); a backend call
+        in progress may go on, but nothing after it touches the journal."""
+        self.abort.set()
         self.wakeup.set()
+        if not self._journal_use.acquire(timeout=timeout):
+            return False
+        self._journal_use.release()
+        return True
 
     def release(self) -> None:
         """Stop the backend if it was started, whether or not delivery completed."""

@@ -181,11 +181,13 @@ class Experiment:
         assert session.orchestrator is not None
         orchestrator = session.orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
-        # callers check capacity first; without async writes, each call journals
+        # metric points: the hot path appends itself, after checking capacity; other
+        # records are also counted in bytes; without async writes, each call journals
         self._append = (
-            orchestrator.buffer.append if self.settings.async_writes else orchestrator.put_journaled
+            orchestrator.put if self.settings.async_writes else orchestrator.put_journaled
         )
-        self._append_metric = self._append if self.settings.track_metrics else _dropped
+        append_metric = orchestrator.buffer.append if self.settings.async_writes else self._append
+        self._append_metric = append_metric if self.settings.track_metrics else _dropped
         self._artifacts = ArtifactLogger(
             info, session.store, self._put, session.backends, resumed.versions
         )
@@ -396,7 +398,7 @@ class Experiment:
         if not self.is_running or orchestrator is None:
             self._not_running(pending)
         assert orchestrator is not None
-        orchestrator.put_media(pending)
+        self._append(pending)
 
     def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
         """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
@@ -507,8 +509,6 @@ class Experiment:
     # -- internals -----------------------------------------------------------------------
 
     def _put(self, record: Any) -> None:
-        if len(self._buffer) >= self._capacity:
-            self._full()
         self._append(record)
 
     def _full(self) -> None:

@@ -48,7 +48,8 @@ def write_batch(store: LocalStore, batch: Batch, give_up: Callable[[], bool]) ->
             report_once(
                 "tracelet journal",
                 f"cannot write to {store.db_path} ({error!r}); retrying, records are held in "
-                "memory and the caller waits when the buffer is full",
+                "memory and the caller waits when the buffer is full (at once with "
+                "async_writes off)",
             )
             if give_up():
                 logger.error(

@@ -11,6 +11,7 @@ to every :class:`~tracelet.core.sink.BackendSink`. When the buffer is full the c
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -41,6 +42,24 @@ from tracelet.values import check_name, check_step, to_metric_value
 
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
+POINT_BYTES = 160
+"""Memory a queued metric point holds (its tuple, two floats, the step, the buffer's slot),
+measured: the default 200,000-record buffer holds at most about 32 MB of points."""
+
+
+def payload_bytes(record: Any) -> int:
+    """The bytes of payload ``record`` holds beyond its own small object: an image's
+    pixels, a text, a sample, parameters and tags (0 for a metric point)."""
+    kind = record.__class__
+    if kind is PendingImage:
+        return int(record.nbytes)
+    if kind is Text:
+        return sys.getsizeof(record.text)
+    if kind is Sample:
+        return sys.getsizeof(record.data)
+    if kind is Params or kind is Tags:
+        return sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in record.values.items())
+    return 0
 
 
 class Orchestrator:
@@ -62,10 +81,10 @@ class Orchestrator:
         self.run = run
         self.buffer: deque[Any] = deque()
         self.capacity = buffer_size
-        self.media_capacity = media_bytes
-        """Bytes of images the buffer may hold before ``put_media`` waits."""
-        self.media_bytes = 0
-        """Bytes of images queued and not journaled yet."""
+        self.payload_capacity = media_bytes
+        """Bytes of payload (images, texts, samples, params) queued before ``put`` waits."""
+        self.payload_bytes = 0
+        """Bytes of payload queued and not journaled yet."""
         self.flush_interval = flush_interval
         self.retry = retry or RetryPolicy()
         self.sinks: dict[str, BackendSink] = {}
@@ -80,6 +99,9 @@ class Orchestrator:
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._drain_lock = threading.Lock()
+        self._drainer: int | None = None
+        """The thread draining now (an ``on_anomaly`` callback logging from it must not
+        wait for itself)."""
         self._cycled = threading.Condition()
         self._cycles = 0
         self._stopping = False
@@ -116,7 +138,13 @@ class Orchestrator:
         self.put((name, to_metric_value(name, value), check_step(step, name), float(timestamp)))
 
     def put(self, record: Any) -> None:
-        """Queue any record (waiting while the buffer is full)."""
+        """Queue any record, waiting while the buffer is full. A record with a payload (an
+        image, a text, a sample, parameters: :func:`payload_bytes`) also waits while those
+        queued hold ``media_capacity`` bytes or more (one larger than that still goes
+        through an empty queue): memory stays bounded in records and in bytes."""
+        size = payload_bytes(record)
+        if size:
+            self._reserve(size)
         if len(self.buffer) >= self.capacity:
             self.wait_for_room()
         self.buffer.append(record)
@@ -124,32 +152,25 @@ class Orchestrator:
     def put_journaled(self, record: Any) -> None:
         """Queue ``record`` and journal it, with everything queued before it, before
         returning (``async_writes`` off). A failure is reported; the dispatcher retries."""
-        self.buffer.append(record)
-        if not self.running:
-            return
-        try:
-            with self._drain_lock:
-                self._drain()
-        except Exception as error:
-            report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
+        self.put(record)
+        if self.running and self._drainer != threading.get_ident():
+            self._drain_reporting()  # (from inside a drain, that drain takes it)
 
-    def put_media(self, image: PendingImage) -> None:
-        """Queue an image, waiting while the images queued hold ``media_capacity`` bytes or
-        more (one image larger than that still goes through an empty queue)."""
-        size = image.nbytes
+    def _reserve(self, size: int) -> None:
         with self._room:
-            while self.media_bytes and self.media_bytes + size > self.media_capacity:
+            while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
                 if not self.running:
                     break
                 self._wake.set()
                 self._room.wait(0.5)
-            self.media_bytes += size
-        self.put(image)
+            self.payload_bytes += size
 
-    def _media_done(self, image: PendingImage) -> None:
-        with self._room:
-            self.media_bytes -= image.nbytes
-            self._room.notify_all()
+    def _release(self, record: Any) -> None:
+        size = payload_bytes(record)
+        if size:
+            with self._room:
+                self.payload_bytes -= size
+                self._room.notify_all()
 
     def wait_for_room(self) -> None:
         """Block until the dispatcher has made room in the buffer (back-pressure)."""
@@ -216,8 +237,8 @@ class Orchestrator:
 
     def _journal_now(self, deadline: float) -> bool:
         """Have everything queued so far journaled (by ``deadline``); True if it was."""
-        if threading.current_thread() is self._thread:
-            self._drain()  # called from a hook running on the dispatcher itself
+        if self._drainer == threading.get_ident():
+            self._drain()  # called from inside a drain (a hook, an on_anomaly callback)
             return True
         return self._journal_queued(deadline)
 
@@ -254,14 +275,18 @@ class Orchestrator:
                 "they are lost",
             )
         else:
-            with self._drain_lock:
-                self._drain()
+            self._drain_reporting()
         for sink in self.sinks.values():
             sink.close(status, deadline)
         for sink in self.sinks.values():
             sink.join(max(0.0, deadline - time.monotonic()))
         self.workers.close()
         return self.undelivered()
+
+    @property
+    def journal_in_use(self) -> bool:
+        """Whether an abandoned sink may still be inside the journal (do not close it)."""
+        return any(sink.in_journal for sink in self.sinks.values())
 
     def delivery(self) -> dict[str, DeliveryState]:
         """Where each backend's delivery stands, by backend name."""
@@ -278,17 +303,27 @@ class Orchestrator:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             stopping = self._stopping
-            try:
-                with self._drain_lock:
-                    self._check_store()
-                    self._drain()
-            except Exception as error:  # the dispatcher must outlive any bug
-                report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
+            self._drain_reporting(check_store=True)
             with self._cycled:
                 self._cycles += 1
                 self._cycled.notify_all()
             if stopping:
                 return
+
+    def _drain_reporting(self, check_store: bool = False) -> None:
+        """Drain under the lock, reporting (not raising) anything unexpected: the dispatcher,
+        and a caller journaling synchronously, must outlive any bug."""
+        try:
+            with self._drain_lock:
+                self._drainer = threading.get_ident()
+                try:
+                    if check_store:
+                        self._check_store()
+                    self._drain()
+                finally:
+                    self._drainer = None
+        except Exception as error:
+            report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
 
     def _drain(self) -> None:
         buffer = self.buffer
@@ -402,13 +437,10 @@ class Orchestrator:
                 elif isinstance(event, Text):
                     texts.append(event)
                 elif isinstance(event, PendingImage):
-                    try:
-                        if self._give_up():  # past stop's deadline: no more encoding
-                            self.unjournaled += 1
-                            continue
-                        images.append(event.store(files / "images", seq, len(images)))
-                    finally:
-                        self._media_done(event)
+                    if self._give_up():  # past stop's deadline: no more encoding
+                        self.unjournaled += 1
+                        continue
+                    images.append(event.store(files / "images", seq, len(images)))
                 elif isinstance(event, PendingArtifact):
                     if self._give_up():
                         self.unjournaled += 1
@@ -420,6 +452,8 @@ class Orchestrator:
                     raise TypeError(f"unknown record type {type(event).__name__}")
             except Exception as error:
                 report_once("tracelet", f"could not journal {event!r}: {error!r}; skipped")
+            finally:
+                self._release(event)
         return Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
 
     def _give_up(self) -> bool:

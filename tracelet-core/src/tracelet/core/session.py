@@ -198,7 +198,14 @@ class RunSession:
             )
         if self._lock is not None:
             self._lock.release(remove=True)
-        self.store.close()
+        if self.orchestrator.journal_in_use:  # closing it under a statement could crash
+            report_once(
+                f"tracelet run {self.orchestrator.run.id}",
+                f"a backend's delivery was still reading the store at {self.store.path} when "
+                "the run stopped (a locked database?); its connections close at exit",
+            )
+        else:
+            self.store.close()
         return undelivered
 
     def abandon(self) -> None:

@@ -52,6 +52,8 @@ class BackendSink:
         self._closing = threading.Event()
         self._final_status: RunStatus | None = None
         self._done = threading.Event()
+        self.in_journal = False
+        """Whether, abandoned, it was still inside the journal (which must not be closed)."""
 
     def __repr__(self) -> str:
         return f"<BackendSink {self.name!r}>"
@@ -90,14 +92,16 @@ class BackendSink:
         self.delivery.deadline = deadline
         self._closing.set()
         self._started = True
-        self._workers.wake(self)
+        self._workers.wake(self, urgent=True)
 
     def join(self, timeout: float | None) -> bool:
-        """Wait for the sink to finish; True if it did (False: still busy or hanging)."""
+        """Wait for the sink to finish; True if it did. If not (still busy, or hanging in a
+        call), abandon it: it touches the journal no more, except for a use of the journal
+        already under way (then :attr:`in_journal` is True)."""
         finished = self._done.wait(timeout)
         if not finished:
-            self.delivery.abandon()
-            self._workers.wake(self)
+            self.in_journal = not self.delivery.abandon()
+            self._workers.wake(self, urgent=True)
         return finished
 
     @property

@@ -3,9 +3,14 @@
 A sink is a :class:`Task`: it runs in slices on whichever worker is free, never on two at
 once. A slice says when the task wants to run again: at once (more work queued), at a
 given time (backing off after a failure), when woken (idle until offered more), or never
-(done). A sink that is backing off therefore holds no thread while it waits, so with fewer
-workers than backends one backend that is down delays none of the others. Workers are
-started on demand, so a run never has more of them than it has sinks.
+(done). A sink that is backing off holds no thread while it waits, so with fewer workers
+than backends one backend that is down delays none of the others; being offered a new batch
+does not cut its backoff short (only an urgent wake does: stop, abandon).
+
+Workers start on demand, one per task waiting with no idle worker for it, so a run never
+has more than it has sinks. A worker whose slice has run for :data:`STUCK_AFTER` seconds
+(a call into a backend that hangs) no longer counts against ``max_workers``: when a task is
+waiting, another worker is started, so a hung backend never stalls the others.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from enum import Enum
 from typing import Protocol
 
 from tracelet.reporting import logger
+
+STUCK_AFTER = 5.0
+"""Seconds after which a slice counts as stuck (its worker is replaced while others wait)."""
 
 
 class Next(Enum):
@@ -46,13 +54,15 @@ class _State(Enum):
     QUEUED = 1
     RUNNING = 2
     RUNNING_WOKEN = 3
-    """Woken while running: run again right after this slice."""
-    PARKED = 4
-    DONE = 5
+    """Woken while running: run again after this slice, unless it asks to back off."""
+    RUNNING_URGENT = 4
+    """Woken urgently while running: run again right after this slice, whatever it asks."""
+    PARKED = 5
+    DONE = 6
 
 
 class DeliveryWorkers:
-    """At most ``max_workers`` threads running tasks in slices."""
+    """At most ``max_workers`` threads (not counting stuck ones) running tasks in slices."""
 
     def __init__(self, max_workers: int, name: str = "tracelet-delivery") -> None:
         if max_workers < 1:
@@ -63,25 +73,32 @@ class DeliveryWorkers:
         self._states: dict[Task, _State] = {}
         self._ready: deque[Task] = deque()
         self._parked: list[tuple[float, int, Task]] = []
+        self._park_marks: dict[Task, int] = {}
+        """The heap entry that is current for each parked task (older ones are stale)."""
         self._order = itertools.count()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._started = 0
+        self._slices: dict[int, float] = {}
+        """Per worker running a slice, when it began."""
         self._closed = False
+        self._watchdog: threading.Timer | None = None
+        """Set while tasks wait and every worker is busy: looks again for stuck ones."""
 
     @property
     def threads(self) -> int:
-        """Worker threads started so far."""
-        return len(self._threads)
+        """Worker threads running now."""
+        return self._started
 
-    def wake(self, task: Task) -> None:
-        """Run ``task`` soon: now if it is idle or backing off, right after its slice if
-        it is running. A finished task stays finished."""
+    def wake(self, task: Task, *, urgent: bool = False) -> None:
+        """Run ``task`` soon: at once if it is idle, after its slice if it is running. A
+        task backing off keeps waiting unless ``urgent``. A finished task stays finished."""
         with self._cond:
             state = self._states.get(task, _State.IDLE)
-            if state in (_State.IDLE, _State.PARKED):
+            if state is _State.IDLE or (urgent and state is _State.PARKED):
                 self._queue(task)
-            elif state is _State.RUNNING:
-                self._states[task] = _State.RUNNING_WOKEN
+            elif state is _State.RUNNING or (urgent and state is _State.RUNNING_WOKEN):
+                self._states[task] = _State.RUNNING_URGENT if urgent else _State.RUNNING_WOKEN
+            elif state is _State.QUEUED:
+                self._start_worker_if_needed()
 
     def close(self) -> None:
         """Let the workers end once no task is queued (a task still parked is left behind)."""
@@ -92,20 +109,36 @@ class DeliveryWorkers:
     # -- internals (called with the condition held) --------------------------------------
 
     def _queue(self, task: Task, *, by_worker: bool = False) -> None:
-        """Put ``task`` in line; wake an idle worker, or start one (unless a worker queues
-        it, and will take it itself)."""
+        """Put ``task`` in line, and see that a worker will take it (a worker queueing it
+        takes the next task itself)."""
         self._states[task] = _State.QUEUED
+        self._park_marks.pop(task, None)
         self._ready.append(task)
-        if by_worker:
+        if not by_worker:
+            self._start_worker_if_needed()
+
+    def _start_worker_if_needed(self) -> None:
+        """Wake an idle worker, or start one while more tasks wait than there are workers
+        not running a slice (idle, notified, or just started: each will take one)."""
+        self._cond.notify()
+        if len(self._ready) <= self._started - len(self._slices):
             return
-        if self._idle:
-            self._cond.notify()
-        elif len(self._threads) < self.max_workers:
+        if self._started - self._stuck() < self.max_workers:
+            self._started += 1
             thread = threading.Thread(
-                target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True
+                target=self._work, name=f"{self.name}-{self._started}", daemon=True
             )
-            self._threads.append(thread)
             thread.start()
+        elif self._watchdog is None and not self._closed:  # look again once one may be stuck
+            self._watchdog = threading.Timer(STUCK_AFTER, self._look_again)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _look_again(self) -> None:
+        with self._cond:
+            self._watchdog = None
+            if self._ready:
+                self._start_worker_if_needed()
 
     def _next_task(self) -> Task | None:
         """The next task to run, waiting for one; None when the pool is closed and idle."""
@@ -115,50 +148,64 @@ class DeliveryWorkers:
                 return self._ready.popleft()
             if self._closed:
                 return None
-            timeout = self._parked[0][0] - time.monotonic() if self._parked else None
-            self._idle += 1
-            try:
-                self._cond.wait(timeout)
-            finally:
-                self._idle -= 1
-
-    def _due(self) -> bool:
-        return bool(self._parked) and self._parked[0][0] <= time.monotonic()
+            self._cond.wait(self._parked[0][0] - time.monotonic() if self._parked else None)
 
     def _unpark_due(self) -> None:
-        while self._due():
-            _, _, task = heapq.heappop(self._parked)
-            if self._states.get(task) is _State.PARKED:
+        now = time.monotonic()
+        while self._parked and self._parked[0][0] <= now:
+            _, mark, task = heapq.heappop(self._parked)
+            if self._park_marks.get(task) == mark:  # else woken since: a stale entry
                 self._queue(task, by_worker=True)
 
     def _finished_slice(self, task: Task, answer: float | Next) -> None:
-        key = task
+        state = self._states.get(task)
         if answer is Next.DONE:
-            self._states[key] = _State.DONE
-        elif self._states.get(key) is _State.RUNNING_WOKEN or answer is Next.AGAIN:
-            self._queue(task)
+            self._states[task] = _State.DONE
+            self._park_marks.pop(task, None)
+        elif answer is Next.AGAIN or state is _State.RUNNING_URGENT:
+            self._queue(task, by_worker=True)
         elif answer is Next.IDLE:
-            self._states[key] = _State.IDLE
+            if state is _State.RUNNING_WOKEN:
+                self._queue(task, by_worker=True)
+            else:
+                self._states[task] = _State.IDLE
         elif answer <= time.monotonic():
-            self._queue(task)
-        else:
-            self._states[key] = _State.PARKED
-            heapq.heappush(self._parked, (answer, next(self._order), task))
+            self._queue(task, by_worker=True)
+        else:  # backing off: an offer while it ran does not cut that short
+            mark = next(self._order)
+            self._states[task] = _State.PARKED
+            self._park_marks[task] = mark
+            heapq.heappush(self._parked, (answer, mark, task))
             self._cond.notify()  # a waiting worker may need a shorter timeout
 
     # -- the worker thread ---------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            with self._cond:
+        """Take tasks until the pool closes. Between two slices the worker keeps the lock,
+        so a task it queued for itself is never mistaken for one nobody will take."""
+        me = threading.get_ident()
+        with self._cond:
+            while True:
                 task = self._next_task()
                 if task is None:
+                    self._started -= 1
                     return
                 self._states[task] = _State.RUNNING
-            try:
-                answer = task.run_slice()
-            except Exception as error:  # a task must handle its own errors; never kill a worker
-                logger.exception("tracelet delivery task %r failed: %r", task, error)
-                answer = Next.DONE
-            with self._cond:
+                self._slices[me] = time.monotonic()
+                self._cond.release()
+                try:
+                    answer = task.run_slice()
+                except Exception as error:  # a task handles its own errors; never lose a worker
+                    logger.exception("tracelet delivery task %r failed: %r", task, error)
+                    answer = Next.DONE
+                finally:
+                    self._cond.acquire()
+                del self._slices[me]
                 self._finished_slice(task, answer)
+                if self._stuck() + self.max_workers < self._started and not self._ready:
+                    self._started -= 1  # a replacement was started while this one was stuck
+                    return
+
+    def _stuck(self) -> int:
+        now = time.monotonic()
+        return sum(1 for began in self._slices.values() if now - began > STUCK_AFTER)

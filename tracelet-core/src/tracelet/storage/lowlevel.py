@@ -148,11 +148,11 @@ def _settings(config: Any) -> TraceletSettings:
     if config is None:
         return TraceletSettings.load()
     if isinstance(config, str | os.PathLike):
-        return TraceletSettings.load().replace(store_path=os.fspath(config))
+        return TraceletSettings(store_path=os.fspath(config))
     for attribute in ("store_path", "storage_path"):
         path = getattr(config, attribute, None)
         if path:
-            return TraceletSettings.load().replace(store_path=os.fspath(path))
+            return TraceletSettings(store_path=os.fspath(path))
     raise TypeError(
         "StorageBackend takes a TracerConfig, TraceletSettings, a store path, or an object "
         f"with a store_path attribute, not {type(config).__name__}"

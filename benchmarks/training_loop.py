@@ -1,0 +1,256 @@
+"""A real training loop, with and without tracking: what logging costs a user, in percent.
+
+Run from the repository root (``pip install -r benchmarks/requirements.txt`` first)::
+
+    python benchmarks/training_loop.py              # about 2 minutes on 2 cores
+    python benchmarks/training_loop.py --rounds 1
+
+A small PyTorch MLP is trained on CPU for 2,000 steps on random data, computing 20 metrics a
+step (the loss and 19 others, as ``float``); every variant computes the same metrics, and
+only what it does with them differs:
+
+- no logging (the baseline);
+- Tracelet with the settings a user gets (``tracelet.init(project=...)``: the local store,
+  collectors, live anomaly detection, the default buffer and flush timeout);
+- peers, where installed: W&B offline (``wandb.log``), MLflow
+  (``mlflow.log_metrics(..., synchronous=False)`` into a SQLite store), trackio
+  (``trackio.log``). A peer that is not installed is a printed note, not an error.
+
+Each variant runs ``--rounds`` times (default 3), in turns, after one untimed warm-up of the
+model; the median loop time is compared with the baseline's. The time each tool takes to
+finish (``finish``/``end_run``) is shown apart. Exits 1 only when Tracelet's points read back
+from its store differ from what was logged. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+STEPS = 2_000
+METRICS = 20
+TARGET_PERCENT = 1.0
+SEED = 7
+
+Logger = Callable[[dict[str, float], int], None]
+
+
+class Failure(Exception):
+    """A correctness check failed."""
+
+
+# -- the training loop ---------------------------------------------------------------------
+
+
+def make_model() -> tuple[Any, Any, Any, Any]:
+    import torch
+
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    inputs = torch.randn(64, 256)
+    targets = torch.randint(0, 10, (64,))
+    return model, optimizer, inputs, targets
+
+
+def train(log: Logger | None, steps: int = STEPS) -> tuple[float, list[dict[str, float]]]:
+    """Train for ``steps``, computing 20 metrics a step; return the loop's seconds and the
+    metrics (for checking what was logged)."""
+    import torch
+
+    model, optimizer, inputs, targets = make_model()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    logged: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        metrics = {"loss": value}
+        metrics.update({f"metric_{i:02d}": value * i + step for i in range(1, METRICS)})
+        if log is not None:
+            log(metrics, step)
+        logged.append(metrics)
+    return time.perf_counter() - started, logged
+
+
+# -- the variants --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def in_folder() -> Iterator[str]:
+    before = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="tracelet-bench-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield tmp
+        finally:
+            os.chdir(before)
+
+
+def run_baseline() -> dict[str, float]:
+    loop_s, _ = train(None)
+    return {"loop_s": loop_s, "finish_s": 0.0}
+
+
+def run_tracelet() -> dict[str, float]:
+    import tracelet
+    from tracelet.storage import LocalStore
+
+    with in_folder() as tmp:
+        exp = tracelet.init(project="bench")
+        loop_s, logged = train(lambda metrics, step: tracelet.log(metrics, step))
+        began = time.perf_counter()
+        tracelet.finish()
+        finish_s = time.perf_counter() - began
+        store = LocalStore(os.path.join(tmp, ".tracelet"))
+        try:
+            got = [(n, v, s) for n, v, s, _ in store.metrics(exp.id) if not n.startswith("sys")]
+        finally:
+            store.close()
+    expected = [(n, v, step) for step, metrics in enumerate(logged) for n, v in metrics.items()]
+    if got != expected:
+        raise Failure(f"Tracelet's store holds {len(got):,} points, {len(expected):,} logged")
+    return {"loop_s": loop_s, "finish_s": finish_s}
+
+
+def run_wandb() -> dict[str, float]:
+    import wandb
+
+    with in_folder() as tmp:
+        run = wandb.init(project="bench", mode="offline", dir=tmp, settings=wandb.Settings())
+        loop_s, _ = train(lambda metrics, step: run.log(metrics, step=step))
+        began = time.perf_counter()
+        run.finish()
+        return {"loop_s": loop_s, "finish_s": time.perf_counter() - began}
+
+
+def run_mlflow() -> dict[str, float]:
+    import mlflow
+
+    with in_folder() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        mlflow.set_experiment("bench")
+        with mlflow.start_run():
+            loop_s, _ = train(
+                lambda metrics, step: mlflow.log_metrics(metrics, step=step, synchronous=False)
+            )
+            began = time.perf_counter()
+        return {"loop_s": loop_s, "finish_s": time.perf_counter() - began}
+
+
+def run_trackio() -> dict[str, float]:
+    with in_folder() as tmp:
+        os.environ["TRACKIO_DIR"] = tmp
+        import trackio
+
+        trackio.init(project="bench")
+        loop_s, _ = train(lambda metrics, step: trackio.log(metrics, step=step))
+        began = time.perf_counter()
+        trackio.finish()
+        return {"loop_s": loop_s, "finish_s": time.perf_counter() - began}
+
+
+VARIANTS: dict[str, tuple[Callable[[], dict[str, float]], str | None]] = {
+    "no logging (baseline)": (run_baseline, None),
+    "tracelet, default settings": (run_tracelet, None),
+    "W&B offline (wandb.log)": (run_wandb, "wandb"),
+    "MLflow log_metrics(synchronous=False), SQLite": (run_mlflow, "mlflow"),
+    "trackio (trackio.log)": (run_trackio, "trackio"),
+}
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    header = ("variant", "loop (median)", "overhead", "finish", "target", "verdict")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant (default 3)")
+    args = parser.parse_args(argv)
+    if importlib.util.find_spec("torch") is None:
+        print("torch is not installed: pip install -r benchmarks/requirements.txt")
+        return 1
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    began = time.perf_counter()
+    variants = {
+        name: run
+        for name, (run, module) in VARIANTS.items()
+        if module is None or importlib.util.find_spec(module) is not None
+    }
+    notes = [f"{name}: not installed" for name, (_, m) in VARIANTS.items() if name not in variants]
+    train(None, steps=200)  # warm-up: first allocations, kernels, lazy imports
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    failures: list[str] = []
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            try:
+                results[name].append(run())
+            except Failure as error:
+                failures.append(f"{name}: {error}")
+            except Exception as error:  # a peer that breaks is a note, not a crash
+                notes.append(f"{name}: failed ({error!r})")
+                results[name] = []
+    base = statistics.median(r["loop_s"] for r in results["no logging (baseline)"])
+    rows = []
+    for name, runs in results.items():
+        if not runs:
+            continue
+        loop = statistics.median(r["loop_s"] for r in runs)
+        finish = statistics.median(r["finish_s"] for r in runs)
+        overhead = 100.0 * (loop - base) / base
+        is_ours = name.startswith("tracelet")
+        rows.append(
+            (
+                name,
+                f"{loop:.2f} s ({STEPS / loop:,.0f} steps/s)",
+                "-" if name.startswith("no logging") else f"{overhead:+.1f} %",
+                f"{finish:.2f} s",
+                f"<= {TARGET_PERCENT:g} %" if is_ours else "-",
+                ("PASS" if overhead <= TARGET_PERCENT else "MISS") if is_ours else "-",
+            )
+        )
+    print_table(rows)
+    for note in notes:
+        print(f"note: {note}")
+    print(
+        f"{STEPS:,} steps x {METRICS} metrics a step, median of {args.rounds} round(s); "
+        f"python {platform.python_version()}, {platform.system()} {platform.machine()}, "
+        f"cpu_count {os.cpu_count()}; total {time.perf_counter() - began:.0f} s"
+    )
+    for failure in failures:
+        print(f"CORRECTNESS FAILURE: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

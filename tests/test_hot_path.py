@@ -1,0 +1,88 @@
+"""The hot path under load, with the settings a user gets: nothing lost, memory bounded.
+(Timings live in benchmarks/kernel.py and benchmarks/training_loop.py, not here.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+import tracelet
+from tracelet.core.orchestrator import POINT_BYTES
+
+
+@pytest.mark.collectors
+def test_a_million_points_with_default_settings_are_all_read_back(read_store):
+    exp = tracelet.start_logging("million")
+    assert exp.settings.buffer_size == 200_000, "the default buffer"
+    assert exp.settings.detect_anomalies, "live detection on"
+    log = exp.log_metric
+    for step in range(1_000_000):
+        log("loss", 1.0 / (step + 1), step)
+    tracelet.stop_logging()
+    points = read_store().metrics(exp.id, "loss")
+    assert len(points) == 1_000_000
+    assert [p[2] for p in points] == list(range(1_000_000))
+    assert all(value == 1.0 / (step + 1) for _, value, step, _ in points)
+
+
+def stalled(exp: tracelet.Experiment) -> threading.Lock:
+    """The dispatcher's drain lock: while held, nothing leaves the buffer."""
+    return exp.orchestrator._drain_lock
+
+
+def test_queued_points_stay_under_the_byte_cap_while_the_journal_is_stuck(read_store):
+    capacity = 20_000
+    exp = tracelet.start_logging("stuck", config={"buffer_size": capacity})
+    done = threading.Event()
+
+    def train() -> None:
+        for step in range(3 * capacity):
+            exp.log_metric("loss", float(step), step)
+        done.set()
+
+    tracemalloc.start()
+    try:
+        with stalled(exp):
+            before = tracemalloc.get_traced_memory()[0]
+            trainer = threading.Thread(target=train)
+            trainer.start()
+            deadline = time.monotonic() + 10
+            while len(exp.orchestrator.buffer) < capacity and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            held = tracemalloc.get_traced_memory()[0] - before
+            assert not done.is_set(), "the caller waits (back-pressure)"
+            assert len(exp.orchestrator.buffer) == capacity
+        trainer.join(30)
+    finally:
+        tracemalloc.stop()
+    tracelet.stop_logging()
+    assert held <= capacity * POINT_BYTES * 1.1, f"{held / capacity:.0f} bytes a point"
+    print(f"\n{held / capacity:.0f} bytes per queued point (documented: {POINT_BYTES})")
+    assert len(read_store().metrics(exp.id)) == 3 * capacity, "nothing lost"
+
+
+def test_queued_texts_stay_under_their_byte_cap_while_the_journal_is_stuck(read_store):
+    text = "x" * 2**20  # 1 MiB each
+    exp = tracelet.start_logging("stuck texts", config={"media_buffer_mb": 4})
+    done = threading.Event()
+
+    def write() -> None:
+        for step in range(10):
+            exp.log_text("notes", text + str(step), step)
+        done.set()
+
+    with stalled(exp):
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.5)
+        assert not done.is_set(), "the caller waits once 4 MiB of text are queued"
+        assert exp.orchestrator.payload_bytes <= 4 * 2**20
+        assert len(exp.orchestrator.buffer) == 3
+    writer.join(30)
+    tracelet.stop_logging()
+    assert exp.orchestrator.payload_bytes == 0
+    assert len(read_store().texts(exp.id)) == 10
