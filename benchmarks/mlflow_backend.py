@@ -66,7 +66,9 @@ SYNC_CHUNK = 100
 BATCH = 1_000
 FLUSH_TIMEOUT = 180.0
 CALLER_TARGET_US = 0.5
-THROUGHPUT_SHARE_TARGET = 0.9
+THROUGHPUT_SHARE_TARGET = 1.3
+SERVER_WORKERS = 4
+"""``mlflow server``'s own default, as a team runs it."""
 SPEEDUP_TARGET = 50.0
 METRIC = "loss"
 
@@ -79,9 +81,10 @@ class Failure(Exception):
 
 
 def make_values(count: int, seed: int) -> list[float]:
-    """Varying floats (different signs and magnitudes), reproducible from ``seed``."""
+    """A decaying, noisy loss (as live detection sees in training; every float distinct,
+    so a value read back in the wrong place shows), reproducible from ``seed``."""
     rng = random.Random(seed)
-    return [rng.gauss(0.0, 1.0) * 10.0 ** rng.randint(-6, 6) for _ in range(count)]
+    return [2.0 * 0.99999**i * (1 + rng.gauss(0.0, 0.02)) for i in range(count)]
 
 
 def time_chunks(log: Callable[..., Any], chunks: list[list[float]], **kwargs: Any) -> list[float]:
@@ -204,14 +207,9 @@ def warm_up(url: str) -> None:
 def bench_tracelet(url: str, values: list[float], chunks: list[list[float]]) -> dict[str, Any]:
     client = MlflowClient(url)
     with tempfile.TemporaryDirectory(prefix="tracelet-bench-") as tmp:
-        settings = tracelet.TraceletSettings(
-            store_path=tmp,
-            track_system=False,
-            track_git=False,
-            track_env=False,
-            detect_anomalies=False,
-            flush_timeout=FLUSH_TIMEOUT,
-        )
+        # The settings a user gets (collectors, live detection, buffer), but a flush
+        # timeout long enough for the server to take all 100,000 points before stop returns.
+        settings = tracelet.TraceletSettings(store_path=tmp, flush_timeout=FLUSH_TIMEOUT)
         sink = SinkTimer()
         with sink.installed():
             exp = tracelet.start_logging(
@@ -239,7 +237,7 @@ def bench_tracelet(url: str, values: list[float], chunks: list[list[float]]) -> 
         }
         store = LocalStore(tmp)
         try:
-            timestamps = [round(ts * 1000) for _, _, _, ts in store.metrics(exp.id)]
+            timestamps = [round(ts * 1000) for _, _, _, ts in store.metrics(exp.id, METRIC)]
         finally:
             store.close()
     try:
@@ -380,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_rounds: list[dict[str, Any]] = []
     batch_rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tracelet-bench-mlflow-") as root:
-        server = MlflowServer(Path(root))
+        server = MlflowServer(Path(root), workers=SERVER_WORKERS)
         try:
             server.start()
             warm_up(server.url)
@@ -440,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             "  end-to-end throughput",
             f"{ours_rate:,.0f} points/s = {ours_rate / batch_rate:.0%} of log_batch{rounds_text}",
-            f">= {THROUGHPUT_SHARE_TARGET:.0%} of log_batch",
+            f">= {THROUGHPUT_SHARE_TARGET:.1f}x log_batch",
             verdict(ours_rate >= THROUGHPUT_SHARE_TARGET * batch_rate),
         ),
         (
@@ -525,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
     print(
-        f"mlflow {mlflow.__version__} server (SQLite, 1 worker) on 127.0.0.1; "
+        f"mlflow {mlflow.__version__} server (SQLite, {SERVER_WORKERS} workers) on 127.0.0.1; "
         f"MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS=1; python {platform.python_version()}, "
         f"cpu_count {cpus} ({usable} usable); rows 1 and 4: {args.rounds} round(s); "
         f"total {time.perf_counter() - began:.0f} s"

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -402,3 +403,44 @@ def test_an_unreachable_server_is_reported_during_the_run(caplog):
         assert exp.delivery["mlflow"].phase == "retrying"
         exp.stop()
     assert exp.store.undelivered(exp.id)["mlflow"] == 1
+
+
+@pytest.mark.parametrize("in_flight", [1, 4])
+def test_requests_in_flight_deliver_every_point_once_even_when_cut_off(
+    mlflow_server, in_flight, monkeypatch
+):
+    """A batch of 10,000 points goes as 10 requests, up to ``in_flight`` at once; the 7th
+    request fails once, the whole batch is sent again, and MLflow holds each point once."""
+    from tracelet_mlflow import backend as mlflow_backend
+
+    sent = []
+    real = mlflow_backend.MlflowBackend._send
+
+    def flaky(self, metrics, params, tags):
+        if metrics:
+            sent.append(threading.current_thread().name)
+            if len(sent) == 7:
+                raise ConnectionError("injected: the 7th request is cut off")
+        return real(self, metrics, params, tags)
+
+    monkeypatch.setattr(mlflow_backend.MlflowBackend, "_send", flaky)
+    name = f"in-flight-{in_flight}"
+    config = {
+        "mlflow": {
+            "tracking_uri": mlflow_server.url,
+            "experiment_name": name,
+            "requests_in_flight": in_flight,
+        },
+        "flush_interval": 60.0,
+    }
+    exp = tracelet.start_logging(name, backend="mlflow", config=config)
+    for step in range(10_000):
+        exp.log_metric("loss", float(step), step)
+    tracelet.stop_logging()
+    assert exp.delivery["mlflow"].pending == 0
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(10_000)]
+    lanes = {n for n in sent if n.startswith("tracelet-mlflow")}
+    assert len(lanes) == in_flight - 1, "the extra requests ran on the backend's own threads"

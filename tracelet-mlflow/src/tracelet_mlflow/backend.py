@@ -8,8 +8,9 @@
   (a resumed run, or ``tracelet sync``) continues the same MLflow run.
 - Metrics go through ``log_batch`` in calls of at most 1000 metrics or 100 params/tags,
   with every point's step and original timestamp (in milliseconds, MLflow's unit); up to
-  ``requests_in_flight`` of a batch's metric calls are sent at once (default 2: the server
-  works on one while the next travels), params before them, tags after.
+  ``requests_in_flight`` of a batch's metric calls are sent at once (default 4, as many as
+  ``mlflow server`` has workers by default; MLflow's own async logging uses 10 threads),
+  params before them, tags after.
 - The tag ``tracelet.seq`` holds the last batch delivered, so a batch delivered again is
   skipped: replays never duplicate.
 - Texts, images and files land as artifacts: ``tracelet/texts/<name>/step_<step>.txt``,

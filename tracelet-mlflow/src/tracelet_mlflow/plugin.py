@@ -30,7 +30,7 @@ OPTIONS = (
     Option(
         "requests_in_flight",
         int,
-        2,
+        4,
         doc="log_batch requests sent at once within a batch (1: one after another).",
         minimum=1,
     ),

@@ -306,17 +306,27 @@ class Experiment:
         return name
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log several scalars at one step (the current iteration when ``step`` is None)."""
+        """Log several scalars at one step (the current iteration when ``step`` is None),
+        with one timestamp. All are checked before any is queued: a bad one logs none."""
         if not isinstance(metrics, Mapping):
             raise TypeError(
                 f"metrics must be a dict of name to value, not {type(metrics).__name__}"
             )
         step = self._iteration if step is None else check_step(step)
-        points = [(check_name(n), to_metric_value(n, v), step, _time()) for n, v in metrics.items()]
+        now = _time()  # one moment for the whole call
+        checked = self._checked_names
+        points = []
+        for name, value in metrics.items():  # every one checked before any is queued
+            if value.__class__ is not float:
+                value = to_metric_value(name, value)
+            if name.__class__ is not str or name not in checked:
+                name = self._check_metric_name(name)
+            points.append((name, value, step, now))
+        buffer, capacity, append = self._buffer, self._capacity, self._append_metric
         for point in points:
-            if len(self._buffer) >= self._capacity:
+            if len(buffer) >= capacity:
                 self._full()
-            self._append_metric(point)
+            append(point)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` ->
