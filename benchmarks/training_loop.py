@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import logging
 import os
 import platform
@@ -168,6 +169,7 @@ def run_wandb(model: str) -> dict[str, float]:
 def run_mlflow(model: str) -> dict[str, float]:
     import mlflow
 
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # after import: MLflow sets its own
     with in_folder() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         mlflow.set_experiment("bench")
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 if results[name] is None:
                     continue
                 try:
-                    results[name].append(run(model))
+                    with contextlib.redirect_stdout(io.StringIO()):  # peers' banners
+                        results[name].append(run(model))
                 except Failure as error:
                     failures.append(f"{model}, {name}: {error}")
                 except Exception as error:  # a peer that breaks is a note, not a crash
