@@ -86,3 +86,16 @@ def test_queued_texts_stay_under_their_byte_cap_while_the_journal_is_stuck(read_
     tracelet.stop_logging()
     assert exp.orchestrator.payload_bytes == 0
     assert len(read_store().texts(exp.id)) == 10
+
+
+def test_log_metrics_checks_every_value_before_queueing_any(read_store):
+    exp = tracelet.start_logging("all or none")
+    exp.log_metrics({"loss": 1.0, "acc": 0.5}, step=0)  # names now known: the fast path
+    with pytest.raises(TypeError, match="'acc'"):
+        exp.log_metrics({"loss": 2.0, "acc": "high"}, step=1)
+    with pytest.raises(ValueError, match="name"):
+        exp.log_metrics({"loss": 3.0, "": 1.0}, step=2)
+    exp.log_metrics({"loss": 4.0, "acc": 1}, step=3)  # an int: converted, not refused
+    tracelet.stop_logging()
+    points = [(n, v, s) for n, v, s, _ in read_store().metrics(exp.id)]
+    assert points == [("loss", 1.0, 0), ("acc", 0.5, 0), ("loss", 4.0, 3), ("acc", 1.0, 3)]

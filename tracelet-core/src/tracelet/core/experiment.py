@@ -40,6 +40,7 @@ from tracelet.records import (
     CheckpointRequest,
     DeliveryPhase,
     DeliveryState,
+    MetricPoint,
     Params,
     RunInfo,
     RunStatus,
@@ -314,19 +315,27 @@ class Experiment:
             )
         step = self._iteration if step is None else check_step(step)
         now = _time()  # one moment for the whole call
-        checked = self._checked_names
-        points = []
-        for name, value in metrics.items():  # every one checked before any is queued
-            if value.__class__ is not float:
-                value = to_metric_value(name, value)
-            if name.__class__ is not str or name not in checked:
-                name = self._check_metric_name(name)
-            points.append((name, value, step, now))
-        buffer, capacity, append = self._buffer, self._capacity, self._append_metric
+        if self._checked_names.issuperset(metrics) and all(
+            value.__class__ is float for value in metrics.values()
+        ):  # names seen before, plain floats: nothing to check
+            points = [(name, value, step, now) for name, value in metrics.items()]
+        else:
+            points = [self._checked_point(n, v, step, now) for n, v in metrics.items()]
+        buffer = self._buffer
+        if self._append_metric == buffer.append and len(buffer) + len(points) <= self._capacity:
+            buffer.extend(points)  # one call for the whole step (as atomic as an append)
+            return
         for point in points:
-            if len(buffer) >= capacity:
+            if len(buffer) >= self._capacity:
                 self._full()
-            append(point)
+            self._append_metric(point)
+
+    def _checked_point(self, name: Any, value: Any, step: int, now: float) -> MetricPoint:
+        if value.__class__ is not float:
+            value = to_metric_value(name, value)
+        if name.__class__ is not str or name not in self._checked_names:
+            name = self._check_metric_name(name)
+        return (name, value, step, now)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` ->
