@@ -35,6 +35,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,6 +141,7 @@ class SinkTimer:
     """
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # requests in flight are timed on several threads
         self.batches = 0
         self.batch_s = 0.0
         self.requests = 0
@@ -169,9 +171,10 @@ class SinkTimer:
                 try:
                     return request(*args, **kwargs)
                 finally:
-                    timer.requests += 1
-                    timer.request_s += time.perf_counter() - begin
-                    timer.request_cpu_s += time.thread_time() - cpu
+                    with timer.lock:
+                        timer.requests += 1
+                        timer.request_s += time.perf_counter() - begin
+                        timer.request_cpu_s += time.thread_time() - cpu
 
             backend.client.log_batch = timed_request
 
@@ -429,16 +432,17 @@ def main(argv: list[str] | None = None) -> int:
             "  of stop: MlflowBackend.log_batch",
             f"{statistics.median(t.batch_s for t in sinks):.2f} s, {sinks[0].batches} batches; "
             f"in its {sinks[0].requests} MlflowClient.log_batch requests "
-            f"{statistics.median(t.request_s for t in sinks):.2f} s "
-            f"(sink thread CPU {statistics.median(t.request_cpu_s for t in sinks):.2f} s)"
+            f"{statistics.median(t.request_s for t in sinks):.2f} s summed over the requests "
+            f"in flight (their CPU {statistics.median(t.request_cpu_s for t in sinks):.2f} s)"
             f"{rounds_text}",
             "-",
             "-",
         ),
         (
             "  end-to-end throughput",
-            f"{ours_rate:,.0f} points/s = {ours_rate / batch_rate:.0%} of log_batch{rounds_text}",
-            f">= {THROUGHPUT_SHARE_TARGET:.1f}x log_batch",
+            f"{ours_rate:,.0f} points/s = {ours_rate / batch_rate:.2f}x sequential log_batch"
+            f"{rounds_text}",
+            f">= {THROUGHPUT_SHARE_TARGET:.1f}x sequential log_batch",
             verdict(ours_rate >= THROUGHPUT_SHARE_TARGET * batch_rate),
         ),
         (

@@ -19,7 +19,8 @@ differs:
   (``trackio.log``). A peer that is not installed is a printed note, not an error.
 
 Each variant runs ``--rounds`` times (default 3), in turns, after one untimed warm-up of the
-model; the median loop time is compared with the baseline's. The time each tool takes to
+model; the median loop time is compared with the baseline's, and the spread of the rounds
+is shown beside it (a difference smaller than the spread is noise). The time each tool takes to
 finish (``finish``/``end_run``) is shown apart. Exits 1 only when Tracelet's points read back
 from its store differ from what was logged. See README.md.
 """
@@ -207,7 +208,7 @@ VARIANTS: dict[str, tuple[Callable[[str], dict[str, float]], str | None]] = {
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
-    header = ("variant", "loop (median)", "overhead", "finish", "target", "verdict")
+    header = ("variant", "loop (median)", "rounds", "overhead", "finish", "target", "verdict")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -220,7 +221,8 @@ def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
     for name, runs in results.items():
         if not runs:
             continue
-        loop = statistics.median(r["loop_s"] for r in runs)
+        loops = [r["loop_s"] for r in runs]
+        loop = statistics.median(loops)
         finish = statistics.median(r["finish_s"] for r in runs)
         overhead = 100.0 * (loop - base) / base
         is_ours = name.startswith("tracelet")
@@ -228,6 +230,7 @@ def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
             (
                 f"{model}: {name}",
                 f"{loop:.2f} s ({STEPS / loop:,.0f} steps/s)",
+                f"{min(loops):.2f}-{max(loops):.2f} s",
                 "-" if name.startswith("no logging") else f"{overhead:+.1f} %",
                 f"{finish:.2f} s",
                 f"<= {TARGET_PERCENT:g} %" if is_ours else "-",

@@ -99,3 +99,19 @@ def test_log_metrics_checks_every_value_before_queueing_any(read_store):
     tracelet.stop_logging()
     points = [(n, v, s) for n, v, s, _ in read_store().metrics(exp.id)]
     assert points == [("loss", 1.0, 0), ("acc", 0.5, 0), ("loss", 4.0, 3), ("acc", 1.0, 3)]
+
+
+def test_a_callback_logging_on_the_dispatcher_never_waits_for_itself(read_store):
+    def on_anomaly(anomaly: dict) -> None:  # runs on the dispatcher, which frees the room
+        exp.log_text("anomaly", "x" * 600_000, anomaly["step"])
+
+    exp = tracelet.start_logging(
+        "callback", config={"media_buffer_mb": 1, "on_anomaly": on_anomaly}
+    )
+    for step in range(50):
+        exp.log_text("notes", "y" * 600_000, step)  # keeps the byte budget full
+        exp.log_metric("loss", float("nan") if step % 10 == 5 else 1.0, step)
+    done = threading.Event()
+    threading.Thread(target=lambda: (tracelet.stop_logging(), done.set()), daemon=True).start()
+    assert done.wait(30), "the dispatcher waited for room only it could make"
+    assert len(read_store().texts(exp.id)) == 50 + 5

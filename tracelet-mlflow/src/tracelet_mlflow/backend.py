@@ -30,9 +30,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,16 +99,12 @@ class MlflowBackend(BackendPlugin):
         self._names = NameMap()
         self._run: RunInfo | None = None
         self._warned_params: set[str] = set()
-        self._senders: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
-        """Create the client (imports MLflow), and the threads for requests in flight."""
+        """Create the client (imports MLflow)."""
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.config["tracking_uri"])
-        extra = self.config["requests_in_flight"] - 1
-        if extra:
-            self._senders = ThreadPoolExecutor(extra, thread_name_prefix="tracelet-mlflow")
 
     @_remote
     def start_run(self, run: RunInfo, resumed: bool) -> None:
@@ -216,31 +212,37 @@ class MlflowBackend(BackendPlugin):
 
     def _send_metrics(self, metrics: list[Any]) -> None:
         """Send ``metrics`` in calls of :data:`METRICS_PER_CALL`, ``requests_in_flight`` at
-        once (in as many lanes: this thread runs one, the backend's threads the others);
-        return once every call has succeeded, or raise the first failure once no call of
-        the batch is still running."""
+        once, in as many lanes: this thread runs one, daemon threads the others (so none
+        holds up the end of the process). Returns once every call has succeeded, or raises
+        the first failure once no lane is sending (a lane stops at the first failure)."""
         parts = _parts(metrics, METRICS_PER_CALL)
         width = self.config["requests_in_flight"]
         lanes = [lane for lane in (parts[i::width] for i in range(width)) if lane]
-        if self._senders is None or len(lanes) < 2:
-            for part in parts:
-                self._send(part, [], [])
-            return
+        failures: list[BaseException] = []
         timeout = self.config["request_timeout"]
 
         def send(lane: list[list[Any]]) -> None:
-            with bounded(timeout):  # the bound is per thread
-                for part in lane:
-                    self._send(part, [], [])
+            try:
+                with bounded(timeout):  # the bound is per thread
+                    for part in lane:
+                        if failures or self.client is None:  # another lane failed, or stopped
+                            return
+                        self._send(part, [], [])
+            except BaseException as error:  # handed to the delivery thread below
+                failures.append(error)
 
-        others = [self._senders.submit(send, lane) for lane in lanes[1:]]
-        try:
-            for part in lanes[0]:
-                self._send(part, [], [])
-        finally:
-            wait(others)
-        for future in others:
-            future.result()
+        others = [
+            threading.Thread(target=send, args=(lane,), name=f"tracelet-mlflow-{n}", daemon=True)
+            for n, lane in enumerate(lanes[1:], 1)
+        ]
+        for thread in others:
+            thread.start()
+        if lanes:
+            send(lanes[0])
+        for thread in others:
+            thread.join()
+        if failures:
+            raise failures[0]
 
     def _send(self, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
         """One ``log_batch`` call; what MLflow refuses for good is a RejectedBatchError."""
@@ -278,10 +280,7 @@ class MlflowBackend(BackendPlugin):
         self.client.set_terminated(self.run_id, status=STATUS[status], end_time=int(ended * 1000))
 
     def stop(self) -> None:
-        """Drop the client and the threads for requests in flight."""
-        if self._senders is not None:
-            self._senders.shutdown(wait=False, cancel_futures=True)
-            self._senders = None
+        """Drop the client (lanes still sending stop at their next request)."""
         self.client = None
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:

@@ -75,14 +75,16 @@ class RuleStream:
         """
         points = points if isinstance(points, list) else list(points)
         self.muted = []
-        if not self._nonfinite and math.isfinite(sum(map(itemgetter(1), points))):
-            return self._feed_finite(points)
+        names = set(map(itemgetter(0), points))
+        finite = math.isfinite(sum(map(itemgetter(1), points)))
+        if finite and self._nonfinite.isdisjoint(names):
+            return self._feed_finite(points, names)
         return self._feed_each(points)
 
-    def _feed_finite(self, points: list[MetricPoint]) -> list[Anomaly]:
-        """Feed points whose values are all finite, one metric at a time."""
+    def _feed_finite(self, points: list[MetricPoint], names: set[str]) -> list[Anomaly]:
+        """Feed points whose values are all finite (of metrics whose last value was finite
+        too), one metric at a time."""
         found: list[tuple[int, Anomaly]] = []
-        names = set(map(itemgetter(0), points))
         for name in names:
             rules = self._rules.get(name)
             if rules is None:

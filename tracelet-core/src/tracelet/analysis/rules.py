@@ -280,6 +280,10 @@ class _Rule:
 BLOCK = 128
 """Most points :meth:`LossSpikeRule.update_many` tries to admit at once (at most the
 window: the bound needs a part of the window that every point of the block keeps)."""
+MIN_ADMITTED = 16
+"""Fewest points a partly failed block admits (each admission costs a sort afterwards)."""
+MAX_EXACT_SPAN = 4096
+"""Longest run of point-by-point updates after blocks kept failing (a very noisy loss)."""
 
 
 class LossSpikeRule(_Rule):
@@ -356,14 +360,17 @@ class LossSpikeRule(_Rule):
         """:meth:`update` each of ``xs`` in order, admitting blocks that cannot hold an
         outlier at once; yield ``(index, finding)``."""
         index, count = 0, len(xs)
-        exact_until = 0  # after a block that failed its bound, go point by point a while
+        exact_until = 0  # after a block that failed its bound, go point by point a while,
+        span = BLOCK  # longer each time in a row (a noisy loss), back to BLOCK on success
         while index < count:
             if index >= exact_until:
                 admitted = self._admit_block(xs, index)
                 if admitted:
                     index += admitted
+                    span = BLOCK
                     continue
-                exact_until = index + BLOCK
+                exact_until = index + span
+                span = min(span * 2, MAX_EXACT_SPAN)
             finding = self.update(xs[index])
             if finding is not None:
                 yield index, finding
@@ -404,6 +411,8 @@ class LossSpikeRule(_Rule):
                 for i, (y, x) in enumerate(zip(logs, block, strict=True))
                 if y > log_limit or x > ratio_limit
             )
+            if admitted < MIN_ADMITTED:  # not worth sorting the window again for
+                return 0
         if admitted:  # the deques drop what leaves the window
             values.extend(block[:admitted])
             self._value_logs.extend(logs[:admitted])

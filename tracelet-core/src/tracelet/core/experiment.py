@@ -149,6 +149,8 @@ class Experiment:
         self._on_stop: list[Callable[[Experiment], object]] = []
         self._append: Callable[[Any], None] = self._not_running
         self._append_metric: Callable[[Any], None] = self._not_running
+        self._extend_metrics: Callable[[list[Any]], None] | None = None
+        """Queues a step's points at once (None: each goes through ``_append_metric``)."""
         self._buffer: Any = ()
         self._capacity = 0
         self._gradients: dict[str, float] = {}
@@ -182,13 +184,14 @@ class Experiment:
         assert session.orchestrator is not None
         orchestrator = session.orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
-        # metric points: the hot path appends itself, after checking capacity; other
-        # records are also counted in bytes; without async writes, each call journals
-        self._append = (
-            orchestrator.put if self.settings.async_writes else orchestrator.put_journaled
-        )
-        append_metric = orchestrator.buffer.append if self.settings.async_writes else self._append
-        self._append_metric = append_metric if self.settings.track_metrics else _dropped
+        # Metric points: the hot path checks capacity, then appends (or extends, a step at a
+        # time). Other records are also counted in bytes. Without async writes, each call
+        # journals before it returns.
+        queued, tracked = self.settings.async_writes, self.settings.track_metrics
+        self._append = orchestrator.put if queued else orchestrator.put_journaled
+        append_metric = orchestrator.buffer.append if queued else self._append
+        self._append_metric = append_metric if tracked else _dropped
+        self._extend_metrics = orchestrator.buffer.extend if queued and tracked else None
         self._artifacts = ArtifactLogger(
             info, session.store, self._put, session.backends, resumed.versions
         )
@@ -230,6 +233,7 @@ class Experiment:
             process.stopping.add(self)
             self._session.stop_helpers()
             self._append = self._append_metric = self._not_running
+            self._extend_metrics = None
             undelivered = self._session.close(status, self.settings.flush_timeout)
             failed = {n for n, s in self.delivery.items() if s.phase is DeliveryPhase.FAILED}
             for backend, batches in undelivered.items():
@@ -322,8 +326,8 @@ class Experiment:
         else:
             points = [self._checked_point(n, v, step, now) for n, v in metrics.items()]
         buffer = self._buffer
-        if self._append_metric == buffer.append and len(buffer) + len(points) <= self._capacity:
-            buffer.extend(points)  # one call for the whole step (as atomic as an append)
+        if self._extend_metrics is not None and len(buffer) + len(points) <= self._capacity:
+            self._extend_metrics(points)  # one call for the whole step (as atomic as append)
             return
         for point in points:
             if len(buffer) >= self._capacity:
@@ -541,6 +545,7 @@ class Experiment:
         """In a forked child: the run belongs to the parent; logging here raises."""
         self._forked = True
         self._append = self._append_metric = self._in_forked_child
+        self._extend_metrics = None
         if self._session is not None:
             self._session.abandon()
 

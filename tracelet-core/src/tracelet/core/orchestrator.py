@@ -157,9 +157,10 @@ class Orchestrator:
             self._drain_reporting()  # (from inside a drain, that drain takes it)
 
     def _reserve(self, size: int) -> None:
+        draining = self._drainer == threading.get_ident()  # never wait for itself
         with self._room:
             while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
-                if not self.running:
+                if draining or not self.running:
                     break
                 self._wake.set()
                 self._room.wait(0.5)
@@ -173,7 +174,11 @@ class Orchestrator:
                 self._room.notify_all()
 
     def wait_for_room(self) -> None:
-        """Block until the dispatcher has made room in the buffer (back-pressure)."""
+        """Block until the dispatcher has made room in the buffer (back-pressure); not on
+        the thread draining it (a hook or ``on_anomaly`` callback logging), which would wait
+        for itself."""
+        if self._drainer == threading.get_ident():
+            return
         self._wake.set()
         with self._room:
             while len(self.buffer) >= self.capacity and self.running:
@@ -339,6 +344,8 @@ class Orchestrator:
             except BaseException:
                 if self.seq == before:  # nothing of it was written: keep it for the next try
                     buffer.extendleft(reversed(items))
+                    with self._room:  # their payload was released when the batch was built
+                        self.payload_bytes += sum(map(payload_bytes, items))
                 raise
             finally:
                 self._in_flight = 0
