@@ -64,11 +64,7 @@ class TracerConfig:
     def as_config(self) -> dict[str, Any]:
         """The ``config=`` of :func:`tracelet.start_logging` this stands for: every field set
         (and not None), under the name of the setting or run key it sets."""
-        return {
-            TRACER_CONFIG_KEYS[name]: getattr(self, name)
-            for name in TRACER_CONFIG_KEYS
-            if name in self._given and not (getattr(self, name) is None and name in OPTIONAL_FIELDS)
-        }
+        return canonical({n: getattr(self, n) for n in TRACER_CONFIG_KEYS if n in self._given})
 
     def settings(self) -> TraceletSettings:
         """Tracelet's settings with this configuration applied over the environment,

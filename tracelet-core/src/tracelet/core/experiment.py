@@ -417,11 +417,7 @@ class Experiment:
         images waiting to be encoded hold ``media_buffer_mb`` or more, the call waits."""
         check_name(name, "image")
         pending = PendingImage.snapshot(name, image, self._step(step), _time())
-        orchestrator = self.orchestrator
-        if not self.is_running or orchestrator is None:
-            self._not_running(pending)
-        assert orchestrator is not None
-        self._append(pending)
+        self._append(pending)  # refuses it when the run is not running
 
     def add_tags(self, tags: Iterable[str] | Mapping[str, str]) -> None:
         """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""

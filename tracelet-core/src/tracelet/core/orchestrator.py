@@ -140,7 +140,7 @@ class Orchestrator:
     def put(self, record: Any) -> None:
         """Queue any record, waiting while the buffer is full. A record with a payload (an
         image, a text, a sample, parameters: :func:`payload_bytes`) also waits while those
-        queued hold ``media_capacity`` bytes or more (one larger than that still goes
+        queued hold ``payload_capacity`` bytes or more (one larger than that still goes
         through an empty queue): memory stays bounded in records and in bytes."""
         size = payload_bytes(record)
         if size:
@@ -153,11 +153,11 @@ class Orchestrator:
         """Queue ``record`` and journal it, with everything queued before it, before
         returning (``async_writes`` off). A failure is reported; the dispatcher retries."""
         self.put(record)
-        if self.running and self._drainer != threading.get_ident():
+        if self.running and not self._draining_here():
             self._drain_reporting()  # (from inside a drain, that drain takes it)
 
     def _reserve(self, size: int) -> None:
-        draining = self._drainer == threading.get_ident()  # never wait for itself
+        draining = self._draining_here()  # never wait for itself
         with self._room:
             while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
                 if draining or not self.running:
@@ -177,7 +177,7 @@ class Orchestrator:
         """Block until the dispatcher has made room in the buffer (back-pressure); not on
         the thread draining it (a hook or ``on_anomaly`` callback logging), which would wait
         for itself."""
-        if self._drainer == threading.get_ident():
+        if self._draining_here():
             return
         self._wake.set()
         with self._room:
@@ -242,7 +242,7 @@ class Orchestrator:
 
     def _journal_now(self, deadline: float) -> bool:
         """Have everything queued so far journaled (by ``deadline``); True if it was."""
-        if self._drainer == threading.get_ident():
+        if self._draining_here():
             self._drain()  # called from inside a drain (a hook, an on_anomaly callback)
             return True
         return self._journal_queued(deadline)
@@ -314,6 +314,11 @@ class Orchestrator:
                 self._cycled.notify_all()
             if stopping:
                 return
+
+    def _draining_here(self) -> bool:
+        """Whether the calling thread is the one draining the buffer now (then it must not
+        wait for the drain, nor for room only the drain makes)."""
+        return self._drainer == threading.get_ident()
 
     def _drain_reporting(self, check_store: bool = False) -> None:
         """Drain under the lock, reporting (not raising) anything unexpected: the dispatcher,
