@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", nargs="+", choices=MODELS, default=list(MODELS), help="models (default: both)"
     )
+    parser.add_argument(
+        "--no-peers", action="store_true", help="only the baseline and Tracelet (a quick check)"
+    )
     args = parser.parse_args(argv)
     if importlib.util.find_spec("torch") is None:
         print("torch is not installed: pip install -r benchmarks/requirements.txt")
@@ -258,9 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         name: run
         for name, (run, module) in VARIANTS.items()
-        if module is None or importlib.util.find_spec(module) is not None
+        if (module is None or importlib.util.find_spec(module) is not None)
+        and not (args.no_peers and module is not None)
     }
-    notes = [f"{name}: not installed" for name, (_, m) in VARIANTS.items() if name not in variants]
+    notes = [
+        f"{name}: not installed"
+        for name, (_, module) in VARIANTS.items()
+        if name not in variants and not args.no_peers
+    ]
     rows: list[tuple[str, ...]] = []
     failures: list[str] = []
     for model in args.models:

@@ -175,7 +175,7 @@ def test_full_buffer_makes_the_caller_wait_and_drops_nothing(read_store):
 
 
 def test_journal_write_failures_are_retried_without_loss(read_store, monkeypatch, caplog):
-    exp = start()
+    exp = start(journal_process=False)  # the failure is injected in this process's store
     real_write = type(exp.store).write_batch
     failures = {"left": 3}
 

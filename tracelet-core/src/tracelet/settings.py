@@ -62,6 +62,11 @@ class TraceletSettings:
         True, Bool(), "Journal on a background thread (off: each logging call waits for it)."
     )
     max_workers: int = setting(4, Number(int, 1), "Most threads delivering to backends at once.")
+    journal_process: bool = setting(
+        True,
+        Bool(),
+        "Journal in a writer process of its own, off the training loop's GIL (off: on a thread).",
+    )
     media_buffer_mb: float = setting(
         512.0, Number(float, 1.0), "Megabytes of images, texts and params queued before waiting."
     )

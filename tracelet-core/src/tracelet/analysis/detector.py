@@ -221,6 +221,8 @@ class LiveDetector:
         self.run_id = run_id
         self.config = DetectorConfig.of(config)
         self.on_anomaly = on_anomaly
+        self.limit = limit
+        """Anomalies of one kind on one metric after which that check is muted."""
         self._stream = RuleStream(run_id, self.config, limit=limit)
         self._warned: set[tuple[str, str]] = set()
 
@@ -230,9 +232,16 @@ class LiveDetector:
         Anomalies come in the order they were found (the order of the points).
         """
         found = self._stream.feed(points)
+        self.announce(found, self._stream.muted)
+        return found
+
+    def announce(self, found: Iterable[Anomaly], muted: Iterable[tuple[str, str]] = ()) -> None:
+        """Warn about and call back with anomalies found by this detector's rules running
+        elsewhere (the journal writer); ``muted`` are the ``(metric, kind)`` checks the last
+        points muted."""
         for anomaly in found:
             self._report(anomaly)
-        for metric, kind in self._stream.muted:
+        for metric, kind in muted:
             logger.warning(
                 "tracelet: %d %s anomalies on %s in run %s; live detection of them is muted "
                 "for this run (`tracelet anomalies RUN --auto` finds them all afterwards)",
@@ -241,7 +250,6 @@ class LiveDetector:
                 metric,
                 self.run_id,
             )
-        return found
 
     def prime(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
         """Feed history (a resumed run's stored points) silently: no warning, no callback.

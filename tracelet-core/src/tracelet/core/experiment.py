@@ -232,9 +232,12 @@ class Experiment:
             assert self._registry is not None
             process.stopping.add(self)
             self._session.stop_helpers()
+            timeout = self.settings.flush_timeout
+            deadline = time.monotonic() + timeout
+            self._session.settle(deadline)  # an on_anomaly callback may still log
             self._append = self._append_metric = self._not_running
             self._extend_metrics = None
-            undelivered = self._session.close(status, self.settings.flush_timeout)
+            undelivered = self._session.close(status, timeout, deadline)
             failed = {n for n, s in self.delivery.items() if s.phase is DeliveryPhase.FAILED}
             for backend, batches in undelivered.items():
                 if backend in failed:  # reported when it failed, with what to do

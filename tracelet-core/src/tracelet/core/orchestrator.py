@@ -1,16 +1,19 @@
-"""The orchestrator: training thread -> buffer -> dispatcher -> journal -> one sink per backend.
+"""The orchestrator: training thread -> buffer -> dispatcher -> journal writer -> one sink
+per backend.
 
 The training thread only appends to :attr:`Orchestrator.buffer` (a deque: appends are
 atomic, so any number of threads may log at once and each thread's records keep their
 order). One dispatcher thread wakes every ``flush_interval`` seconds, or sooner when the
-buffer is full, drains it in batches, journals each batch in one transaction, and offers it
-to every :class:`~tracelet.core.sink.BackendSink`. When the buffer is full the caller waits
+buffer is full, takes it in chunks and sends them to the run's journal writer (a process of
+its own by default: :mod:`tracelet.core.journal_link`), which journals each batch in one
+transaction. Each batch the writer confirms is offered to every
+:class:`~tracelet.core.sink.BackendSink`. When the buffer is full the caller waits
 (back-pressure): nothing is ever dropped.
 """
 
 from __future__ import annotations
 
-import json
+import sqlite3
 import sys
 import threading
 import time
@@ -18,7 +21,16 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracelet.core.journaling import write_batch
+import attrs
+
+from tracelet.core.journal_link import (
+    JournalLink,
+    LinkBroken,
+    LinkTimeout,
+    ProcessLink,
+    ThreadLink,
+)
+from tracelet.core.journal_writer import JournalWriter
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
 from tracelet.core.workers import DeliveryWorkers
@@ -42,6 +54,12 @@ from tracelet.values import check_name, check_step, to_metric_value
 
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
+WRITER_START_WAIT = 10.0
+"""Seconds ``start`` waits for a writer process to be ready (it goes on regardless)."""
+CHUNK = 2048
+"""Records the dispatcher takes from the buffer at a time. Each chunk is sent on before the
+next is taken, and sending lets go of the GIL, so the training thread never waits long
+for it (about 0.2 ms a chunk with a writer process)."""
 POINT_BYTES = 160
 """Memory a queued metric point holds (its tuple, two floats, the step, the buffer's slot),
 measured: the default 200,000-record buffer holds at most about 32 MB of points."""
@@ -76,6 +94,7 @@ class Orchestrator:
         capture_samples: int = 5,
         media_bytes: int = 512 * 2**20,
         max_workers: int = 4,
+        journal_process: bool = True,
     ) -> None:
         self.store = store
         self.run = run
@@ -90,12 +109,29 @@ class Orchestrator:
         self.sinks: dict[str, BackendSink] = {}
         self.workers = DeliveryWorkers(max_workers)
         """The threads delivering to backends (at most ``max_workers``, shared)."""
+        self.journal_process = journal_process
+        """Whether the journal writer runs in a process of its own."""
         self.seq = store.last_seq(run.id)
+        """The last batch journaled."""
         self.unjournaled = 0
         self.samples: deque[Sample] = deque(maxlen=capture_samples)
         self.detector: Any = None
-        self._window_start = store.last_metric_id()
-        self._next_checkpoint_first_step = 0
+        """The run's :class:`~tracelet.analysis.LiveDetector` (set before :meth:`start`)."""
+        self._link: JournalLink = ThreadLink(
+            JournalWriter(store, run, self._on_reply, self._give_up)
+        )
+        self._link_lost = False
+        self._send_lock = threading.RLock()
+        self._open_metrics: list[MetricPoint] = []
+        self._open_events: list[Any] = []
+        """The batch being built: what was sent of it, and its other records."""
+        self._next_seq = self.seq + 1
+        self._pending: dict[int, Batch] = {}
+        """Batches sent to the writer and not answered for yet, by number."""
+        self._acked = self.seq
+        """The last batch the writer answered for (journaled or lost)."""
+        self._acks = threading.Condition()
+        self._findings: deque[tuple[list[Any], list[Any]]] = deque()
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._drain_lock = threading.Lock()
@@ -107,7 +143,7 @@ class Orchestrator:
         self._stopping = False
         self._abandoned = False
         self._in_flight = 0
-        """Records the dispatcher is journaling now."""
+        """Records of the batch being prepared (images encoded, artifacts copied)."""
         self._stop_deadline = float("inf")
         self._thread = threading.Thread(
             target=self._dispatch, name="tracelet-dispatcher", daemon=True
@@ -119,7 +155,10 @@ class Orchestrator:
         return self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the dispatcher thread and every backend's sink."""
+        """Start the journal writer, the dispatcher thread and every backend's sink."""
+        self._link = self._open_link()
+        self._introduce()
+        self._link.wait_ready(WRITER_START_WAIT)  # its start-up is not the training loop's
         self._thread.start()
         for sink in list(self.sinks.values()):
             sink.start()
@@ -155,6 +194,7 @@ class Orchestrator:
         self.put(record)
         if self.running and not self._draining_here():
             self._drain_reporting()  # (from inside a drain, that drain takes it)
+            self._wait_acked(self._next_seq - 1, float("inf"))
 
     def _reserve(self, size: int) -> None:
         draining = self._draining_here()  # never wait for itself
@@ -203,6 +243,7 @@ class Orchestrator:
         self.store.ensure_cursor(self.run.id, name)
         self.sinks[name] = sink
         if self.running:
+            self._send(("cursors", tuple(self.sinks)))
             sink.start()
         return sink
 
@@ -240,6 +281,11 @@ class Orchestrator:
             time.sleep(0.01)
         return all(s.cursor >= target for s in self.sinks.values())
 
+    def settle(self, deadline: float) -> bool:
+        """Have everything queued so far journaled and what live detection found in it
+        announced (an ``on_anomaly`` callback may log more), by ``deadline``."""
+        return self._journal_now(deadline) and self._journal_now(deadline)
+
     def _journal_now(self, deadline: float) -> bool:
         """Have everything queued so far journaled (by ``deadline``); True if it was."""
         if self._draining_here():
@@ -248,7 +294,8 @@ class Orchestrator:
         return self._journal_queued(deadline)
 
     def _journal_queued(self, deadline: float) -> bool:
-        """Wait until a whole dispatcher cycle has begun and ended since this call."""
+        """Wait until a whole dispatcher cycle has begun and ended since this call, then
+        for the writer to journal what it was sent."""
         with self._cycled:
             target = self._cycles + 2
             while self._cycles < target and self.running:
@@ -257,14 +304,23 @@ class Orchestrator:
                 if remaining <= 0:
                     return False
                 self._cycled.wait(min(remaining, 0.05))
+        if not self._wait_acked(self._next_seq - 1, deadline):
+            return False
         return not self.buffer or not self.running
 
-    def stop(self, status: RunStatus = RunStatus.FINISHED, timeout: float = 30.0) -> dict[str, int]:
-        """Journal everything, give backends up to ``timeout`` seconds, and stop.
+    def stop(
+        self,
+        status: RunStatus = RunStatus.FINISHED,
+        timeout: float = 30.0,
+        deadline: float | None = None,
+    ) -> dict[str, int]:
+        """Journal everything, give backends up to ``timeout`` seconds (or until
+        ``deadline``, a ``time.monotonic()`` value, when given), and stop.
 
         Returns, per backend, how many batches it has not accepted (they stay in the journal).
         """
-        deadline = time.monotonic() + timeout
+        if deadline is None:
+            deadline = time.monotonic() + timeout
         self._stop_deadline = deadline
         self._stopping = True
         self._wake.set()
@@ -272,15 +328,17 @@ class Orchestrator:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.running:  # still encoding or writing at the deadline: leave it there
             self._abandoned = True
-            left = len(self.buffer) + self.unjournaled + self._in_flight
+            self._link.close(deadline)  # a writer process still busy is stopped
+        elif self.buffer:
+            self._drain_reporting()  # logged by another thread as the dispatcher ended
+        left = self._stranded()
+        if left:
             report_once(
                 f"tracelet run {self.run.id}",
                 f"{left} record(s) were not journaled before the {timeout:g}s flush timeout "
                 "(the journal was still busy: encoding images, or a full or failing disk); "
                 "they are lost",
             )
-        else:
-            self._drain_reporting()
         for sink in self.sinks.values():
             sink.close(status, deadline)
         for sink in self.sinks.values():
@@ -308,132 +366,253 @@ class Orchestrator:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             stopping = self._stopping
-            self._drain_reporting(check_store=True)
+            self._drain_reporting()
+            if stopping:
+                self._finish_journal()
             with self._cycled:
                 self._cycles += 1
                 self._cycled.notify_all()
             if stopping:
                 return
 
+    def _finish_journal(self) -> None:
+        """At stop, on the dispatcher: let the writer process finish (by stop's deadline) and
+        announce what it found; anything logged later is journaled in this process."""
+        if isinstance(self._link, ThreadLink):
+            return
+        self._link.close(self._stop_deadline)
+        with self._send_lock:
+            if self._link_lost and not self._give_up():
+                self._replace_link()  # it died: what it had not journaled is journaled here
+            else:
+                self._link_lost = False
+                self._link = self._thread_link()
+        self._drain_reporting()
+
     def _draining_here(self) -> bool:
         """Whether the calling thread is the one draining the buffer now (then it must not
         wait for the drain, nor for room only the drain makes)."""
         return self._drainer == threading.get_ident()
 
-    def _drain_reporting(self, check_store: bool = False) -> None:
+    def _drain_reporting(self) -> None:
         """Drain under the lock, reporting (not raising) anything unexpected: the dispatcher,
         and a caller journaling synchronously, must outlive any bug."""
         try:
             with self._drain_lock:
                 self._drainer = threading.get_ident()
                 try:
-                    if check_store:
-                        self._check_store()
+                    if self._link_lost and not self._give_up():
+                        self._replace_link()
                     self._drain()
+                    self._announce()
                 finally:
                     self._drainer = None
+        except LinkTimeout:  # past stop's deadline, the writer no longer reading
+            self._abandoned = True
         except Exception as error:
             report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
 
     def _drain(self) -> None:
+        """Send the buffer to the writer, :data:`CHUNK` records at a time; a batch ends when
+        the buffer is empty, at :data:`MAX_BATCH` records, and before a checkpoint."""
         buffer = self.buffer
         popleft = buffer.popleft
         while buffer and not self._abandoned:
-            items = [popleft() for _ in range(min(len(buffer), MAX_BATCH))]
+            chunk = [popleft() for _ in range(min(len(buffer), CHUNK))]
             with self._room:
                 self._room.notify_all()
-            before = self.seq
-            self._in_flight = len(items)
+            self._take(chunk)
+            if not buffer or len(self._open_metrics) + len(self._open_events) >= MAX_BATCH:
+                self._close_batch()
+
+    def _take(self, chunk: list[Any]) -> None:
+        metrics = [r for r in chunk if r.__class__ is tuple]
+        if len(metrics) == len(chunk):
+            self._send_points(metrics)
+            return
+        points: list[MetricPoint] = []
+        for record in chunk:
+            if record.__class__ is tuple:
+                points.append(record)
+            elif record.__class__ is CheckpointRequest:
+                self._send_points(points)
+                points = []
+                self._close_batch()  # the checkpoint sees exactly what was logged before it
+                self._send(("checkpoint", record, list(self.samples)))
+                self.samples.clear()
+            else:
+                self._open_events.append(record)
+        self._send_points(points)
+
+    def _send_points(self, points: list[MetricPoint]) -> None:
+        if points:
+            self._open_metrics += points
+            self._send(("points", points))
+
+    def _close_batch(self) -> None:
+        """End the batch being built: number it and have the writer journal it."""
+        if not self._open_metrics and not self._open_events:
+            return
+        metrics, events = self._open_metrics, self._open_events
+        self._open_metrics, self._open_events = [], []
+        seq = self._next_seq
+        self._in_flight = len(metrics) + len(events)
+        try:
+            batch = self._batch(seq, metrics, events)
+        finally:
+            self._in_flight = 0
+        if not len(batch):  # only samples: they wait for the next checkpoint
+            return
+        with self._acks:
+            self._next_seq = max(self._next_seq, seq + 1)
+            self._pending[seq] = batch
+        message = ("batch", seq, batch.params, batch.tags, batch.texts, batch.images)
+        try:
+            self._send((*message, batch.artifacts))
+        except (LinkBroken, LinkTimeout):
+            raise
+        except Exception:
+            self._on_reply(("lost", seq, len(batch)))
+            raise
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Send ``message`` to the writer; if the writer process is gone, go on with one in
+        this process (which is sent what the lost one had not journaled)."""
+        with self._send_lock:
+            if self._abandoned:
+                raise LinkTimeout  # stop has given up on the journal
+            if self._link_lost:
+                self._replace_link()
             try:
-                self._journal(items)
-            except BaseException:
-                if self.seq == before:  # nothing of it was written: keep it for the next try
-                    buffer.extendleft(reversed(items))
-                    with self._room:  # their payload was released when the batch was built
-                        self.payload_bytes += sum(map(payload_bytes, items))
-                raise
-            finally:
-                self._in_flight = 0
+                self._link.send(message, self._give_up)
+            except LinkBroken:
+                self._replace_link()  # it resends the points and batches not journaled
+                if message[0] not in ("points", "batch"):
+                    self._link.send(message, self._give_up)
 
-    def _check_store(self) -> None:
-        """Notice a journal deleted or replaced under the run, and start a new one."""
-        if self.store.file_identity() == self.store.identity:
-            return
-        logger.error(
-            "tracelet: the local store %s was deleted or replaced while run %s was writing "
-            "to it; what it held is gone from there. A new one is created and the run goes on "
-            "in it from batch %d",
-            self.store.db_path,
-            self.run.id,
-            self.seq + 1,
+    def _announce(self) -> None:
+        """Report what live detection found (on the drainer: a callback may log)."""
+        while self._findings:
+            found, muted = self._findings.popleft()
+            if self.detector is not None:
+                self.detector.announce(found, muted)
+
+    # -- the journal writer --------------------------------------------------------------
+
+    def _open_link(self) -> JournalLink:
+        if self.journal_process:
+            try:
+                return ProcessLink(self.store.path, self.run, self._on_reply, self._on_link_end)
+            except OSError as error:
+                report_once(
+                    "tracelet journal",
+                    f"could not start a journal writer process ({error!r}); journaling in "
+                    "the training process instead",
+                )
+        return self._thread_link()
+
+    def _thread_link(self) -> ThreadLink:
+        return ThreadLink(JournalWriter(self.store, self.run, self._on_reply, self._give_up))
+
+    def _introduce(self) -> None:
+        """Tell the writer the run's backends and how to watch its metrics."""
+        self._send(("cursors", tuple(self.sinks)))
+        if self.detector is not None:
+            self._send(("detect", self.detector.config, self.detector.limit))
+
+    def _on_link_end(self, expected: bool) -> None:
+        if not expected:
+            self._link_lost = True
+            self._wake.set()
+            with self._acks:
+                self._acks.notify_all()
+
+    def _replace_link(self) -> None:
+        """Go on journaling in this process after the writer process ended unexpectedly."""
+        with self._send_lock:
+            self._resume_in_process()
+
+    def _resume_in_process(self) -> None:
+        lost, pid = self._link, self._link.pid
+        lost.close(time.monotonic() + 1.0)  # its last replies are read before going on
+        report_once(
+            "tracelet journal",
+            f"the journal writer process {pid} ended unexpectedly; run {self.run.id} goes on "
+            "journaling in the training process, and nothing queued is lost",
         )
-        self.store.reopen()
-        self.store.create_run(self.run)
-        for name in self.sinks:
-            self.store.ensure_cursor(self.run.id, name)
+        self._link_lost = False
+        self._link = self._thread_link()
+        self._introduce()
+        last = self.store.last_seq(self.run.id)
+        with self._acks:
+            pending = sorted(self._pending.items())
+        for seq, batch in pending:
+            if seq <= last:  # journaled, its reply lost with the process
+                self._on_reply(("journaled", seq, seq))
+                continue
+            self._link.send(("points", list(batch.metrics)), self._give_up)
+            message = ("batch", seq, batch.params, batch.tags, batch.texts, batch.images)
+            self._link.send((*message, batch.artifacts), self._give_up)
+        if self._open_metrics:
+            self._link.send(("points", list(self._open_metrics)), self._give_up)
 
-    def _journal(self, items: list[Any]) -> None:
-        """Journal ``items`` as one batch, or one per checkpoint request they contain (so
-        that each checkpoint sees exactly what was logged before it was asked for)."""
-        metrics = [r for r in items if r.__class__ is tuple]
-        events = [r for r in items if r.__class__ is not tuple] if len(metrics) < len(items) else []
-        if not any(e.__class__ is CheckpointRequest for e in events):
-            self._journal_batch(metrics, events)
-            return
-        start = 0
-        for end, item in enumerate(items, 1):
-            if item.__class__ is CheckpointRequest:
-                self._journal(items[start : end - 1])
-                self._checkpoint(item)
-                start = end
-        self._journal(items[start:])
+    def _on_reply(self, message: tuple[Any, ...]) -> None:
+        """Act on a reply of the writer (see :mod:`tracelet.core.journal_writer`)."""
+        kind = message[0]
+        if kind == "journaled":
+            self._journaled(message[1], message[2])
+        elif kind == "lost":
+            with self._acks:
+                self._pending.pop(message[1], None)
+                self._acked = max(self._acked, message[1])
+                self.unjournaled += message[2]
+                self._acks.notify_all()
+        elif kind == "found":
+            self._findings.append((message[1], message[2]))
+            if not self._draining_here():
+                self._wake.set()
+        elif kind == "log":
+            logger.log(message[1], "%s", message[2])
+        elif kind == "replaced" and self._link.pid is not None:
+            self.store.reconnect()  # the writer process made a new file: use it here too
 
-    def _journal_batch(self, metrics: list[MetricPoint], events: list[Any]) -> None:
-        if not metrics and not events:
+    def _journaled(self, asked: int, written: int) -> None:
+        with self._acks:
+            batch = self._pending.pop(asked, None)
+            self._acked = max(self._acked, asked)
+            self.seq = max(self.seq, written)
+            self._next_seq = max(self._next_seq, written + 1)
+            self._acks.notify_all()
+        if batch is None:
             return
-        batch = self._batch(self.seq + 1, metrics, events)
-        written = write_batch(self.store, batch, self._give_up)
-        if written is None:
-            self.unjournaled += len(batch)
-            return
-        batch = written
-        self.seq = batch.seq
+        if written != asked:
+            batch = attrs.evolve(batch, seq=written)
         for sink in list(self.sinks.values()):
             sink.offer(batch)
-        if self.detector is not None and metrics:
-            self._detect(metrics)
 
-    def _checkpoint(self, request: CheckpointRequest) -> None:
-        """Write the checkpoint of ``request.step`` from the metrics logged since the last."""
-        try:
-            latest = self.store.latest_metric_values(self.run.id, self._window_start)
-            self._window_start = self.store.last_metric_id()
-            self.store.write_checkpoint(
-                self.run.id,
-                {
-                    "step": request.step,
-                    "timestamp": request.timestamp,
-                    "first_step": self._next_checkpoint_first_step,
-                    "metrics": {k: v for k, (v, s) in latest.items() if s == request.step},
-                    "gradient_stats": dict(request.gradient_stats),
-                    "system_metrics": dict(request.system_metrics),
-                    "samples": [json.loads(sample.data) for sample in self.samples],
-                },
-            )
-        except Exception as error:
-            report_once("tracelet checkpoints", f"could not write a checkpoint ({error!r})")
-            return
-        self.samples.clear()
-        self._next_checkpoint_first_step = request.step + 1
+    def _wait_acked(self, seq: int, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the writer to answer for batch ``seq``."""
+        with self._acks:
+            while self._acked < seq and self.running:
+                if self._link_lost:
+                    self._wake.set()  # the dispatcher replaces the writer
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._acks.wait(min(remaining, 0.05))
+        return self._acked >= seq
 
-    def _detect(self, metrics: Sequence[MetricPoint]) -> None:
-        """Run the live anomaly detector over a journaled batch and store what it finds."""
+    def _stranded(self) -> int:
+        """Records queued, sent or being written and not journaled (at stop's deadline)."""
         try:
-            found = self.detector.observe(metrics)
-            if found:
-                self.store.add_anomalies(found)
-        except Exception as error:
-            report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
+            last = self.store.last_seq(self.run.id)
+        except sqlite3.Error:
+            last = 0
+        with self._acks:
+            held = sum(len(batch) for seq, batch in self._pending.items() if seq > last)
+            self._pending.clear()
+        queued = len(self.buffer) + len(self._open_metrics) + len(self._open_events)
+        return queued + self._in_flight + held
 
     def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:
         params: dict[str, Any] = {}

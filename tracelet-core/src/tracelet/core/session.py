@@ -80,10 +80,10 @@ class RunSession:
                 capture_samples=self.settings.capture_samples,
                 media_bytes=int(self.settings.media_buffer_mb * 2**20),
                 max_workers=self.settings.max_workers,
+                # each call waits for its journaling anyway with async_writes off
+                journal_process=self.settings.journal_process and self.settings.async_writes,
             )
-            if detector is not None:
-                orchestrator.detector = detector
-                detector.prime(self._recent_points(store, info.id))
+            orchestrator.detector = detector  # the journal writer primes its rules
             for backend in self.backends:
                 orchestrator.add_backend(backend, resumed=backend.name in resumed.backends)
         except BaseException:
@@ -135,13 +135,6 @@ class RunSession:
             for r in self._registrations
         }
 
-    @staticmethod
-    def _recent_points(store: LocalStore, run_id: str, batches: int = 64) -> list[Any]:
-        """The metric points of the run's last ``batches`` batches (none for a new run)."""
-        last = store.last_seq(run_id)
-        recent = store.read_batches(run_id, max(0, last - batches), last, limit=batches)
-        return [point for batch in recent for point in batch.metrics]
-
     def start_helpers(self, experiment: Experiment) -> None:
         """Start the collectors and attach the framework integrations."""
         self._collectors = CollectorRunner.build(
@@ -180,14 +173,23 @@ class RunSession:
         if self._collectors is not None:
             self._collectors.stop()
 
-    def close(self, status: RunStatus, flush_timeout: float) -> dict[str, int]:
-        """Flush within ``flush_timeout``, record ``status``, release the store and lock.
+    def settle(self, deadline: float) -> None:
+        """Journal what is queued and announce what live detection found in it (by
+        ``deadline``, a ``time.monotonic()`` value)."""
+        if self.orchestrator is not None and self.orchestrator.running:
+            self.orchestrator.settle(deadline)
+
+    def close(
+        self, status: RunStatus, flush_timeout: float, deadline: float | None = None
+    ) -> dict[str, int]:
+        """Flush within ``flush_timeout`` (or by ``deadline``), record ``status``, release
+        the store and lock.
 
         Returns, per backend, the batches it did not accept in time (kept in the store).
         """
         assert self.orchestrator is not None
         assert self.store is not None
-        undelivered = self.orchestrator.stop(status, timeout=flush_timeout)
+        undelivered = self.orchestrator.stop(status, timeout=flush_timeout, deadline=deadline)
         try:
             self.store.finish_run(self.orchestrator.run.id, status)
         except sqlite3.Error as error:  # full, read-only or gone: the lock still goes

@@ -90,6 +90,13 @@ class LocalStore(StoreFile, RunReader, CursorTable):
                 os.remove(f"{self.db_path}{suffix}")
         self._open()
 
+    def reconnect(self) -> None:
+        """Close this store's connections and use the database file now at its path (which
+        another process, the journal writer, has just created anew)."""
+        self.close()
+        self._run_pks.clear()
+        self._open()
+
     def files_dir(self, run_id: str) -> Path:
         """Where the run's stored images and artifacts live."""
         return self.path / "files" / run_id

@@ -1,0 +1,145 @@
+"""The journal writer process: what it survives, what it leaves behind, and its fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import tracelet
+from tracelet.storage import LocalStore
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} is still running"
+        time.sleep(0.05)
+
+
+def writer_pid(exp: tracelet.Experiment) -> int:
+    pid = exp.orchestrator._link.pid
+    assert pid is not None, "the journal writer runs in a process"
+    assert pid != os.getpid()
+    return pid
+
+
+@pytest.mark.parametrize("journal_process", [True, False])
+def test_both_writers_journal_everything_a_run_logs(read_store, journal_process):
+    seen = []
+    exp = tracelet.start_logging(
+        "both",
+        config={
+            "journal_process": journal_process,
+            "checkpoint_interval": 50,
+            "on_anomaly": lambda a: seen.append(a["step"]),
+        },
+    )
+    exp.log_params({"lr": 0.1})
+    for step in range(200):
+        exp.log_metric("loss", float("nan") if step == 120 else 1.0 / (step + 1), step)
+        exp.step()
+    exp.log_text("notes", "done", 199)
+    tracelet.stop_logging()
+    store = read_store()
+    points = [(n, s) for n, _, s, _ in store.metrics(exp.id)]
+    assert points == [("loss", step) for step in range(200)]
+    assert store.params(exp.id) == {"lr": 0.1}
+    assert [c["step"] for c in store.checkpoints(exp.id)] == [49, 99, 149, 199]
+    assert seen == [120], "on_anomaly called before stop returned"
+    assert [a["step"] for a in store.anomalies(exp.id)] == [120]
+
+
+def test_the_writer_process_ends_with_the_run(read_store):
+    exp = tracelet.start_logging("ends")
+    pid = writer_pid(exp)
+    exp.log_metric("loss", 1.0, 0)
+    tracelet.stop_logging()
+    wait_gone(pid, timeout=1.0)
+    assert len(read_store().metrics(exp.id)) == 1
+
+
+def test_a_writer_that_dies_mid_run_is_replaced_and_nothing_is_lost(read_store, caplog):
+    exp = tracelet.start_logging("writer killed")
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        for step in range(50_000):
+            exp.log_metric("loss", float(step), step)
+        os.kill(writer_pid(exp), signal.SIGKILL)
+        for step in range(50_000, 100_000):
+            exp.log_metric("loss", float(step), step)
+        tracelet.stop_logging()
+    points = [(v, s) for _, v, s, _ in read_store().metrics(exp.id)]
+    assert points == [(float(step), step) for step in range(100_000)], "each point once, in order"
+    assert sum("ended unexpectedly" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_hung_writer_cannot_hold_stop_past_its_timeout(caplog):
+    exp = tracelet.start_logging("writer hung", config={"flush_timeout": 1.0})
+    pid = writer_pid(exp)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, "tracelet"):
+            for step in range(100_000):  # more than the pipe holds, less than the buffer
+                exp.log_metric("loss", float(step), step)
+            started = time.monotonic()
+            tracelet.stop_logging()
+            took = time.monotonic() - started
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert took < 1.0 + 3.0, f"stop took {took:.1f} s with flush_timeout=1"
+    assert "were not journaled before the 1s flush timeout" in caplog.text
+    wait_gone(pid, timeout=5.0)
+
+
+TRAINER = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import tracelet
+
+    exp = tracelet.start_logging("killed", config={"store_path": sys.argv[1]})
+    for step in range(300_000):
+        exp.log_metric("loss", float(step), step)
+    orchestrator = exp.orchestrator
+    while orchestrator.buffer or orchestrator._open_metrics or orchestrator._in_flight:
+        time.sleep(0.001)  # everything sent to the writer, not necessarily journaled
+    print(exp.id, orchestrator._link.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_what_the_writer_received_is_journaled_after_a_sigkill_of_the_trainer(tmp_path: Path):
+    store_path = tmp_path / "store"
+    trainer = subprocess.run(
+        [sys.executable, "-c", TRAINER, str(store_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert trainer.returncode == -signal.SIGKILL, trainer.stderr
+    run_id, pid = trainer.stdout.split()
+    wait_gone(int(pid))
+    store = LocalStore(store_path)
+    try:
+        points = [(v, s) for _, v, s, _ in store.metrics(run_id)]
+        assert points == [(float(step), step) for step in range(300_000)]
+        assert store.get_run(run_id).status.value == "crashed"
+    finally:
+        store.close()

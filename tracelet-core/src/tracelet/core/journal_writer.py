@@ -1,0 +1,260 @@
+"""The journal's writer: it journals a run's batches, runs live anomaly detection on them and
+writes checkpoints, strictly in the order the dispatcher sends them.
+
+By default it runs in a process of its own (``journal_process``, see
+:mod:`tracelet.core.journal_link`): the training process only queues records and sends them
+down a pipe, so journaling's Python work never holds the GIL the training loop needs, and
+what the writer has received is journaled even when the training process is killed. The
+same :class:`JournalWriter` also runs inside the training process, called directly.
+
+Messages are tuples whose first item names them. To the writer:
+
+- ``("points", points)``: metric points of the batch being built;
+- ``("batch", seq, params, tags, texts, images, artifacts)``: the batch ends; journal it;
+- ``("checkpoint", request, samples)``: write a checkpoint of what is journaled so far;
+- ``("cursors", names)``: the run's backends (a store created anew gets their cursors);
+- ``("detect", config, limit)``: run live detection (primed with the run's last points);
+- ``("deadline", when)``: stop retrying a failing write at ``time.monotonic()`` ``when``.
+
+From the writer: ``("journaled", asked, written)`` (the batch numbered ``asked`` is in
+the journal as ``written``), ``("lost", asked, count)``, ``("found", anomalies, muted)``,
+``("replaced",)`` (the store file was created anew), ``("log", level, text)`` and
+``("ready", pid)`` (only from a process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO
+
+from tracelet.analysis.detector import RuleStream
+from tracelet.core.framing import read_frame, write_frame
+from tracelet.core.journaling import write_batch
+from tracelet.records import Batch, CheckpointRequest, MetricPoint, RunInfo
+from tracelet.reporting import logger, report_once
+from tracelet.storage import LocalStore
+
+Reply = Callable[[tuple[Any, ...]], None]
+
+ORPHAN_DEADLINE = 30.0
+"""Seconds an orphaned writer (its training process died) keeps retrying a failing write."""
+MESSAGES_HELD = 16
+"""Messages the writer process reads ahead; then the pipe fills and the dispatcher waits."""
+PRIMING_BATCHES = 64
+"""Batches of a resumed run's history that prime live detection."""
+
+
+class JournalWriter:
+    """Journals one run's batches from the messages the dispatcher sends, in order."""
+
+    def __init__(
+        self, store: LocalStore, run: RunInfo, reply: Reply, give_up: Callable[[], bool]
+    ) -> None:
+        self.store = store
+        self.run = run
+        self.reply = reply
+        self.give_up = give_up
+        self.points: list[MetricPoint] = []
+        """The points of the batch being built."""
+        self.cursors: tuple[str, ...] = ()
+        self.stream: RuleStream | None = None
+        self._window_start = store.last_metric_id()
+        self._first_step = 0
+
+    def handle(self, message: tuple[Any, ...]) -> None:
+        """Act on one message (see the module's docstring)."""
+        kind = message[0]
+        if kind == "points":
+            self.points += message[1]
+        elif kind == "batch":
+            self._journal(*message[1:])
+        elif kind == "checkpoint":
+            self._checkpoint(message[1], message[2])
+        elif kind == "cursors":
+            self.cursors = tuple(message[1])
+        elif kind == "detect":
+            self._start_detection(message[1], message[2])
+        else:
+            raise ValueError(f"unknown journal message {kind!r}")
+
+    def finish(self) -> None:
+        """Journal points whose batch never ended (the training process died mid-batch)."""
+        if self.points:
+            self._journal(self.store.last_seq(self.run.id) + 1, {}, {}, (), (), ())
+
+    def _journal(
+        self,
+        seq: int,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        texts: Sequence[Any],
+        images: Sequence[Any],
+        artifacts: Sequence[Any],
+    ) -> None:
+        try:
+            self._check_store()
+        except Exception as error:  # (a full disk) the file in use still takes the batch
+            report_once("tracelet journal", f"could not start a new local store ({error!r})")
+        metrics, self.points = self.points, []
+        batch = Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
+        written = write_batch(self.store, batch, self.give_up)
+        if written is None:
+            self.reply(("lost", seq, len(batch)))
+            return
+        if self.stream is not None and written.metrics:
+            self._detect(written.metrics)  # before the reply: a flush sees what it found
+        self.reply(("journaled", seq, written.seq))
+
+    def _check_store(self) -> None:
+        """Notice a journal deleted or replaced under the run, and start a new one."""
+        store = self.store
+        if store.file_identity() == store.identity:
+            return
+        logger.error(
+            "tracelet: the local store %s was deleted or replaced while run %s was writing "
+            "to it; what it held is gone from there. A new one is created and the run goes on "
+            "in it from batch %d",
+            store.db_path,
+            self.run.id,
+            store.last_seq(self.run.id) + 1,
+        )
+        store.reopen()
+        store.create_run(self.run)
+        for name in self.cursors:
+            store.ensure_cursor(self.run.id, name)
+        self.reply(("replaced",))
+
+    def _start_detection(self, config: Any, limit: int | None) -> None:
+        self.stream = RuleStream(self.run.id, config, limit=limit)
+        last = self.store.last_seq(self.run.id)
+        recent = self.store.read_batches(
+            self.run.id, max(0, last - PRIMING_BATCHES), last, limit=PRIMING_BATCHES
+        )
+        self.stream.feed(point for batch in recent for point in batch.metrics)
+
+    def _detect(self, metrics: Sequence[MetricPoint]) -> None:
+        assert self.stream is not None
+        try:
+            found = self.stream.feed(metrics)
+            if found:
+                self.store.add_anomalies(found)
+        except Exception as error:
+            report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
+            return
+        if found or self.stream.muted:
+            self.reply(("found", found, self.stream.muted))
+
+    def _checkpoint(self, request: CheckpointRequest, samples: Sequence[Any]) -> None:
+        """Write the checkpoint of ``request.step`` from the metrics logged since the last."""
+        store = self.store
+        try:
+            latest = store.latest_metric_values(self.run.id, self._window_start)
+            self._window_start = store.last_metric_id()
+            store.write_checkpoint(
+                self.run.id,
+                {
+                    "step": request.step,
+                    "timestamp": request.timestamp,
+                    "first_step": self._first_step,
+                    "metrics": {k: v for k, (v, s) in latest.items() if s == request.step},
+                    "gradient_stats": dict(request.gradient_stats),
+                    "system_metrics": dict(request.system_metrics),
+                    "samples": [json.loads(sample.data) for sample in samples],
+                },
+            )
+        except Exception as error:
+            report_once("tracelet checkpoints", f"could not write a checkpoint ({error!r})")
+            return
+        self._first_step = request.step + 1
+
+
+# -- the writer process ----------------------------------------------------------------------
+
+
+class _Replies:
+    """The writer process's side of the reply pipe (any thread may send; a dead reader is
+    ignored: what arrived is journaled all the same)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def __call__(self, message: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self.broken:
+                return
+            try:
+                write_frame(self._stream, message)
+            except OSError:
+                self.broken = True
+
+
+class _ShipLogs(logging.Handler):
+    """Sends the writer's log records to the training process, which logs them there."""
+
+    def __init__(self, replies: _Replies) -> None:
+        super().__init__(logging.DEBUG)
+        self._replies = replies
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._replies(("log", record.levelno, record.getMessage()))
+
+
+def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+    """Run a writer process: read messages from ``stdin`` until it closes (or the training
+    process is gone), journal them, reply on ``stdout``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stdin = stdin or sys.stdin.buffer
+    replies = _Replies(stdout or sys.stdout.buffer)
+    logger.handlers[:] = [_ShipLogs(replies)]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    _, store_path, run, parent = read_frame(stdin)
+    deadline = [float("inf")]
+    store = LocalStore(store_path, recover=False)
+    writer = JournalWriter(store, run, replies, lambda: time.monotonic() > deadline[0])
+    replies(("ready", os.getpid()))
+    messages: queue.Queue[tuple[Any, ...] | None] = queue.Queue(MESSAGES_HELD)
+    threading.Thread(target=_read, args=(stdin, messages, deadline), daemon=True).start()
+    while True:
+        try:
+            message = messages.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # orphaned, the pipe held open by a forked child
+                message = None
+            else:
+                continue
+        if message is None:
+            break
+        writer.handle(message)
+    if deadline[0] == float("inf"):  # the training process died without a word
+        deadline[0] = time.monotonic() + ORPHAN_DEADLINE
+    writer.finish()
+    store.close()
+
+
+def _read(stdin: BinaryIO, messages: queue.Queue[Any], deadline: list[float]) -> None:
+    """Read messages into ``messages`` (None at the end); a deadline takes effect at once,
+    even while a write is being retried."""
+    try:
+        while (message := read_frame(stdin)) is not None:
+            if message[0] == "deadline":
+                deadline[0] = message[1]
+            else:
+                messages.put(message)
+    finally:
+        messages.put(None)
+
+
+if __name__ == "__main__":
+    main()
