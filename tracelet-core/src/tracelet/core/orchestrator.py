@@ -304,9 +304,7 @@ class Orchestrator:
                 if remaining <= 0:
                     return False
                 self._cycled.wait(min(remaining, 0.05))
-        if not self._wait_acked(self._next_seq - 1, deadline):
-            return False
-        return not self.buffer or not self.running
+        return self._wait_acked(self._next_seq - 1, deadline)  # (newer records may wait)
 
     def stop(
         self,
@@ -458,7 +456,9 @@ class Orchestrator:
         seq = self._next_seq
         self._in_flight = len(metrics) + len(events)
         try:
-            batch = self._batch(seq, metrics, events)
+            # a tuple of tuples of atomic values leaves the garbage collector's lists at its
+            # first collection: batches waiting in sinks' queues cost full collections nothing
+            batch = self._batch(seq, tuple(metrics), events)
         finally:
             self._in_flight = 0
         if not len(batch):  # only samples: they wait for the next checkpoint

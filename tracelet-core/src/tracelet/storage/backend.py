@@ -1,7 +1,7 @@
 """The built-in ``local`` backend: runs written into a local store.
 
-By default it targets the journal itself. The journal already holds every batch and
-:meth:`LocalStore.write_batch` skips a batch it has, so delivery there costs one lookup.
+By default it targets the journal itself. The journal already holds every batch, so
+delivery there costs one lookup (a read, which never waits for the journal writer).
 With ``path`` set (``config={"local": {"path": "/shared/tracelet"}}``) it copies runs,
 their images and their artifact files into another store, such as a team's shared folder.
 """
@@ -64,6 +64,8 @@ class LocalBackend(BackendPlugin):
         assert self.store is not None, "start_run comes first"
         if not self._is_journal():
             batch = self._copy_files(batch)
+        elif self.store.has_batch(batch.run_id, batch.seq):
+            return  # the usual case: read, without taking the journal writer's lock
         self.store.write_batch(batch)
 
     def finish_run(self, status: RunStatus) -> None:

@@ -285,6 +285,15 @@ class LocalStore(StoreFile, RunReader, CursorTable):
 
     # -- the journal ---------------------------------------------------------------------
 
+    def has_batch(self, run_id: str, seq: int) -> bool:
+        """Whether the journal holds batch ``seq`` of the run (a read: it takes no lock)."""
+        row = (
+            self.connection()
+            .execute("SELECT 1 FROM batches WHERE run = ? AND seq = ?", (self._pk(run_id), seq))
+            .fetchone()
+        )
+        return row is not None
+
     def write_batch(self, batch: Batch) -> bool:
         """Journal ``batch`` in one transaction; return False if it was already there."""
         pk = self._pk(batch.run_id)
