@@ -12,6 +12,8 @@ case for logging's share). Each step computes 20 metrics (the loss and 19 others
 differs:
 
 - no logging (the baseline);
+- the floor: the step's points appended to a deque as ``(name, value, step, time)`` tuples,
+  no tracker at all (what any Python logger costs at least);
 - Tracelet with the settings a user gets (``tracelet.init(project=...)``: the local store,
   collectors, live anomaly detection, the default buffer and flush timeout);
 - peers, where installed: W&B offline (``wandb.log``), MLflow
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -135,6 +138,19 @@ def run_baseline(model: str) -> dict[str, float]:
     return {"loop_s": loop_s, "finish_s": 0.0}
 
 
+def run_floor(model: str) -> dict[str, float]:
+    """The least any Python logger does: the step's 20 points, as tuples with a timestamp,
+    appended to a deque (no tracker at all)."""
+    queued: deque[tuple[str, float, int, float]] = deque()
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        now = time.time()
+        queued.extend([(name, value, step, now) for name, value in metrics.items()])
+
+    loop_s, _ = train(log, model)
+    return {"loop_s": loop_s, "finish_s": 0.0}
+
+
 def run_tracelet(model: str) -> dict[str, float]:
     import tracelet
     from tracelet.storage import LocalStore
@@ -197,6 +213,7 @@ def run_trackio(model: str) -> dict[str, float]:
 
 VARIANTS: dict[str, tuple[Callable[[str], dict[str, float]], str | None]] = {
     "no logging (baseline)": (run_baseline, None),
+    "floor: points appended to a deque": (run_floor, None),
     "tracelet, default settings": (run_tracelet, None),
     "W&B offline (wandb.log)": (run_wandb, "wandb"),
     "MLflow log_metrics(synchronous=False), SQLite": (run_mlflow, "mlflow"),
@@ -247,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models", nargs="+", choices=MODELS, default=list(MODELS), help="models (default: both)"
     )
     parser.add_argument(
-        "--no-peers", action="store_true", help="only the baseline and Tracelet (a quick check)"
+        "--no-peers", action="store_true", help="only the baseline, the floor and Tracelet"
     )
     args = parser.parse_args(argv)
     if importlib.util.find_spec("torch") is None:

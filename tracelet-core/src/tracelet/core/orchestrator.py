@@ -366,7 +366,10 @@ class Orchestrator:
             stopping = self._stopping
             self._drain_reporting()
             if stopping:
-                self._finish_journal()
+                try:
+                    self._finish_journal()
+                except Exception as error:  # (a store that cannot even be read)
+                    report_once("tracelet dispatcher", f"unexpected error {error!r} at stop")
             with self._cycled:
                 self._cycles += 1
                 self._cycled.notify_all()
