@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
@@ -143,3 +144,50 @@ def test_what_the_writer_received_is_journaled_after_a_sigkill_of_the_trainer(tm
         assert store.get_run(run_id).status.value == "crashed"
     finally:
         store.close()
+
+
+def test_a_reply_larger_than_the_pipe_does_not_end_the_writer(read_store, caplog):
+    names = [f"layer_{i:04d}/grad_norm" for i in range(3000)]
+    exp = tracelet.start_logging("storm")
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        for step in range(3):
+            exp.log_metrics({n: float("nan") if step == 1 else 1.0 for n in names}, step)
+        exp.flush(timeout=60)
+        assert exp.orchestrator._link.pid is not None, "still the writer process"
+        tracelet.stop_logging()
+    assert "ended unexpectedly" not in caplog.text
+    assert len(read_store().metrics(exp.id)) == 3 * 3000, "each point once"
+    assert len(read_store().anomalies(exp.id)) == 3000, "one reply with 3,000 findings"
+
+
+class Metric(enum.StrEnum):
+    LOSS = "loss"
+
+
+def test_a_str_subclass_name_is_stored_as_its_value(read_store):
+    exp = tracelet.start_logging("enum names")
+    for step in range(3000):  # more than one chunk
+        exp.log_metric(Metric.LOSS, float(step), step)
+    tracelet.stop_logging()
+    points = read_store().metrics(exp.id)
+    assert len(points) == 3000
+    assert {type(name) for name, *_ in points} == {str}
+    assert {name for name, *_ in points} == {"loss"}
+
+
+def test_a_forked_child_holding_the_pipe_does_not_delay_stop(read_store):
+    exp = tracelet.start_logging("forked", config={"flush_timeout": 10.0})
+    exp.log_metric("loss", 1.0, 0)
+    child = os.fork()
+    if child == 0:  # a DataLoader worker, still running when training stops
+        time.sleep(15)
+        os._exit(0)
+    try:
+        started = time.monotonic()
+        tracelet.stop_logging()
+        took = time.monotonic() - started
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert took < 3.0, f"stop waited {took:.1f} s for a writer the child kept open"
+    assert len(read_store().metrics(exp.id)) == 1

@@ -73,7 +73,10 @@ def check_name(name: Any, what: str = "metric") -> str:
 
 
 def check_text(text: str, what: str = "text") -> str:
-    """Return ``text`` if it encodes as UTF-8 (no lone surrogates), else raise ValueError."""
+    """Return ``text`` as a plain ``str`` (a subclass, such as a ``str`` enum, becomes its
+    value) if it encodes as UTF-8 (no lone surrogates), else raise ValueError."""
+    if type(text) is not str:
+        text = str.__str__(text)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:

@@ -198,10 +198,12 @@ class RuleStream:
 
 
 class LiveDetector:
-    """Runs the rules on a run's points while it trains (on the dispatcher thread).
+    """Runs the rules on a run's points while it trains.
 
     Call :meth:`observe` with each journaled batch's points (and :meth:`prime` first with
-    the stored points of a resumed run). The first anomaly of each
+    the stored points of a resumed run); or, when the rules run elsewhere (a run's journal
+    writer runs them on its :class:`RuleStream`), :meth:`announce` what they found. The
+    first anomaly of each
     ``(kind, metric)`` is logged as a warning on the ``tracelet`` logger; ``on_anomaly``,
     if given, is called with every anomaly (an exception it raises is logged, not raised).
     ``config`` is a :class:`DetectorConfig`, the thresholds of one rule, or None.

@@ -22,11 +22,23 @@ def write_frame(stream: BinaryIO, message: Any) -> None:
 
 
 def read_frame(stream: BinaryIO) -> Any:
-    """The next message on ``stream`` (a buffered reader); None once it has ended, a frame
-    cut short included."""
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
+    """The next message on ``stream``; None once it has ended (a frame cut short included).
+    A message that cannot be unpickled raises, and the stream stays in step."""
+    head = _read_exactly(stream, _LENGTH.size)
+    if head is None:
         return None
-    (size,) = _LENGTH.unpack(head)
-    body = stream.read(size)
-    return pickle.loads(body) if len(body) == size else None
+    body = _read_exactly(stream, _LENGTH.unpack(head)[0])
+    return None if body is None else pickle.loads(body)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    """``size`` bytes, reading again after a short read (a raw pipe returns what it has);
+    None at the end of the stream."""
+    chunks = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)

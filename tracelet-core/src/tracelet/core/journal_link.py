@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +61,9 @@ class JournalLink(Protocol):
         """Let the writer finish what it has (until ``deadline``, a ``time.monotonic()``
         value, then stop it); True if it finished."""
 
+    def kill(self) -> None:
+        """Stop the writer now."""
+
 
 class ThreadLink:
     """The writer in the training process, called on the sender's thread."""
@@ -81,12 +85,29 @@ class ThreadLink:
         """Nothing to wait for: every message was acted on when it was sent."""
         return True
 
+    def kill(self) -> None:
+        """Nothing to stop."""
+
+
+_LIVE: weakref.WeakSet[ProcessLink] = weakref.WeakSet()
+
+
+def _forget_links_in_child() -> None:
+    """In a forked child (a DataLoader worker): close the pipes to the parent's writers, so
+    that they see their input end when the parent is done with it."""
+    for link in list(_LIVE):
+        link.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_links_in_child)
+
 
 class ProcessLink:
     """A writer process fed through a pipe; its replies are read on a daemon thread.
 
-    ``on_end(expected)`` is called once the replies end: ``expected`` is False when the
-    process did not end cleanly after :meth:`close` (it died, or was killed at the deadline).
+    ``on_end(link, expected)`` is called once the replies end: ``expected`` is False when
+    the process did not end cleanly after :meth:`close` (it died, or was killed).
     """
 
     def __init__(
@@ -94,7 +115,7 @@ class ProcessLink:
         store_path: str | os.PathLike[str],
         run: RunInfo,
         on_reply: Reply,
-        on_end: Callable[[bool], None],
+        on_end: Callable[[ProcessLink, bool], None],
     ) -> None:
         self._process = subprocess.Popen(
             writer_command(),
@@ -113,14 +134,20 @@ class ProcessLink:
             fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_BYTES)
         os.set_blocking(self._fd, False)
         self._closing = False
+        self._close_lock = threading.Lock()
         self._ready = threading.Event()
         self._on_reply = on_reply
         self._on_end = on_end
-        self.send(("open", str(store_path), run, os.getpid()), lambda: False)
         self._replies = threading.Thread(
             target=self._read_replies, name="tracelet-journal-replies", daemon=True
         )
-        self._replies.start()
+        _LIVE.add(self)
+        try:
+            self.send(("open", str(store_path), run, os.getpid()), lambda: False)
+            self._replies.start()
+        except BaseException:
+            self.kill()
+            raise
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the writer has started (imported, opened the store); True if it has.
@@ -128,34 +155,66 @@ class ProcessLink:
         return self._ready.wait(timeout) and self._process.poll() is None
 
     def send(self, message: tuple[Any, ...], give_up: Callable[[], bool]) -> None:
-        """Write ``message`` to the pipe, waiting (the GIL released) while it is full."""
+        """Write ``message`` to the pipe, waiting (the GIL released) while it is full.
+
+        A message is written whole or the link is over: a writer left with part of one
+        would read the rest of the stream wrong, so it is killed (:class:`LinkBroken`),
+        also when ``give_up()`` ends the wait half-way (:class:`LinkTimeout`)."""
         data = memoryview(encode(message))
-        while data:
-            try:
-                data = data[os.write(self._fd, data) :]
-            except BlockingIOError:
-                if give_up():
-                    raise LinkTimeout from None
-                select.select([], [self._fd], [], 0.05)
-            except (BrokenPipeError, ValueError, OSError) as error:
-                raise LinkBroken(str(error)) from None
+        started = False
+        poller = select.poll()
+        try:
+            poller.register(self._fd, select.POLLOUT)
+            while data:
+                try:
+                    data = data[os.write(self._fd, data) :]
+                    started = True
+                except BlockingIOError:
+                    if give_up():
+                        raise LinkTimeout from None
+                    poller.poll(50)
+        except LinkTimeout:
+            if started:
+                self.kill()
+            raise
+        except Exception as error:  # a closed pipe, a dead writer, a bad descriptor
+            self.kill()
+            raise LinkBroken(repr(error)) from None
 
     def close(self, deadline: float) -> bool:
-        """Send the deadline, close the pipe, wait for the writer to finish; past the
-        deadline, kill it (a transaction it had open is rolled back)."""
+        """Send the deadline and the end, wait for the writer to finish; past the deadline,
+        kill it (a transaction it had open is rolled back). Once only; True if it finished."""
+        with self._close_lock:
+            if self._closing:
+                return not self._replies.is_alive() and self._process.returncode == 0
+            self._closing = True
+            with contextlib.suppress(LinkBroken, LinkTimeout):
+                past = lambda: time.monotonic() > deadline  # noqa: E731
+                self.send(("deadline", deadline), past)
+                self.send(("end",), past)
+            self._replies.join(max(0.0, deadline - time.monotonic()))
+            finished = not self._replies.is_alive()
+            if not finished:
+                self.kill()
+            return finished
+
+    def kill(self) -> None:
+        """Stop the writer now (what it was writing is rolled back) and close the pipe."""
         self._closing = True
-        with contextlib.suppress(LinkBroken, LinkTimeout):
-            self.send(("deadline", deadline), lambda: time.monotonic() > deadline)
         with contextlib.suppress(OSError):
-            self._stdin.close()  # the file object owns the descriptor: never os.close it
-        self._replies.join(max(0.0, deadline - time.monotonic()))
-        finished = not self._replies.is_alive()
-        if not finished:
             self._process.kill()
+        self.forget()
+        if self._replies.is_alive() and self._replies is not threading.current_thread():
             self._replies.join(1.0)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(1.0)
-        return finished
+
+    def forget(self) -> None:
+        """Close this side of the pipe to the writer (the file object owns the descriptor:
+        it is never closed by number)."""
+        _LIVE.discard(self)
+        with contextlib.suppress(OSError):
+            self._stdin.close()
 
     def _read_replies(self) -> None:
         stream = self._process.stdout
@@ -177,7 +236,7 @@ class ProcessLink:
             code = None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self._process.wait(5.0)
-            self._on_end(self._closing and code == 0)
+            self._on_end(self, self._closing and code == 0)
 
 
 def writer_command() -> list[str]:
@@ -185,7 +244,7 @@ def writer_command() -> list[str]:
     ``tracelet`` whatever the child's ``sys.path`` would be."""
     root = str(Path(tracelet.__file__).resolve().parent.parent)
     code = (
-        f"import sys; sys.path.insert(0, {root!r}); "
+        f"import sys; sys.path.append({root!r}); "  # last: never shadows the standard library
         "from tracelet.core.journal_writer import main; main()"
     )
     return [sys.executable, "-c", code]

@@ -10,16 +10,18 @@ same :class:`JournalWriter` also runs inside the training process, called direct
 Messages are tuples whose first item names them. To the writer:
 
 - ``("points", points)``: metric points of the batch being built;
-- ``("batch", seq, params, tags, texts, images, artifacts)``: the batch ends; journal it;
+- ``("batch", token, params, tags, texts, images, artifacts)``: the batch ends; journal it
+  as the run's next batch (``token`` counts the batches sent, from 1);
 - ``("checkpoint", request, samples)``: write a checkpoint of what is journaled so far;
 - ``("cursors", names)``: the run's backends (a store created anew gets their cursors);
 - ``("detect", config, limit)``: run live detection (primed with the run's last points);
-- ``("deadline", when)``: stop retrying a failing write at ``time.monotonic()`` ``when``.
+- ``("deadline", when)``: stop retrying a failing write at ``time.monotonic()`` ``when``;
+- ``("end",)``: everything was sent; finish and exit (a process).
 
-From the writer: ``("journaled", asked, written)`` (the batch numbered ``asked`` is in
-the journal as ``written``), ``("lost", asked, count)``, ``("found", anomalies, muted)``,
-``("replaced",)`` (the store file was created anew), ``("log", level, text)`` and
-``("ready", pid)`` (only from a process).
+From the writer: ``("journaled", token, seq)`` (the batch is in the journal as batch
+``seq``), ``("lost", token, count)``, ``("found", anomalies, muted)``, ``("replaced",)``
+(the store file was created anew), ``("log", level, text)`` and ``("ready", pid)`` (only
+from a process). The writer numbers the batches, so a lost batch leaves no gap.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class JournalWriter:
         """The points of the batch being built."""
         self.cursors: tuple[str, ...] = ()
         self.stream: RuleStream | None = None
-        self._window_start = store.last_metric_id()
+        self._last_seq: int | None = None
+        self._window_start: int | None = None
+        """The first metric row of the next checkpoint (read before the first write)."""
         self._first_step = 0
 
     def handle(self, message: tuple[Any, ...]) -> None:
@@ -88,11 +92,11 @@ class JournalWriter:
     def finish(self) -> None:
         """Journal points whose batch never ended (the training process died mid-batch)."""
         if self.points:
-            self._journal(self.store.last_seq(self.run.id) + 1, {}, {}, (), (), ())
+            self._journal(0, {}, {}, (), (), ())
 
     def _journal(
         self,
-        seq: int,
+        token: int,
         params: Mapping[str, Any],
         tags: Mapping[str, str],
         texts: Sequence[Any],
@@ -104,14 +108,19 @@ class JournalWriter:
         except Exception as error:  # (a full disk) the file in use still takes the batch
             report_once("tracelet journal", f"could not start a new local store ({error!r})")
         metrics, self.points = self.points, []
+        if self._last_seq is None:
+            self._last_seq = self.store.last_seq(self.run.id)
+            self._window_start = self.store.last_metric_id()
+        seq = self._last_seq + 1
         batch = Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
         written = write_batch(self.store, batch, self.give_up)
         if written is None:
-            self.reply(("lost", seq, len(batch)))
+            self.reply(("lost", token, len(batch)))
             return
+        self._last_seq = written.seq
         if self.stream is not None and written.metrics:
             self._detect(written.metrics)  # before the reply: a flush sees what it found
-        self.reply(("journaled", seq, written.seq))
+        self.reply(("journaled", token, written.seq))
 
     def _check_store(self) -> None:
         """Notice a journal deleted or replaced under the run, and start a new one."""
@@ -127,6 +136,7 @@ class JournalWriter:
             store.last_seq(self.run.id) + 1,
         )
         store.reopen()
+        self._last_seq = None  # numbered on from what the new file holds
         store.create_run(self.run)
         for name in self.cursors:
             store.ensure_cursor(self.run.id, name)
@@ -156,6 +166,8 @@ class JournalWriter:
         """Write the checkpoint of ``request.step`` from the metrics logged since the last."""
         store = self.store
         try:
+            if self._window_start is None:  # nothing journaled yet in this session
+                self._window_start = store.last_metric_id()
             latest = store.latest_metric_values(self.run.id, self._window_start)
             self._window_start = store.last_metric_id()
             store.write_checkpoint(
@@ -209,47 +221,77 @@ class _ShipLogs(logging.Handler):
         self._replies(("log", record.levelno, record.getMessage()))
 
 
-def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
-    """Run a writer process: read messages from ``stdin`` until it closes (or the training
-    process is gone), journal them, reply on ``stdout``."""
+def main() -> None:
+    """Run a writer process: read messages from stdin until ``("end",)`` (or until the
+    training process is gone), journal them, reply on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the training process decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stdin = stdin or sys.stdin.buffer
-    replies = _Replies(stdout or sys.stdout.buffer)
+    replies = _Replies(os.fdopen(os.dup(1), "wb"))
+    os.dup2(2, 1)  # a stray print goes to stderr, never into the replies
     logger.handlers[:] = [_ShipLogs(replies)]
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    stdin = sys.stdin.buffer
     _, store_path, run, parent = read_frame(stdin)
-    deadline = [float("inf")]
+    state = _State(parent)
     store = LocalStore(store_path, recover=False)
-    writer = JournalWriter(store, run, replies, lambda: time.monotonic() > deadline[0])
+    writer = JournalWriter(store, run, replies, state.give_up)
     replies(("ready", os.getpid()))
     messages: queue.Queue[tuple[Any, ...] | None] = queue.Queue(MESSAGES_HELD)
-    threading.Thread(target=_read, args=(stdin, messages, deadline), daemon=True).start()
-    while True:
-        try:
-            message = messages.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent:  # orphaned, the pipe held open by a forked child
-                message = None
-            else:
-                continue
-        if message is None:
-            break
+    threading.Thread(target=_read, args=(stdin, messages, state), daemon=True).start()
+    while (message := state.next(messages)) is not None:
         writer.handle(message)
-    if deadline[0] == float("inf"):  # the training process died without a word
-        deadline[0] = time.monotonic() + ORPHAN_DEADLINE
-    writer.finish()
+    if not state.ended:  # the training process is gone: keep what it sent
+        writer.finish()
     store.close()
 
 
-def _read(stdin: BinaryIO, messages: queue.Queue[Any], deadline: list[float]) -> None:
+class _State:
+    """What the writer process knows of the training process: its deadline, and whether it
+    said everything was sent."""
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.deadline = float("inf")
+        self.ended = False
+
+    def give_up(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def orphaned(self) -> None:
+        """The training process died without a word: bound the retries of what is left."""
+        if self.deadline == float("inf"):
+            self.deadline = time.monotonic() + ORPHAN_DEADLINE
+
+    def next(self, messages: queue.Queue[tuple[Any, ...] | None]) -> tuple[Any, ...] | None:
+        """The next message to act on; None when there are no more."""
+        while True:
+            try:
+                return messages.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != self.parent:  # the pipe held open by a forked child
+                    self.orphaned()
+                    return None
+
+
+def _read(stdin: BinaryIO, messages: queue.Queue[Any], state: _State) -> None:
     """Read messages into ``messages`` (None at the end); a deadline takes effect at once,
     even while a write is being retried."""
     try:
-        while (message := read_frame(stdin)) is not None:
+        while True:
+            try:
+                message = read_frame(stdin)
+            except Exception as error:  # one that cannot be unpickled: the rest can
+                logger.error("tracelet: a message to the journal writer was lost (%r)", error)
+                continue
+            if message is None:
+                state.orphaned()
+                break
             if message[0] == "deadline":
-                deadline[0] = message[1]
+                state.deadline = message[1]
+            elif message[0] == "end":
+                state.ended = True
+                break
             else:
                 messages.put(message)
     finally:

@@ -125,13 +125,18 @@ class Orchestrator:
         self._open_metrics: list[MetricPoint] = []
         self._open_events: list[Any] = []
         """The batch being built: what was sent of it, and its other records."""
-        self._next_seq = self.seq + 1
+        self._sent = 0
+        """Batches sent to the writer (each one's token: 1, 2, ...); the writer numbers them."""
+        self._answered = 0
+        """The last token the writer answered for (journaled or lost)."""
         self._pending: dict[int, Batch] = {}
-        """Batches sent to the writer and not answered for yet, by number."""
-        self._acked = self.seq
-        """The last batch the writer answered for (journaled or lost)."""
+        """Batches sent and not answered for yet, by token."""
         self._acks = threading.Condition()
-        self._findings: deque[tuple[list[Any], list[Any]]] = deque()
+        self._image_base = self.seq
+        """Image files are named from ``_image_base + token`` (unique across sessions)."""
+        self._from_writer: deque[tuple[Any, ...]] = deque()
+        """Replies that run code on the dispatcher (findings, log records, a new store)."""
+        self._cursors_stale = False
         self._wake = threading.Event()
         self._room = threading.Condition()
         self._drain_lock = threading.Lock()
@@ -194,7 +199,7 @@ class Orchestrator:
         self.put(record)
         if self.running and not self._draining_here():
             self._drain_reporting()  # (from inside a drain, that drain takes it)
-            self._wait_acked(self._next_seq - 1, float("inf"))
+            self._wait_answered(self._sent, float("inf"))
 
     def _reserve(self, size: int) -> None:
         draining = self._draining_here()  # never wait for itself
@@ -243,7 +248,8 @@ class Orchestrator:
         self.store.ensure_cursor(self.run.id, name)
         self.sinks[name] = sink
         if self.running:
-            self._send(("cursors", tuple(self.sinks)))
+            self._cursors_stale = True  # the dispatcher tells the writer
+            self._wake.set()
             sink.start()
         return sink
 
@@ -304,7 +310,7 @@ class Orchestrator:
                 if remaining <= 0:
                     return False
                 self._cycled.wait(min(remaining, 0.05))
-        return self._wait_acked(self._next_seq - 1, deadline)  # (newer records may wait)
+        return self._wait_answered(self._sent, deadline)  # (newer records may wait)
 
     def stop(
         self,
@@ -319,6 +325,7 @@ class Orchestrator:
         """
         if deadline is None:
             deadline = time.monotonic() + timeout
+        lost_before = self.unjournaled
         self._stop_deadline = deadline
         self._stopping = True
         self._wake.set()
@@ -326,10 +333,10 @@ class Orchestrator:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self.running:  # still encoding or writing at the deadline: leave it there
             self._abandoned = True
-            self._link.close(deadline)  # a writer process still busy is stopped
+            self._link.kill()  # a writer process still busy is stopped
         elif self.buffer:
             self._drain_reporting()  # logged by another thread as the dispatcher ended
-        left = self._stranded()
+        left = self._stranded(lost_before)
         if left:
             report_once(
                 f"tracelet run {self.run.id}",
@@ -343,6 +350,13 @@ class Orchestrator:
             sink.join(max(0.0, deadline - time.monotonic()))
         self.workers.close()
         return self.undelivered()
+
+    def abort(self) -> None:
+        """Undo a :meth:`start` that failed half-way: stop the writer and the threads."""
+        self._stopping = self._abandoned = True
+        self._wake.set()
+        self._link.kill()
+        self.workers.close()
 
     @property
     def journal_in_use(self) -> bool:
@@ -404,8 +418,11 @@ class Orchestrator:
                 try:
                     if self._link_lost and not self._give_up():
                         self._replace_link()
+                    if self._cursors_stale:
+                        self._cursors_stale = False
+                        self._send(("cursors", tuple(self.sinks)))
                     self._drain()
-                    self._announce()
+                    self._act_on_replies()
                 finally:
                     self._drainer = None
         except LinkTimeout:  # past stop's deadline, the writer no longer reading
@@ -414,17 +431,23 @@ class Orchestrator:
             report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
 
     def _drain(self) -> None:
-        """Send the buffer to the writer, :data:`CHUNK` records at a time; a batch ends when
-        the buffer is empty, at :data:`MAX_BATCH` records, and before a checkpoint."""
+        """Send what the buffer holds now to the writer, :data:`CHUNK` records at a time; a
+        batch ends with it, at :data:`MAX_BATCH` records, and before a checkpoint. What is
+        logged meanwhile waits for the next cycle (begun at once), so a cycle always ends."""
         buffer = self.buffer
         popleft = buffer.popleft
-        while buffer and not self._abandoned:
-            chunk = [popleft() for _ in range(min(len(buffer), CHUNK))]
+        left = len(buffer)
+        while left and not self._abandoned:
+            size = min(left, CHUNK)
+            chunk = [popleft() for _ in range(size)]
+            left -= size
             with self._room:
                 self._room.notify_all()
             self._take(chunk)
-            if not buffer or len(self._open_metrics) + len(self._open_events) >= MAX_BATCH:
+            if not left or len(self._open_metrics) + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()
+        if buffer:
+            self._wake.set()
 
     def _take(self, chunk: list[Any]) -> None:
         metrics = [r for r in chunk if r.__class__ is tuple]
@@ -456,27 +479,20 @@ class Orchestrator:
             return
         metrics, events = self._open_metrics, self._open_events
         self._open_metrics, self._open_events = [], []
-        seq = self._next_seq
+        token = self._sent + 1
         self._in_flight = len(metrics) + len(events)
         try:
             # a tuple of tuples of atomic values leaves the garbage collector's lists at its
             # first collection: batches waiting in sinks' queues cost full collections nothing
-            batch = self._batch(seq, tuple(metrics), events)
+            batch = self._batch(self._image_base + token, tuple(metrics), events)
         finally:
             self._in_flight = 0
         if not len(batch):  # only samples: they wait for the next checkpoint
             return
         with self._acks:
-            self._next_seq = max(self._next_seq, seq + 1)
-            self._pending[seq] = batch
-        message = ("batch", seq, batch.params, batch.tags, batch.texts, batch.images)
-        try:
-            self._send((*message, batch.artifacts))
-        except (LinkBroken, LinkTimeout):
-            raise
-        except Exception:
-            self._on_reply(("lost", seq, len(batch)))
-            raise
+            self._sent = token
+            self._pending[token] = batch
+        self._send(_batch_message(token, batch))
 
     def _send(self, message: tuple[Any, ...]) -> None:
         """Send ``message`` to the writer; if the writer process is gone, go on with one in
@@ -493,20 +509,26 @@ class Orchestrator:
                 if message[0] not in ("points", "batch"):
                     self._link.send(message, self._give_up)
 
-    def _announce(self) -> None:
-        """Report what live detection found (on the drainer: a callback may log)."""
-        while self._findings:
-            found, muted = self._findings.popleft()
-            if self.detector is not None:
-                self.detector.announce(found, muted)
+    def _act_on_replies(self) -> None:
+        """Act on the writer's replies that run code: on the drainer, where a callback or a
+        log handler may log (it never waits for room only this thread can make)."""
+        while self._from_writer:
+            reply = self._from_writer.popleft()
+            kind = reply[0]
+            if kind == "found" and self.detector is not None:
+                self.detector.announce(reply[1], reply[2])
+            elif kind == "log":
+                logger.log(reply[1], "%s", reply[2])
+            elif kind == "replaced" and self._link.pid is not None:
+                self.store.reconnect()  # the writer process made a new file: use it here too
 
     # -- the journal writer --------------------------------------------------------------
 
     def _open_link(self) -> JournalLink:
-        if self.journal_process:
+        if self.journal_process and sys.executable and not getattr(sys, "frozen", False):
             try:
                 return ProcessLink(self.store.path, self.run, self._on_reply, self._on_link_end)
-            except OSError as error:
+            except Exception as error:
                 report_once(
                     "tracelet journal",
                     f"could not start a journal writer process ({error!r}); journaling in "
@@ -523,8 +545,8 @@ class Orchestrator:
         if self.detector is not None:
             self._send(("detect", self.detector.config, self.detector.limit))
 
-    def _on_link_end(self, expected: bool) -> None:
-        if not expected:
+    def _on_link_end(self, link: JournalLink, expected: bool) -> None:
+        if not expected and link is self._link:
             self._link_lost = True
             self._wake.set()
             with self._acks:
@@ -537,25 +559,27 @@ class Orchestrator:
 
     def _resume_in_process(self) -> None:
         lost, pid = self._link, self._link.pid
-        lost.close(time.monotonic() + 1.0)  # its last replies are read before going on
+        lost.kill()  # gone for good (its last replies read) before the journal is looked at
         report_once(
             "tracelet journal",
             f"the journal writer process {pid} ended unexpectedly; run {self.run.id} goes on "
-            "journaling in the training process, and nothing queued is lost",
+            "journaling in the training process",
         )
         self._link_lost = False
         self._link = self._thread_link()
         self._introduce()
-        last = self.store.last_seq(self.run.id)
+        # The writer journals batches in the order sent: those it wrote without a word
+        # back are the first ones still waiting for an answer.
+        written_unanswered = self.store.last_seq(self.run.id) - self.seq
         with self._acks:
             pending = sorted(self._pending.items())
-        for seq, batch in pending:
-            if seq <= last:  # journaled, its reply lost with the process
-                self._on_reply(("journaled", seq, seq))
+        for token, batch in pending:
+            if written_unanswered > 0:
+                written_unanswered -= 1
+                self._on_reply(("journaled", token, self.seq + 1))
                 continue
             self._link.send(("points", list(batch.metrics)), self._give_up)
-            message = ("batch", seq, batch.params, batch.tags, batch.texts, batch.images)
-            self._link.send((*message, batch.artifacts), self._give_up)
+            self._link.send(_batch_message(token, batch), self._give_up)
         if self._open_metrics:
             self._link.send(("points", list(self._open_metrics)), self._give_up)
 
@@ -567,55 +591,51 @@ class Orchestrator:
         elif kind == "lost":
             with self._acks:
                 self._pending.pop(message[1], None)
-                self._acked = max(self._acked, message[1])
+                self._answered = max(self._answered, message[1])
                 self.unjournaled += message[2]
                 self._acks.notify_all()
-        elif kind == "found":
-            self._findings.append((message[1], message[2]))
+        elif kind in ("found", "log", "replaced"):  # run code: on the dispatcher
+            self._from_writer.append(message)
             if not self._draining_here():
                 self._wake.set()
-        elif kind == "log":
-            logger.log(message[1], "%s", message[2])
-        elif kind == "replaced" and self._link.pid is not None:
-            self.store.reconnect()  # the writer process made a new file: use it here too
 
-    def _journaled(self, asked: int, written: int) -> None:
+    def _journaled(self, token: int, seq: int) -> None:
         with self._acks:
-            batch = self._pending.pop(asked, None)
-            self._acked = max(self._acked, asked)
-            self.seq = max(self.seq, written)
-            self._next_seq = max(self._next_seq, written + 1)
+            batch = self._pending.pop(token, None)
+            self._answered = max(self._answered, token)
+            self.seq = max(self.seq, seq)
             self._acks.notify_all()
         if batch is None:
             return
-        if written != asked:
-            batch = attrs.evolve(batch, seq=written)
+        batch = attrs.evolve(batch, seq=seq)
         for sink in list(self.sinks.values()):
             sink.offer(batch)
 
-    def _wait_acked(self, seq: int, deadline: float) -> bool:
-        """Wait (until ``deadline``) for the writer to answer for batch ``seq``."""
+    def _wait_answered(self, token: int, deadline: float) -> bool:
+        """Wait (until ``deadline``) for the writer to answer for batch ``token``."""
         with self._acks:
-            while self._acked < seq and self.running:
+            while self._answered < token and self.running:
                 if self._link_lost:
                     self._wake.set()  # the dispatcher replaces the writer
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._acks.wait(min(remaining, 0.05))
-        return self._acked >= seq
+        return self._answered >= token
 
-    def _stranded(self) -> int:
-        """Records queued, sent or being written and not journaled (at stop's deadline)."""
+    def _stranded(self, lost_before: int) -> int:
+        """Records queued, sent or being written and not journaled at stop's deadline, and
+        those the writer gave up on since ``unjournaled`` was ``lost_before``."""
         try:
-            last = self.store.last_seq(self.run.id)
+            written_unanswered = self.store.last_seq(self.run.id) - self.seq
         except sqlite3.Error:
-            last = 0
+            written_unanswered = 0
         with self._acks:
-            held = sum(len(batch) for seq, batch in self._pending.items() if seq > last)
+            held = [len(batch) for _, batch in sorted(self._pending.items())]
             self._pending.clear()
+            lost = self.unjournaled - lost_before
         queued = len(self.buffer) + len(self._open_metrics) + len(self._open_events)
-        return queued + self._in_flight + held
+        return queued + self._in_flight + sum(held[max(0, written_unanswered) :]) + lost
 
     def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:
         params: dict[str, Any] = {}
@@ -632,12 +652,12 @@ class Orchestrator:
                     texts.append(event)
                 elif isinstance(event, PendingImage):
                     if self._give_up():  # past stop's deadline: no more encoding
-                        self.unjournaled += 1
+                        self._count_lost(1)
                         continue
                     images.append(event.store(files / "images", seq, len(images)))
                 elif isinstance(event, PendingArtifact):
                     if self._give_up():
-                        self.unjournaled += 1
+                        self._count_lost(1)
                         continue
                     artifacts.append(event.store(files / "artifacts"))
                 elif isinstance(event, Sample):
@@ -650,6 +670,15 @@ class Orchestrator:
                 self._release(event)
         return Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
 
+    def _count_lost(self, records: int) -> None:
+        with self._acks:
+            self.unjournaled += records
+
     def _give_up(self) -> bool:
         """Whether journaling should stop retrying (only once stop's deadline has passed)."""
         return self._stopping and time.monotonic() > self._stop_deadline
+
+
+def _batch_message(token: int, batch: Batch) -> tuple[Any, ...]:
+    """The message that ends ``batch`` (its points were sent before it)."""
+    return ("batch", token, batch.params, batch.tags, batch.texts, batch.images, batch.artifacts)

@@ -86,12 +86,14 @@ class RunSession:
             orchestrator.detector = detector  # the journal writer primes its rules
             for backend in self.backends:
                 orchestrator.add_backend(backend, resumed=backend.name in resumed.backends)
+            orchestrator.start()  # the journal writer's start-up included
         except BaseException:
+            if self.orchestrator is not None:
+                self.orchestrator.abort()
             if self._lock is not None:
                 self._lock.release()
             store.close()
             raise
-        orchestrator.start()
         return info, resumed
 
     def _build_backends(self) -> list[BackendPlugin]:

@@ -81,14 +81,13 @@ class LocalStore(StoreFile, RunReader, CursorTable):
         """Start over on a new database file after the one in use was deleted or replaced;
         a file that is not ours is moved aside (``tracelet.db.replaced-<time>``), kept."""
         self.close()
-        self._run_pks.clear()
         if self.db_path.exists():
             aside = self.db_path.with_name(f"{DB_NAME}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(self.db_path, aside)
         for suffix in ("-wal", "-shm"):  # they belong to the file that is gone
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{self.db_path}{suffix}")
-        self._open()
+        self.reconnect()
 
     def reconnect(self) -> None:
         """Close this store's connections and use the database file now at its path (which
