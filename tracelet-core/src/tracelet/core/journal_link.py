@@ -239,6 +239,12 @@ class ProcessLink:
             self._on_end(self, self._closing and code == 0)
 
 
+def can_start_writer() -> bool:
+    """Whether this interpreter can run a writer process (a real ``sys.executable``, not a
+    frozen application; ``poll`` and non-blocking pipes, so not Windows)."""
+    return bool(sys.executable) and not getattr(sys, "frozen", False) and hasattr(select, "poll")
+
+
 def writer_command() -> list[str]:
     """The command that starts a writer process with this interpreter, importing this very
     ``tracelet`` whatever the child's ``sys.path`` would be."""

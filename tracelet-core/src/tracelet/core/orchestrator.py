@@ -29,6 +29,7 @@ from tracelet.core.journal_link import (
     LinkTimeout,
     ProcessLink,
     ThreadLink,
+    can_start_writer,
 )
 from tracelet.core.journal_writer import JournalWriter
 from tracelet.core.retry import RetryPolicy
@@ -525,7 +526,7 @@ class Orchestrator:
     # -- the journal writer --------------------------------------------------------------
 
     def _open_link(self) -> JournalLink:
-        if self.journal_process and sys.executable and not getattr(sys, "frozen", False):
+        if self.journal_process and can_start_writer():
             try:
                 return ProcessLink(self.store.path, self.run, self._on_reply, self._on_link_end)
             except Exception as error:
