@@ -146,6 +146,8 @@ class Orchestrator:
         wait for itself)."""
         self._cycled = threading.Condition()
         self._cycles = 0
+        self._waiting = 0
+        """Callers waiting for the cycles to journal what they queued (a flush)."""
         self._stopping = False
         self._abandoned = False
         self._in_flight = 0
@@ -199,7 +201,7 @@ class Orchestrator:
         returning (``async_writes`` off). A failure is reported; the dispatcher retries."""
         self.put(record)
         if self.running and not self._draining_here():
-            self._drain_reporting()  # (from inside a drain, that drain takes it)
+            self._drain_reporting(close=True)  # (from inside a drain, that drain takes it)
             self._wait_answered(self._sent, float("inf"))
 
     def _reserve(self, size: int) -> None:
@@ -296,7 +298,7 @@ class Orchestrator:
     def _journal_now(self, deadline: float) -> bool:
         """Have everything queued so far journaled (by ``deadline``); True if it was."""
         if self._draining_here():
-            self._drain()  # called from inside a drain (a hook, an on_anomaly callback)
+            self._drain(close=True)  # from inside a drain (a hook, an on_anomaly callback)
             return True
         return self._journal_queued(deadline)
 
@@ -305,12 +307,16 @@ class Orchestrator:
         for the writer to journal what it was sent."""
         with self._cycled:
             target = self._cycles + 2
-            while self._cycles < target and self.running:
-                self._wake.set()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cycled.wait(min(remaining, 0.05))
+            self._waiting += 1  # the cycles end the batch they build
+            try:
+                while self._cycles < target and self.running:
+                    self._wake.set()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cycled.wait(min(remaining, 0.05))
+            finally:
+                self._waiting -= 1
         return self._wait_answered(self._sent, deadline)  # (newer records may wait)
 
     def stop(
@@ -410,7 +416,7 @@ class Orchestrator:
         wait for the drain, nor for room only the drain makes)."""
         return self._drainer == threading.get_ident()
 
-    def _drain_reporting(self) -> None:
+    def _drain_reporting(self, close: bool = False) -> None:
         """Drain under the lock, reporting (not raising) anything unexpected: the dispatcher,
         and a caller journaling synchronously, must outlive any bug."""
         try:
@@ -422,7 +428,7 @@ class Orchestrator:
                     if self._cursors_stale:
                         self._cursors_stale = False
                         self._send(("cursors", tuple(self.sinks)))
-                    self._drain()
+                    self._drain(close)
                     self._act_on_replies()
                 finally:
                     self._drainer = None
@@ -431,10 +437,12 @@ class Orchestrator:
         except Exception as error:
             report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
 
-    def _drain(self) -> None:
-        """Send what the buffer holds now to the writer, :data:`CHUNK` records at a time; a
-        batch ends with it, at :data:`MAX_BATCH` records, and before a checkpoint. What is
-        logged meanwhile waits for the next cycle (begun at once), so a cycle always ends."""
+    def _drain(self, close: bool = False) -> None:
+        """Send what the buffer holds now to the writer, :data:`CHUNK` records at a time.
+        What is logged meanwhile waits for the next cycle (begun at once), so a cycle always
+        ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, and at the end
+        of a cycle that emptied the buffer or that ``close``, a flush or stop waits for
+        (under sustained logging, batches stay large: each costs every backend a call)."""
         buffer = self.buffer
         popleft = buffer.popleft
         left = len(buffer)
@@ -445,9 +453,11 @@ class Orchestrator:
             with self._room:
                 self._room.notify_all()
             self._take(chunk)
-            if not left or len(self._open_metrics) + len(self._open_events) >= MAX_BATCH:
+            if len(self._open_metrics) + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()
-        if buffer:
+        if close or not buffer or self._waiting or self._stopping:
+            self._close_batch()
+        else:
             self._wake.set()
 
     def _take(self, chunk: list[Any]) -> None:
