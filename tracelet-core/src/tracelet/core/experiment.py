@@ -40,7 +40,6 @@ from tracelet.records import (
     CheckpointRequest,
     DeliveryPhase,
     DeliveryState,
-    MetricPoint,
     Params,
     RunInfo,
     RunStatus,
@@ -340,7 +339,7 @@ class Experiment:
         ):  # names seen before, plain floats: nothing to check
             points = [(name, value, step, now) for name, value in metrics.items()]
         else:
-            points = [self._checked_point(n, v, step, now) for n, v in metrics.items()]
+            points = [(*self._checked_metric(n, v), step, now) for n, v in metrics.items()]
         buffer = self._buffer
         if self._extend_metrics is not None and len(buffer) + len(points) <= self._capacity:
             self._extend_metrics(points)  # one call for the whole step (as atomic as append)
@@ -349,10 +348,6 @@ class Experiment:
             if len(buffer) >= self._capacity:
                 self._full()
             self._append_metric(point)
-
-    def _checked_point(self, name: Any, value: Any, step: int, now: float) -> MetricPoint:
-        name, value = self._checked_metric(name, value)
-        return (name, value, step, now)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested dicts are flattened with ``/`` (``{"opt": {"lr": 1}}`` ->

@@ -118,9 +118,7 @@ class Orchestrator:
         self.samples: deque[Sample] = deque(maxlen=capture_samples)
         self.detector: Any = None
         """The run's :class:`~tracelet.analysis.LiveDetector` (set before :meth:`start`)."""
-        self._link: JournalLink = ThreadLink(
-            JournalWriter(store, run, self._on_reply, self._give_up)
-        )
+        self._link: JournalLink = self._thread_link()
         self._link_lost = False
         self._send_lock = threading.RLock()
         self._open_metrics: list[MetricPoint] = []
@@ -566,33 +564,33 @@ class Orchestrator:
     def _replace_link(self) -> None:
         """Go on journaling in this process after the writer process ended unexpectedly."""
         with self._send_lock:
-            self._resume_in_process()
+            lost, pid = self._link, self._link.pid
+            lost.kill()  # gone for good (its last replies read) before the journal is read
+            report_once(
+                "tracelet journal",
+                f"the journal writer process {pid} ended unexpectedly; run {self.run.id} goes "
+                "on journaling in the training process",
+            )
+            self._link_lost = False
+            self._link = self._thread_link()
+            self._introduce()
+            written_unanswered = self._written_unanswered()
+            with self._acks:
+                pending = sorted(self._pending.items())
+            for token, batch in pending:
+                if written_unanswered > 0:
+                    written_unanswered -= 1
+                    self._on_reply(("journaled", token, self.seq + 1))
+                    continue
+                self._link.send(("points", list(batch.metrics)), self._give_up)
+                self._link.send(_batch_message(token, batch), self._give_up)
+            if self._open_metrics:
+                self._link.send(("points", list(self._open_metrics)), self._give_up)
 
-    def _resume_in_process(self) -> None:
-        lost, pid = self._link, self._link.pid
-        lost.kill()  # gone for good (its last replies read) before the journal is looked at
-        report_once(
-            "tracelet journal",
-            f"the journal writer process {pid} ended unexpectedly; run {self.run.id} goes on "
-            "journaling in the training process",
-        )
-        self._link_lost = False
-        self._link = self._thread_link()
-        self._introduce()
-        # The writer journals batches in the order sent: those it wrote without a word
-        # back are the first ones still waiting for an answer.
-        written_unanswered = self.store.last_seq(self.run.id) - self.seq
-        with self._acks:
-            pending = sorted(self._pending.items())
-        for token, batch in pending:
-            if written_unanswered > 0:
-                written_unanswered -= 1
-                self._on_reply(("journaled", token, self.seq + 1))
-                continue
-            self._link.send(("points", list(batch.metrics)), self._give_up)
-            self._link.send(_batch_message(token, batch), self._give_up)
-        if self._open_metrics:
-            self._link.send(("points", list(self._open_metrics)), self._give_up)
+    def _written_unanswered(self) -> int:
+        """Batches a writer process journaled without a word back before it ended: the
+        writer journals them in the order sent, so they are the first ones unanswered."""
+        return max(0, self.store.last_seq(self.run.id) - self.seq)
 
     def _on_reply(self, message: tuple[Any, ...]) -> None:
         """Act on a reply of the writer (see :mod:`tracelet.core.journal_writer`)."""
@@ -638,7 +636,7 @@ class Orchestrator:
         """Records queued, sent or being written and not journaled at stop's deadline, and
         those the writer gave up on since ``unjournaled`` was ``lost_before``."""
         try:
-            written_unanswered = self.store.last_seq(self.run.id) - self.seq
+            written_unanswered = self._written_unanswered()
         except sqlite3.Error:
             written_unanswered = 0
         with self._acks:
@@ -646,7 +644,7 @@ class Orchestrator:
             self._pending.clear()
             lost = self.unjournaled - lost_before
         queued = len(self.buffer) + len(self._open_metrics) + len(self._open_events)
-        return queued + self._in_flight + sum(held[max(0, written_unanswered) :]) + lost
+        return queued + self._in_flight + sum(held[written_unanswered:]) + lost
 
     def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:
         params: dict[str, Any] = {}
