@@ -246,7 +246,7 @@ def test_artifact_results_name_the_mlflow_run(sqlite_uri, tmp_path):
 def test_every_name_becomes_a_distinct_legal_mlflow_name():
     from mlflow.utils.validation import _validate_metric_name, _validate_param_name
 
-    from tracelet_mlflow.names import NameMap, legal_name
+    from tracelet_mlflow.names import legal_name, name_map
 
     odd = [
         "val/loss/",
@@ -266,7 +266,7 @@ def test_every_name_becomes_a_distinct_legal_mlflow_name():
     for name in odd:
         _validate_metric_name(legal_name(name))
         _validate_param_name(legal_name(name))
-    names = NameMap()
+    names = name_map()
     mapped = [names(n) for n in ("acc@top1", "acc#top1", "acc_top1")]
     assert len(set(mapped)) == 3
     assert names("acc@top1") == mapped[0], "chosen once"

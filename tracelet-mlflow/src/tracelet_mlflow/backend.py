@@ -45,7 +45,15 @@ from tracelet.plugins import (
     RunStatus,
 )
 from tracelet_mlflow.http import bounded
-from tracelet_mlflow.names import MAX_TAG_VALUE, NameMap, cut, legal_name, param_text
+from tracelet_mlflow.names import (
+    MAX_TAG_VALUE,
+    cut,
+    legal_name,
+    load_names,
+    name_map,
+    name_tags,
+    param_text,
+)
 
 logger = logging.getLogger("tracelet")
 
@@ -96,7 +104,7 @@ class MlflowBackend(BackendPlugin):
         self.run_id: str | None = None
         self.delivered_seq = 0
         self._params: dict[str, str] = {}
-        self._names = NameMap()
+        self._names = name_map()
         self._run: RunInfo | None = None
         self._warned_params: set[str] = set()
 
@@ -119,7 +127,11 @@ class MlflowBackend(BackendPlugin):
             self.run_id = existing.info.run_id
             self.delivered_seq = int(existing.data.tags.get(SEQ_TAG, 0))
             self._params = dict(existing.data.params)
-            self._names.load(existing.data.tags, [*existing.data.metrics, *existing.data.params])
+            load_names(
+                self._names,
+                existing.data.tags,
+                [*existing.data.metrics, *existing.data.params],
+            )
             if existing.info.status != "RUNNING":
                 self.client.update_run(self.run_id, status="RUNNING")
             return
@@ -179,7 +191,7 @@ class MlflowBackend(BackendPlugin):
         ]
         params, tags = self._params_and_tags(batch)
         seen = {point[0] for point in batch.metrics}.union(batch.params, batch.tags)
-        tags += self._names.tags_for(seen)  # again with every batch: a retry loses none
+        tags += name_tags(self._names, seen)  # again with every batch: a retry loses none
         tags.append((SEQ_TAG, str(batch.seq)))  # last: a batch counts once all of it is in
         self._log_files(batch)
         for part in _parts(params, PARAMS_OR_TAGS_PER_CALL):

@@ -12,9 +12,10 @@ are cut there with a marker; tags over 5000 too. The full values stay in the loc
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
+
+from tracelet.plugins import NameMap, with_suffix
 
 MAX_NAME = 250
 MAX_PARAM_VALUE = 6000
@@ -31,7 +32,7 @@ def legal_name(name: str) -> str:
     segments = [_segment(part) for part in text.split("/") if part]
     mapped = "/".join(segments) or "_"
     if len(mapped) > MAX_NAME:
-        mapped = _with_suffix(mapped, name)
+        mapped = with_suffix(mapped, name, MAX_NAME)
     return mapped
 
 
@@ -39,50 +40,27 @@ def _segment(part: str) -> str:
     return "_" * len(part) if set(part) == {"."} else part
 
 
-def _with_suffix(mapped: str, original: str) -> str:
-    digest = hashlib.sha1(original.encode()).hexdigest()[:8]
-    return f"{mapped[: MAX_NAME - 9]}_{digest}"
+def name_map() -> NameMap:
+    """The name map of one MLflow run."""
+    return NameMap(legal_name, limit=MAX_NAME)
 
 
-class NameMap:
-    """Original names to distinct legal names, for one MLflow run."""
+def load_names(names: NameMap, tags: Mapping[str, str], existing: Iterable[str]) -> None:
+    """Take over an existing run's mappings (its ``tracelet.name.*`` tags) and names."""
+    mapped = {
+        tag.removeprefix(NAME_TAG_PREFIX): original
+        for tag, original in tags.items()
+        if tag.startswith(NAME_TAG_PREFIX)
+    }
+    names.load(mapped, existing)
 
-    def __init__(self) -> None:
-        self.legal: dict[str, str] = {}
-        self._owner: dict[str, str] = {}
 
-    def load(self, tags: Mapping[str, str], names: Iterable[str]) -> None:
-        """Take over the mappings of an existing run: its name tags and the names it has."""
-        for tag, original in tags.items():
-            if tag.startswith(NAME_TAG_PREFIX):
-                self._claim(original, tag.removeprefix(NAME_TAG_PREFIX))
-        for name in names:
-            if name not in self._owner and name not in self.legal:
-                self._claim(name, name)
-
-    def __call__(self, name: str) -> str:
-        """The legal name for ``name``, chosen once."""
-        legal = self.legal.get(name)
-        if legal is None:
-            legal = legal_name(name)
-            if self._owner.get(legal, name) != name:
-                legal = _with_suffix(legal, name)
-            self._claim(name, legal)
-        return legal
-
-    def _claim(self, original: str, legal: str) -> None:
-        self.legal[original] = legal
-        self._owner[legal] = original
-
-    def tags_for(self, names: Iterable[str]) -> list[tuple[str, str]]:
-        """The ``tracelet.name.*`` tags recording how ``names`` were mapped (if they were)."""
-        tags = []
-        for name in names:
-            legal = self.legal[name]
-            if legal != name:
-                key = legal_name(f"{NAME_TAG_PREFIX}{legal}")
-                tags.append((key, cut(name, MAX_TAG_VALUE)))
-        return tags
+def name_tags(names: NameMap, seen: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``tracelet.name.*`` tags recording how the ``seen`` names were mapped."""
+    return [
+        (legal_name(f"{NAME_TAG_PREFIX}{legal}"), cut(original, MAX_TAG_VALUE))
+        for legal, original in names.changed(seen).items()
+    ]
 
 
 def cut(value: str, limit: int) -> str:

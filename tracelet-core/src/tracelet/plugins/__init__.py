@@ -33,6 +33,7 @@ from tracelet.plugins.interfaces import (
     PluginMetadata,
     PluginType,
 )
+from tracelet.plugins.names import NameMap, with_suffix
 from tracelet.plugins.options import Option
 from tracelet.plugins.registrations import (
     BackendRegistration,
@@ -55,6 +56,7 @@ __all__ = [
     "FrameworkRegistration",
     "Image",
     "MetricPoint",
+    "NameMap",
     "Option",
     "ParamValue",
     "PermanentBackendError",
@@ -66,4 +68,5 @@ __all__ = [
     "RunStatus",
     "Text",
     "hookimpl",
+    "with_suffix",
 ]

@@ -1,0 +1,71 @@
+"""Registers the ``wandb`` backend with Tracelet (entry point ``tracelet``: ``wandb``)."""
+
+from __future__ import annotations
+
+from tracelet.plugins import BackendRegistration, Option, hookimpl
+from tracelet_wandb import __version__
+
+OPTIONS = (
+    Option("project", str, doc="W&B project (default: WANDB_PROJECT, else the Tracelet project)."),
+    Option(
+        "entity",
+        str,
+        doc="W&B user or team (default: WANDB_ENTITY, else yours).",
+        env="WANDB_ENTITY",
+    ),
+    Option("name", str, doc="W&B run name (default: WANDB_NAME, else the Tracelet run name)."),
+    Option(
+        "tags",
+        (list, tuple, str),
+        doc="Extra W&B tags set when the run starts (each 1-64 characters).",
+    ),
+    Option("notes", str, doc="Run description (default: WANDB_NOTES)."),
+    Option("group", str, doc="Run group (default: WANDB_RUN_GROUP)."),
+    Option("job_type", str, doc="Job type (default: WANDB_JOB_TYPE)."),
+    Option(
+        "mode",
+        str,
+        doc="online, offline or disabled (default: WANDB_MODE, else online).",
+        env="WANDB_MODE",
+    ),
+    Option(
+        "dir",
+        str,
+        doc="Folder holding W&B's wandb/ folder (default: WANDB_DIR, else the working directory).",
+    ),
+    Option(
+        "api_key",
+        str,
+        doc="W&B API key (better: WANDB_API_KEY or wandb login).",
+        secret=True,
+        env="WANDB_API_KEY",
+    ),
+    Option(
+        "base_url",
+        str,
+        doc="W&B server URL (default: WANDB_BASE_URL, else W&B's cloud).",
+        env="WANDB_BASE_URL",
+    ),
+    Option(
+        "init_timeout",
+        float,
+        30.0,
+        doc="Seconds wandb.init may take before Tracelet retries it.",
+        minimum=1.0,
+    ),
+    Option(
+        "system_metrics",
+        bool,
+        False,
+        doc="Also let W&B sample CPU/GPU use (Tracelet's collectors already do).",
+    ),
+)
+"""The options the backend accepts, nested, prefixed (``wandb_project``) or plain."""
+
+
+@hookimpl
+def tracelet_register_backends() -> list[BackendRegistration]:
+    """Register the ``wandb`` backend (W&B itself is imported only when a run starts)."""
+    from tracelet_wandb.backend import WandbBackend
+
+    return [BackendRegistration("wandb", WandbBackend, OPTIONS, "Weights & Biases", __version__)]
