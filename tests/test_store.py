@@ -198,6 +198,32 @@ def test_unhandled_exception_at_exit_marks_the_run_failed(tmp_path, read_store):
     assert [p[1] for p in store.metrics(run.id)] == [1.0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ending", "code", "status"), [("sys.exit(3)", 3, "failed"), ("sys.exit(0)", 0, "finished")]
+)
+def test_sys_exit_code_at_exit_decides_the_status(tmp_path, read_store, ending, code, status):
+    child = run_python(
+        f"""
+        import sys, tracelet
+        exp = tracelet.start_logging("exiting")
+        exp.log_metric("loss", 1.0, 0)
+        {ending}
+        """,
+        tmp_path,
+    )
+    assert child.wait(timeout=60) == code
+    (run,) = read_store().list_runs()
+    assert run.status == status
+
+
+@pytest.mark.parametrize(("code", "status"), [(None, "finished"), (0, "finished"), (2, "failed")])
+def test_system_exit_inside_with_ends_the_run_by_its_code(read_store, code, status):
+    with pytest.raises(SystemExit), tracelet.start_logging("exits") as exp:
+        raise SystemExit(code)
+    assert read_store().get_run(exp.id).status == status
+
+
 def test_list_runs_filters(read_store):
     for project, status in [("a", "finished"), ("a", "failed"), ("b", "finished")]:
         tracelet.start_logging("r", project=project).stop(status=status)

@@ -25,12 +25,20 @@ system-metrics sampler are off (Tracelet's collectors sample the system already)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tracelet.plugins import BackendPlugin, Batch, ConfigurationError, RunInfo, RunStatus
+from tracelet.plugins import (
+    BackendPlugin,
+    Batch,
+    ConfigurationError,
+    PermanentBackendError,
+    RunInfo,
+    RunStatus,
+)
 from tracelet_wandb import sessions
 from tracelet_wandb.names import (
     NAMES_KEY,
@@ -41,6 +49,7 @@ from tracelet_wandb.names import (
     legal_tag,
     name_map,
 )
+from tracelet_wandb.plugin import OPTIONS
 from tracelet_wandb.rows import Row, group_rows
 from tracelet_wandb.run_file import session_files
 
@@ -52,6 +61,8 @@ EXIT_CODES = {
 }
 """Tracelet's final status as a W&B exit code (255: W&B's own code for Ctrl-C)."""
 MODES = ("online", "offline", "disabled")
+ENVIRONMENT = {option.name: option.env for option in OPTIONS if option.env}
+"""Each option's ``WANDB_*`` variable, read when the option is not given."""
 
 
 class WandbBackend(BackendPlugin):
@@ -65,6 +76,8 @@ class WandbBackend(BackendPlugin):
         self._names = name_map()
         self._recorded_names: dict[str, str] = {}
         self._next_row = 0
+        self._mode = "online"
+        self._earlier: list[Path] = []
 
     def initialize(self, config: Mapping[str, Any]) -> None:
         """Check the options together: ``mode`` is one W&B knows."""
@@ -77,50 +90,56 @@ class WandbBackend(BackendPlugin):
 
     def start(self) -> None:
         """Import W&B (on the delivery worker, never on the training thread)."""
-        import wandb
+        with _not_at_shutdown():
+            import wandb
 
         self.wandb = wandb
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
         """Start (or resume) the W&B run whose id is the Tracelet run id."""
-        wandb = self.wandb
-        mode, wandb_dir = self._where()
-        earlier = session_files(wandb_dir, run.id) if mode == "offline" else []
-        given = {
-            "console": "off",
-            "x_disable_stats": not self.config["system_metrics"],
-            "init_timeout": self.config["init_timeout"],
-            "api_key": self.config.get("api_key"),
-            "base_url": self.config.get("base_url"),
-            "x_sync_dir_suffix": str(len(earlier) + 1) if earlier else None,
-        }
-        settings = wandb.Settings(**{k: v for k, v in given.items() if v is not None})
-        self.run = wandb.init(
-            id=run.id,
-            project=self._option("project", "WANDB_PROJECT", run.project),
-            entity=self.config.get("entity"),
-            name=self._option("name", "WANDB_NAME", run.name),
-            notes=self.config.get("notes"),
-            group=self.config.get("group"),
-            job_type=self.config.get("job_type"),
-            tags=self._option_tags(),
-            dir=self.config.get("dir"),
-            mode=mode,
-            resume="allow" if mode == "online" else None,
-            reinit="create_new",
-            settings=settings,
-        )
+        with _not_at_shutdown():
+            self._init(run)
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)
-        if mode == "offline":
-            self._state = sessions.from_run_files(earlier)
+        if self._mode == "offline":
+            self._state = sessions.from_run_files(self._earlier)
             self._carry_over(self._state)
-        elif mode == "online":
+        elif self._mode == "online":
             self._state = sessions.from_live_run(self.run)
         self._names = name_map()
         self._names.load(self._state.names, self._state.existing)
         self._recorded_names = dict(self._state.names)
         self._next_row = self._state.next_row
+
+    def _init(self, run: RunInfo) -> None:
+        """``wandb.init`` with the options, every ``WANDB_*`` variable read now."""
+        wandb = self.wandb
+        mode, wandb_dir = self._where()
+        self._mode = mode
+        self._earlier = session_files(wandb_dir, run.id) if mode == "offline" else []
+        given = {
+            "console": "off",
+            "x_disable_stats": not self.config["system_metrics"],
+            "init_timeout": self.config["init_timeout"],
+            "api_key": self._given("api_key"),
+            "base_url": self._given("base_url"),
+        }
+        settings = wandb.Settings(**{k: v for k, v in given.items() if v is not None})
+        self.run = wandb.init(
+            id=run.id,
+            project=self._given("project") or run.project,
+            entity=self._given("entity"),
+            name=self._given("name") or run.name,
+            notes=self._given("notes"),
+            group=self._given("group"),
+            job_type=self._given("job_type"),
+            tags=self._tags_given(),
+            dir=self._given("dir"),
+            mode=mode,
+            resume="allow" if mode == "online" else None,
+            reinit="create_new",
+            settings=settings,
+        )
 
     def _carry_over(self, earlier: sessions.Delivered) -> None:
         """Give a new offline session the config and tags of the earlier ones (online,
@@ -134,19 +153,24 @@ class WandbBackend(BackendPlugin):
     def _where(self) -> tuple[str, str]:
         """The mode and the ``wandb`` folder this run uses, as W&B will resolve them."""
         base = self.wandb.setup().settings
-        mode = self.config.get("mode") or base.mode
-        root = self.config.get("dir") or base.root_dir
+        mode = self._given("mode") or base.mode
+        root = self._given("dir") or base.root_dir
         mode = "offline" if mode in ("offline", "dryrun") else mode
         return mode, base.model_copy(update={"root_dir": str(root)}).wandb_dir
 
-    def _option(self, name: str, variable: str, default: str) -> str:
-        return self.config.get(name) or os.environ.get(variable) or default
+    def _given(self, name: str) -> Any:
+        """Option ``name``, else its ``WANDB_*`` variable as it is now (W&B itself reads
+        them once per process), else None."""
+        value = self.config.get(name)
+        if value is None and name in ENVIRONMENT:
+            value = os.environ.get(ENVIRONMENT[name]) or None
+        return value
 
-    def _option_tags(self) -> list[str] | None:
-        tags = self.config.get("tags")
-        if tags is None:
-            return None  # W&B reads WANDB_TAGS itself
-        return [legal_tag(tags)] if isinstance(tags, str) else [legal_tag(str(t)) for t in tags]
+    def _tags_given(self) -> list[str] | None:
+        tags = self._given("tags")
+        if isinstance(tags, str):
+            tags = [tag.strip() for tag in tags.split(",") if tag.strip()]
+        return None if tags is None else [legal_tag(str(tag)) for tag in tags]
 
     def log_batch(self, batch: Batch) -> None:
         """Deliver ``batch``: history rows, config, tags, artifacts, then the batch's seq."""
@@ -218,10 +242,25 @@ class WandbBackend(BackendPlugin):
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
         """``[entity/]project/name:tracelet-v<version>``, as ``run.use_artifact`` takes it."""
-        project = self._option("project", "WANDB_PROJECT", run.project)
-        entity = self.config.get("entity") or os.environ.get("WANDB_ENTITY")
+        project = self._given("project") or run.project
+        entity = self._given("entity")
         prefix = f"{entity}/{project}" if entity else project
         return f"{prefix}/{legal_artifact_name(artifact_path)}:tracelet-v{version}"
+
+
+@contextlib.contextmanager
+def _not_at_shutdown() -> Iterator[None]:
+    """W&B cannot start while Python exits (its imports and service register exit hooks,
+    which CPython refuses then): that is a permanent failure for this run, not a retry."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "shutdown" not in str(error):
+            raise
+        raise PermanentBackendError(
+            "Python is exiting before the W&B run could start; `tracelet sync` delivers "
+            "this run to W&B"
+        ) from error
 
 
 def _artifact_groups(

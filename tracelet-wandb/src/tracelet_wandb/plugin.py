@@ -6,22 +6,33 @@ from tracelet.plugins import BackendRegistration, Option, hookimpl
 from tracelet_wandb import __version__
 
 OPTIONS = (
-    Option("project", str, doc="W&B project (default: WANDB_PROJECT, else the Tracelet project)."),
+    Option(
+        "project",
+        str,
+        doc="W&B project (default: WANDB_PROJECT, else the Tracelet project).",
+        env="WANDB_PROJECT",
+    ),
     Option(
         "entity",
         str,
         doc="W&B user or team (default: WANDB_ENTITY, else yours).",
         env="WANDB_ENTITY",
     ),
-    Option("name", str, doc="W&B run name (default: WANDB_NAME, else the Tracelet run name)."),
+    Option(
+        "name",
+        str,
+        doc="W&B run name (default: WANDB_NAME, else the Tracelet run name).",
+        env="WANDB_NAME",
+    ),
     Option(
         "tags",
         (list, tuple, str),
-        doc="Extra W&B tags set when the run starts (each 1-64 characters).",
+        doc="Extra W&B tags set when the run starts (default: WANDB_TAGS, comma-separated).",
+        env="WANDB_TAGS",
     ),
-    Option("notes", str, doc="Run description (default: WANDB_NOTES)."),
-    Option("group", str, doc="Run group (default: WANDB_RUN_GROUP)."),
-    Option("job_type", str, doc="Job type (default: WANDB_JOB_TYPE)."),
+    Option("notes", str, doc="Run description (default: WANDB_NOTES).", env="WANDB_NOTES"),
+    Option("group", str, doc="Run group (default: WANDB_RUN_GROUP).", env="WANDB_RUN_GROUP"),
+    Option("job_type", str, doc="Job type (default: WANDB_JOB_TYPE).", env="WANDB_JOB_TYPE"),
     Option(
         "mode",
         str,
@@ -32,6 +43,7 @@ OPTIONS = (
         "dir",
         str,
         doc="Folder holding W&B's wandb/ folder (default: WANDB_DIR, else the working directory).",
+        env="WANDB_DIR",
     ),
     Option(
         "api_key",
@@ -60,7 +72,9 @@ OPTIONS = (
         doc="Also let W&B sample CPU/GPU use (Tracelet's collectors already do).",
     ),
 )
-"""The options the backend accepts, nested, prefixed (``wandb_project``) or plain."""
+"""The options the backend accepts, nested, prefixed (``wandb_project``) or plain. An option
+not given is read from its ``env`` variable when the run starts (W&B itself would read it
+once per process)."""
 
 
 @hookimpl

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import attrs
 
+from tracelet.core import process
 from tracelet.core.retry import DelayIterator, RetryPolicy
 from tracelet.exceptions import ConfigurationError, PermanentBackendError, RejectedBatchError
 from tracelet.plugins import BackendPlugin
@@ -182,6 +183,7 @@ class Delivery:
             if not self.backend.started:
                 self.backend.start()
             self.backend.start_run(self.run, resumed)
+            process.exit_before_tools()  # a tool's own exit handler runs after ours
 
         if not self._attempt("start", start):
             return False

@@ -282,7 +282,7 @@ class Experiment:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
-        self.stop(status_for(kind))
+        self.stop(status_for(kind, error))
 
     # -- logging -------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ Once per process, when the first run starts, Tracelet
 
 - registers an ``atexit`` handler that stops every run still running (a forgotten
   ``stop``): killed after SIGTERM or Ctrl-C, failed after an unhandled exception, else
-  finished;
-- wraps ``sys.excepthook`` to know whether an unhandled exception ended the program;
+  finished; it runs before the exit handlers tools register when a backend starts them;
+- wraps ``sys.excepthook`` and ``sys.exit`` to know whether an unhandled exception or a
+  non-zero ``sys.exit`` code ended the program;
 - turns SIGTERM into :class:`~tracelet.exceptions.Terminated` in the main thread, where
   SIGTERM still has its default action, so ``with`` blocks end their runs as killed;
 - makes a forked child disown its parent's runs: logging to them raises there, and the
@@ -43,12 +44,18 @@ stopping: set[Run] = set()
 
 _unhandled: list[type[BaseException]] = []
 _previous_excepthook: list[Any] = []
+_exit_codes: list[object] = []
+_previous_exit: list[Any] = []
 
 
-def status_for(kind: type[BaseException] | None) -> RunStatus:
-    """The status of a run ended by an exception of type ``kind`` (None: no exception)."""
+def status_for(kind: type[BaseException] | None, error: object = None) -> RunStatus:
+    """The status of a run ended by ``error``, an exception of type ``kind`` (None: no
+    exception). ``SystemExit`` with code 0 or None is a clean end."""
     if kind is None:
         return RunStatus.FINISHED
+    if issubclass(kind, SystemExit):
+        code = getattr(error, "code", 1)
+        return RunStatus.FINISHED if code in (None, 0) else RunStatus.FAILED
     if issubclass(kind, KeyboardInterrupt | Terminated):
         return RunStatus.KILLED
     return RunStatus.FAILED
@@ -60,11 +67,26 @@ def watch() -> None:
         return
     _previous_excepthook.append(sys.excepthook)
     sys.excepthook = _remember_unhandled
+    _previous_exit.append(sys.exit)
+    sys.exit = _remember_exit
     atexit.register(_stop_all_at_exit)
     os.register_at_fork(after_in_child=_disown_in_child)
     is_main = threading.current_thread() is threading.main_thread()
     if is_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+
+
+def exit_before_tools() -> None:
+    """Make the exit handler run before every one registered so far.
+
+    ``atexit`` runs handlers last-registered first, and a tool registers its own teardown
+    when a backend first starts a run in it (W&B's service is the example): runs still
+    running at exit must stop, and deliver, while their tools still work. Called each time
+    a backend has started a run.
+    """
+    if _previous_excepthook:
+        atexit.unregister(_stop_all_at_exit)
+        atexit.register(_stop_all_at_exit)
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -100,8 +122,19 @@ def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any
     _previous_excepthook[0](kind, error, tb)
 
 
+def _remember_exit(code: object = None) -> None:
+    """``sys.exit``, remembering ``code``: a run stopped at exit after ``sys.exit(3)`` failed."""
+    _exit_codes.append(code)
+    _previous_exit[0](code)
+
+
 def _stop_all_at_exit() -> None:
-    status = status_for(_unhandled[-1] if _unhandled else None)
+    if _unhandled:
+        status = status_for(_unhandled[-1])
+    elif _exit_codes:
+        status = status_for(SystemExit, SystemExit(_exit_codes[-1]))
+    else:
+        status = RunStatus.FINISHED
     for run in list(running):
         try:
             run.stop(status)
