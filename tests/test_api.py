@@ -354,8 +354,10 @@ def test_unknown_backend_is_a_configuration_error_naming_the_fix():
     message = str(caught.value)
     assert "invalid_backend" in message
     assert "installed: local" in message
-    with pytest.raises(ValueError, match="pip install tracelet-wandb"):
-        tracelet.start_logging("x", backend="wandb")
+    with pytest.raises(ValueError, match="pip install tracelet-aim"):
+        tracelet.start_logging("x", backend="aim")
+    with pytest.raises(ValueError, match="disabled: remove 'wandb' from disable_plugins"):
+        tracelet.start_logging("x", backend="wandb", config={"disable_plugins": ["wandb"]})
     assert tracelet.get_active_experiment() is None
 
 

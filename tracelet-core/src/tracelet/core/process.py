@@ -53,11 +53,11 @@ def status_for(kind: type[BaseException] | None, error: object = None) -> RunSta
     exception). ``SystemExit`` with code 0 or None is a clean end."""
     if kind is None:
         return RunStatus.FINISHED
+    if issubclass(kind, KeyboardInterrupt | Terminated):
+        return RunStatus.KILLED
     if issubclass(kind, SystemExit):
         code = getattr(error, "code", 1)
         return RunStatus.FINISHED if code in (None, 0) else RunStatus.FAILED
-    if issubclass(kind, KeyboardInterrupt | Terminated):
-        return RunStatus.KILLED
     return RunStatus.FAILED
 
 

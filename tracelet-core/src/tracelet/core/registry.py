@@ -236,7 +236,7 @@ class PluginRegistry:
         selected = []
         for name in names:
             if name not in available:
-                raise unknown_backend(name, available)
+                raise unknown_backend(name, available, self.disabled)
             if available[name] not in selected:
                 selected.append(available[name])
         return selected
@@ -290,11 +290,16 @@ def _unknown_hook(plugin: object) -> str:
     )
 
 
-def unknown_backend(name: str, available: Iterable[str]) -> ConfigurationError:
-    """The error for a backend nobody registered: what is installed, and what to install."""
+def unknown_backend(
+    name: str, available: Iterable[str], disabled: Iterable[str] = ()
+) -> ConfigurationError:
+    """The error for a backend nobody registered: what is installed, and what to install
+    (or to re-enable, when its plugin is in ``disable_plugins``)."""
     installed = ", ".join(sorted(available)) or "none"
     package = KNOWN_BACKENDS.get(name)
-    if package:
+    if name in disabled:
+        fix = f"its plugin is disabled: remove {name!r} from disable_plugins"
+    elif package:
         fix = f"install it with: pip install {package}"
     else:
         fix = f"check the spelling{did_you_mean(name, available)}, or install its plugin"
