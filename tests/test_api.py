@@ -249,6 +249,41 @@ def test_text_and_images(read_store):
     assert decode_grey(Path(images[2].path).read_bytes()) == [[200] * 3] * 2
 
 
+def test_histograms_binned_or_given(read_store):
+    from tracelet.histograms import _python_bins
+
+    with tracelet.start_logging("hist") as exp:
+        exp.set_iteration(2)
+        exp.log_histogram("w", np.arange(10.0).reshape(2, 5), bins=5)
+        exp.log_histogram("w", [1.0, float("nan"), float("inf"), 3.0], 3, bins=2)
+        exp.log_histogram("given", counts=[1, 2], edges=[0.0, 0.5, 1.0], step=4)
+        for bad, error, match in [
+            ({"values": [1.0], "bins": 0}, ValueError, "bins must be an int from 1 to 512"),
+            ({"values": [1.0], "bins": 513}, ValueError, "from 1 to 512"),
+            ({"values": [float("nan")]}, ValueError, "at least one finite value"),
+            ({"values": ["a"]}, TypeError, "must be numbers, not str"),
+            ({"values": "abc"}, TypeError, "numbers in a list"),
+            ({}, TypeError, "either values or counts and edges"),
+            ({"values": [1.0], "counts": [1]}, TypeError, "either values or counts"),
+            ({"counts": [1]}, TypeError, "counts and edges go together"),
+            ({"counts": [1, 2], "edges": [0, 1]}, ValueError, "one more edge than counts"),
+            ({"counts": [1], "edges": [1, 0]}, ValueError, "increasing order"),
+            ({"counts": [-1], "edges": [0, 1]}, ValueError, "not negative"),
+        ]:
+            with pytest.raises(error, match=match):
+                exp.log_histogram("bad", **bad)
+    found = read_store().histograms(only_run(read_store()).id)
+    assert [(h.name, h.step, h.counts, h.nonfinite) for h in found] == [
+        ("w", 2, (2.0, 2.0, 2.0, 2.0, 2.0), 0),
+        ("w", 3, (1.0, 1.0), 2),
+        ("given", 4, (1.0, 2.0), 0),
+    ]
+    assert found[0].edges == (0.0, 1.8, 3.6, 5.4, 7.2, 9.0)
+    assert found[2].edges == (0.0, 0.5, 1.0)
+    counts, edges = _python_bins([0.0, 1.0, 2.0, 3.0], 2)  # without NumPy: the same bins
+    assert (counts, edges) == ((2.0, 2.0), (0.0, 1.5, 3.0))
+
+
 def png_size(data: bytes) -> tuple[int, int, int]:
     """(width, height, colour type) from a PNG's header."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@ against a plain SQLite tracking URI."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -79,6 +80,15 @@ class MlflowReadBack:
             for path, data in self._files(run_id, "tracelet/images").items()
             if (match := re.fullmatch(r"tracelet/images/(.*)/step_(\d+)\.png", path))
         ]
+
+    def histograms(self, run_id: str) -> list[tuple[str, int, list, list]]:
+        found = []
+        for path, data in self._files(run_id, "tracelet/histograms").items():
+            match = re.fullmatch(r"tracelet/histograms/(.*)/step_(\d+)\.json", path)
+            if match:
+                bins = json.loads(data)
+                found.append((match[1], int(match[2]), bins["counts"], bins["edges"]))
+        return found
 
     def artifacts(self, run_id: str) -> dict[str, bytes]:
         return {p: d for p, d in self._files(run_id).items() if not p.startswith("tracelet/")}

@@ -64,6 +64,20 @@ class Text:
 
 
 @attrs.frozen
+class Histogram:
+    """A distribution logged under ``name`` at ``step``: ``counts[i]`` values fell between
+    ``edges[i]`` and ``edges[i + 1]`` (one more edge than counts); ``nonfinite`` NaN or
+    infinite values were left out of the bins."""
+
+    name: str
+    step: int
+    timestamp: float
+    counts: tuple[float, ...]
+    edges: tuple[float, ...]
+    nonfinite: int = 0
+
+
+@attrs.frozen
 class Image:
     """A PNG image journaled in the local store; ``path`` is the stored file."""
 
@@ -144,6 +158,7 @@ class Batch:
     texts: Sequence[Text] = ()
     images: Sequence[Image] = ()
     artifacts: Sequence[Artifact] = ()
+    histograms: Sequence[Histogram] = ()
 
     def __len__(self) -> int:
         return (
@@ -153,6 +168,7 @@ class Batch:
             + len(self.texts)
             + len(self.images)
             + len(self.artifacts)
+            + len(self.histograms)
         )
 
 

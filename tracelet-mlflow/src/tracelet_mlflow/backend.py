@@ -13,8 +13,10 @@
   params before them, tags after.
 - The tag ``tracelet.seq`` holds the last batch delivered, so a batch delivered again is
   skipped: replays never duplicate.
-- Texts, images and files land as artifacts: ``tracelet/texts/<name>/step_<step>.txt``,
-  ``tracelet/images/<name>/step_<step>.png``, and each artifact at its own path.
+- Texts, images, histograms and files land as artifacts:
+  ``tracelet/texts/<name>/step_<step>.txt``, ``tracelet/images/<name>/step_<step>.png``,
+  ``tracelet/histograms/<name>/step_<step>.json`` (``counts``, ``edges``, ``nonfinite``;
+  MLflow has no histogram type), and each artifact at its own path.
 
 Everything runs on a delivery worker (and the backend's own threads for requests in
 flight, each bounded like the worker's); ``MlflowClient`` is used with an explicit
@@ -273,6 +275,10 @@ class MlflowBackend(BackendPlugin):
         for text in batch.texts:
             path = f"tracelet/texts/{_path_part(text.name)}/step_{text.step}.txt"
             self.client.log_text(self.run_id, text.text, path)
+        for histogram in batch.histograms:
+            path = f"tracelet/histograms/{_path_part(histogram.name)}/step_{histogram.step}.json"
+            bins = {"counts": histogram.counts, "edges": histogram.edges}
+            self.client.log_dict(self.run_id, {**bins, "nonfinite": histogram.nonfinite}, path)
         with tempfile.TemporaryDirectory() as folder:
             for image in batch.images:
                 local = Path(folder, _path_part(image.name), f"step_{image.step}.png")

@@ -10,6 +10,7 @@
   repeated steps are all kept.
 - Params: ``config.update`` (a changed value updates it); tags: W&B tags, ``key:value``
   for a tag with a value; texts: a one-cell ``wandb.Table``; images: ``wandb.Image``;
+  histograms: ``wandb.Histogram`` (from their counts and edges);
   artifacts: one ``wandb.Artifact`` per logged file or bundle, aliased
   ``tracelet-v<version>``.
 - Exactly once: after each batch the summary records ``tracelet/seq`` and
@@ -193,7 +194,7 @@ class WandbBackend(BackendPlugin):
         self._state = sessions.Delivered(batch.seq, self._next_row, self._next_row)
 
     def _entries(self, batch: Batch) -> Iterator[tuple[str, Any, int, float]]:
-        """Every history value of ``batch``: metrics, then images, then texts."""
+        """Every history value of ``batch``: metrics, then images, texts and histograms."""
         key = self._names
         for name, value, step, timestamp in batch.metrics:
             yield key(name), value, step, timestamp
@@ -202,6 +203,10 @@ class WandbBackend(BackendPlugin):
         for text in batch.texts:
             table = self.wandb.Table(columns=["text"], data=[[text.text]])
             yield key(text.name), table, text.step, text.timestamp
+        for histogram in batch.histograms:
+            bins = (list(histogram.counts), list(histogram.edges))
+            value = self.wandb.Histogram(np_histogram=bins)
+            yield key(histogram.name), value, histogram.step, histogram.timestamp
 
     def _log_row(self, row: Row) -> None:
         values = {STEP_KEY: row.step, "_timestamp": row.timestamp, **row.values}

@@ -94,6 +94,15 @@ class WandbReadBack:
         """Every image as ``(name, step, PNG bytes)``."""
         return list(self._media(run_id, "image-file"))
 
+    def histograms(self, run_id: str) -> list[tuple[str, int, list, list]]:
+        """Every histogram as ``(name, step, counts, edges)``."""
+        return [
+            (key, int(row[STEP_KEY]), value["values"], value["bins"])
+            for _, row in self.rows(run_id)
+            for key, value in row.items()
+            if isinstance(value, dict) and value.get("_type") == "histogram"
+        ]
+
     def artifacts(self, run_id: str) -> dict[str, bytes]:
         """Every file of every logged artifact (not W&B's own tables), by path."""
         files: dict[str, bytes] = {}

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tracelet.automagic import AutomagicConfig
@@ -34,12 +34,14 @@ from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, registry_for
 from tracelet.core.session import RunSession
 from tracelet.gradients import selected_stats
+from tracelet.histograms import bin_values, check_bins_given
 from tracelet.media import PendingImage
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.records import (
     CheckpointRequest,
     DeliveryPhase,
     DeliveryState,
+    Histogram,
     Params,
     RunInfo,
     RunStatus,
@@ -418,6 +420,31 @@ class Experiment:
             raise TypeError(f"text {name!r} must be a str, not {type(text).__name__}")
         check_text(text)
         self._put(Text(check_name(name, "text"), text, self._step(step), _time()))
+
+    def log_histogram(
+        self,
+        name: str,
+        values: Any = None,
+        step: int | None = None,
+        *,
+        bins: int = 64,
+        counts: Sequence[float] | None = None,
+        edges: Sequence[float] | None = None,
+    ) -> None:
+        """Log the distribution of ``values`` (numbers, a NumPy array or a tensor) at
+        ``step``, binned now into ``bins`` equal bins (at most 512); only the counts and
+        edges are kept. Or give the bins yourself: ``counts`` and ``edges`` (one more
+        edge than counts), as ``numpy.histogram`` returns them."""
+        check_name(name, "histogram")
+        if (values is None) == (counts is None and edges is None):
+            raise TypeError(f"histogram {name!r}: give either values or counts and edges")
+        if values is not None:
+            binned, limits, nonfinite = bin_values(values, bins)
+        elif counts is None or edges is None:
+            raise TypeError(f"histogram {name!r}: counts and edges go together")
+        else:
+            (binned, limits), nonfinite = check_bins_given(counts, edges), 0
+        self._put(Histogram(name, self._step(step), _time(), binned, limits, nonfinite))
 
     def log_image(self, name: str, image: Any, step: int | None = None) -> None:
         """Log an image: a NumPy array (HW, HWC or CHW), a tensor, a PIL image, PNG bytes or

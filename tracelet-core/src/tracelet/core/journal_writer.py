@@ -10,7 +10,8 @@ same :class:`JournalWriter` also runs inside the training process, called direct
 Messages are tuples whose first item names them. To the writer:
 
 - ``("points", points)``: metric points of the batch being built;
-- ``("batch", token, params, tags, texts, images, artifacts)``: the batch ends; journal it
+- ``("batch", token, params, tags, texts, images, artifacts, histograms)``: the batch
+  ends; journal it
   as the run's next batch (``token`` counts the batches sent, from 1);
 - ``("checkpoint", request, samples)``: write a checkpoint of what is journaled so far;
 - ``("cursors", names)``: the run's backends (a store created anew gets their cursors);
@@ -92,7 +93,7 @@ class JournalWriter:
     def finish(self) -> None:
         """Journal points whose batch never ended (the training process died mid-batch)."""
         if self.points:
-            self._journal(0, {}, {}, (), (), ())
+            self._journal(0, {}, {}, (), (), (), ())
 
     def _journal(
         self,
@@ -102,6 +103,7 @@ class JournalWriter:
         texts: Sequence[Any],
         images: Sequence[Any],
         artifacts: Sequence[Any],
+        histograms: Sequence[Any],
     ) -> None:
         try:
             self._check_store()
@@ -112,7 +114,7 @@ class JournalWriter:
             self._last_seq = self.store.last_seq(self.run.id)
             self._window_start = self.store.last_metric_id()
         seq = self._last_seq + 1
-        batch = Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
+        batch = Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts, histograms)
         written = write_batch(self.store, batch, self.give_up)
         if written is None:
             self.reply(("lost", token, len(batch)))

@@ -77,6 +77,7 @@ def without_unstorable(batch: Batch, error: Exception) -> Batch:
     texts = [t for t in batch.texts if encodable(t.name) and encodable(t.text)]
     images = [i for i in batch.images if encodable(i.name) and encodable(i.path)]
     artifacts = [a for a in batch.artifacts if encodable(a.name) and encodable(a.artifact_path)]
+    histograms = [h for h in batch.histograms if encodable(h.name)]
     clean = attrs.evolve(
         batch,
         metrics=metrics,
@@ -85,6 +86,7 @@ def without_unstorable(batch: Batch, error: Exception) -> Batch:
         texts=texts,
         images=images,
         artifacts=artifacts,
+        histograms=histograms,
     )
     bad_names = sorted({repr(p[0]) for p in batch.metrics if not storable_point(p)})[:5]
     report_once(

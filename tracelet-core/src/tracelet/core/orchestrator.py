@@ -41,6 +41,7 @@ from tracelet.records import (
     Batch,
     CheckpointRequest,
     DeliveryState,
+    Histogram,
     MetricPoint,
     Params,
     RunInfo,
@@ -74,6 +75,8 @@ def payload_bytes(record: Any) -> int:
         return int(record.nbytes)
     if kind is Text:
         return sys.getsizeof(record.text)
+    if kind is Histogram:
+        return 16 * (len(record.counts) + len(record.edges))
     if kind is Sample:
         return sys.getsizeof(record.data)
     if kind is Params or kind is Tags:
@@ -649,7 +652,7 @@ class Orchestrator:
     def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:
         params: dict[str, Any] = {}
         tags: dict[str, str] = {}
-        texts, images, artifacts = [], [], []
+        texts, images, artifacts, histograms = [], [], [], []
         files = self.store.files_dir(self.run.id)
         for event in events:
             try:
@@ -659,6 +662,8 @@ class Orchestrator:
                     tags.update(event.values)
                 elif isinstance(event, Text):
                     texts.append(event)
+                elif isinstance(event, Histogram):
+                    histograms.append(event)
                 elif isinstance(event, PendingImage):
                     if self._give_up():  # past stop's deadline: no more encoding
                         self._count_lost(1)
@@ -677,7 +682,7 @@ class Orchestrator:
                 report_once("tracelet", f"could not journal {event!r}: {error!r}; skipped")
             finally:
                 self._release(event)
-        return Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts)
+        return Batch(self.run.id, seq, metrics, params, tags, texts, images, artifacts, histograms)
 
     def _count_lost(self, records: int) -> None:
         with self._acks:
@@ -690,4 +695,13 @@ class Orchestrator:
 
 def _batch_message(token: int, batch: Batch) -> tuple[Any, ...]:
     """The message that ends ``batch`` (its points were sent before it)."""
-    return ("batch", token, batch.params, batch.tags, batch.texts, batch.images, batch.artifacts)
+    return (
+        "batch",
+        token,
+        batch.params,
+        batch.tags,
+        batch.texts,
+        batch.images,
+        batch.artifacts,
+        batch.histograms,
+    )

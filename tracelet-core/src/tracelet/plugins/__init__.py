@@ -40,7 +40,16 @@ from tracelet.plugins.registrations import (
     CollectorRegistration,
     FrameworkRegistration,
 )
-from tracelet.records import Artifact, Batch, Image, MetricPoint, RunInfo, RunStatus, Text
+from tracelet.records import (
+    Artifact,
+    Batch,
+    Histogram,
+    Image,
+    MetricPoint,
+    RunInfo,
+    RunStatus,
+    Text,
+)
 from tracelet.values import ParamValue
 
 __all__ = [
@@ -54,6 +63,7 @@ __all__ = [
     "ConfigurationError",
     "FrameworkPlugin",
     "FrameworkRegistration",
+    "Histogram",
     "Image",
     "MetricPoint",
     "NameMap",

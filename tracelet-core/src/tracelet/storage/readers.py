@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tracelet.records import Artifact, Image, MetricPoint, RunStatus, Text
+from tracelet.records import Artifact, Histogram, Image, MetricPoint, RunStatus, Text
 from tracelet.storage.sql import finite_or_none, nan_of, to_json, transaction
 from tracelet.values import ParamValue
 
@@ -251,6 +251,10 @@ class RunReader:
     def artifacts(self, run_id: str) -> list[Artifact]:
         """The run's artifacts, in the order they were logged."""
         return self._events(run_id, "artifacts")
+
+    def histograms(self, run_id: str) -> list[Histogram]:
+        """The run's histograms, in the order they were logged."""
+        return self._events(run_id, "histograms")
 
     def _events(self, run_id: str, kind: str) -> list[Any]:
         pk = self._pk(run_id)

@@ -117,6 +117,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE cursors ADD COLUMN finished INTEGER NOT NULL DEFAULT 0",),
     # 4: where each backend's delivery stands (delivering, retrying, failed), for `show`
     ("ALTER TABLE cursors ADD COLUMN state TEXT NOT NULL DEFAULT 'delivering'",),
+    # 5: histograms (counts and edges as JSON arrays)
+    (
+        """CREATE TABLE histograms (
+            id INTEGER PRIMARY KEY, run INTEGER NOT NULL, batch INTEGER NOT NULL,
+            name TEXT NOT NULL, step INTEGER NOT NULL, ts REAL NOT NULL,
+            counts TEXT NOT NULL, edges TEXT NOT NULL, nonfinite INTEGER NOT NULL)""",
+        "CREATE INDEX histograms_by_batch ON histograms(run, batch)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

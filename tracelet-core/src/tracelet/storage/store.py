@@ -27,7 +27,16 @@ from typing import Any
 import attrs
 
 from tracelet.exceptions import StoreError
-from tracelet.records import Artifact, Batch, Image, MetricPoint, RunInfo, RunStatus, Text
+from tracelet.records import (
+    Artifact,
+    Batch,
+    Histogram,
+    Image,
+    MetricPoint,
+    RunInfo,
+    RunStatus,
+    Text,
+)
 from tracelet.storage.connections import DB_NAME, StoreFile
 from tracelet.storage.cursors import CursorTable
 from tracelet.storage.locks import RunLock, is_locked
@@ -42,9 +51,26 @@ _EVENT_SQL = {
     "images": "SELECT batch, name, step, ts, path FROM images",
     "artifacts": "SELECT batch, name, artifact_path, path, size_bytes, sha256, kind, ts, version"
     " FROM artifacts",
+    "histograms": "SELECT batch, name, step, ts, counts, edges, nonfinite FROM histograms",
 }
 _EVENT_WHERE = "WHERE run = ? AND batch BETWEEN ? AND ?"
-_EVENT_RECORDS: dict[str, Any] = {"texts": Text, "images": Image, "artifacts": Artifact}
+
+
+def _histogram(name: str, step: int, ts: float, counts: str, edges: str, nonfinite: int) -> Any:
+    return Histogram(name, step, ts, tuple(json.loads(counts)), tuple(json.loads(edges)), nonfinite)
+
+
+def _histogram_row(pk: int, seq: int, h: Histogram) -> tuple[Any, ...]:
+    counts, edges = json.dumps(h.counts), json.dumps(h.edges)
+    return (pk, seq, h.name, h.step, h.timestamp, counts, edges, h.nonfinite)
+
+
+_EVENT_RECORDS: dict[str, Any] = {
+    "texts": Text,
+    "images": Image,
+    "artifacts": Artifact,
+    "histograms": _histogram,
+}
 EVENT_KINDS = tuple(_EVENT_SQL)
 """The kinds of non-metric record a batch carries, as named on :class:`~tracelet.records.Batch`."""
 
@@ -261,6 +287,7 @@ class LocalStore(StoreFile, RunReader, CursorTable):
                 "texts",
                 "images",
                 "artifacts",
+                "histograms",
                 "cursors",
                 "checkpoints",
                 "anomalies",
@@ -350,6 +377,11 @@ class LocalStore(StoreFile, RunReader, CursorTable):
                 )
                 for a in batch.artifacts
             ],
+        )
+        con.executemany(
+            "INSERT INTO histograms(run, batch, name, step, ts, counts, edges, nonfinite)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [_histogram_row(pk, seq, h) for h in batch.histograms],
         )
 
     def last_seq(self, run_id: str) -> int:

@@ -19,6 +19,7 @@ from tracelet.core.experiment import Experiment
 from tracelet.plugins import Batch, RunStatus
 from tracelet.testing.expect import (
     expect_artifacts,
+    expect_histograms,
     expect_images,
     expect_metrics,
     expect_params,
@@ -165,6 +166,18 @@ def artifacts_round_trip(kit: Harness) -> None:
         exp.log_artifact(kit.root / "inputs" / "epoch1.pt", "checkpoints/epoch1.pt")
     kit.expect_delivered(exp.id)
     expect_artifacts(kit, exp.id, files)
+
+
+def histograms_round_trip(kit: Harness) -> None:
+    """Histograms (binned from values with NaN among them, and given as counts and edges)
+    arrive exactly once, counts and edges exact."""
+    values = [math.sin(i) * 3.0 for i in range(1000)] + [math.nan, math.inf]
+    with kit.start("histograms") as exp:
+        exp.log_histogram("weights/layer1", values, 0, bins=32)
+        exp.log_histogram("weights/layer1", [v * 2 for v in values[:1000]], 1, bins=32)
+        exp.log_histogram("grad@norm", counts=[3, 0, 5], edges=[-1.0, 0.0, 0.5, 2.0], step=7)
+    kit.expect_delivered(exp.id)
+    expect_histograms(kit, exp.id, [("weights/layer1", 0), ("weights/layer1", 1), ("grad@norm", 7)])
 
 
 def status_on_success(kit: Harness) -> None:
@@ -352,6 +365,7 @@ CHECKS: dict[str, Callable[[Harness], None]] = {
         texts_round_trip,
         images_round_trip,
         artifacts_round_trip,
+        histograms_round_trip,
         status_on_success,
         status_on_failure,
         status_on_kill,

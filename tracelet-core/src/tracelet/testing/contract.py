@@ -10,7 +10,7 @@ nothing else is relaxed: every declared transformation must hold exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -51,6 +51,13 @@ class ReadBack(Protocol):
         """The stored artifact files: artifact path (``checkpoints/epoch1.pt``) to bytes."""
         ...
 
+    def histograms(
+        self, run_id: str
+    ) -> Iterable[tuple[str, int, Sequence[float], Sequence[float]]]:
+        """Every stored histogram as ``(name, step, counts, edges)``. Optional: an adapter
+        without it (or raising ``NotImplementedError``) skips the histogram check."""
+        ...
+
     def status(self, run_id: str) -> str:
         """The run's status: ``running``, ``finished``, ``failed`` or ``killed``."""
         ...
@@ -65,8 +72,8 @@ def _same(name: str) -> str:
 
 
 def _check_read_back(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, ReadBack):
-        missing = [m for m in _READERS if not callable(getattr(value, m, None))]
+    missing = [m for m in _READERS if not callable(getattr(value, m, None))]
+    if missing:
         raise TypeError(f"read_back must implement tracelet.testing.ReadBack; missing: {missing}")
 
 
@@ -81,6 +88,7 @@ def _check_param_length(instance: BackendUnderTest, attribute: attrs.Attribute, 
 
 
 _READERS = ("metrics", "params", "tags", "texts", "images", "artifacts", "status", "run_count")
+"""The readers every adapter has (``histograms`` is optional)."""
 
 
 @attrs.frozen

@@ -120,6 +120,26 @@ def expect_artifacts(
     )
 
 
+def expect_histograms(
+    kit: Harness, run_id: str, logged: Sequence[tuple[str, int]], *, optional: bool = False
+) -> None:
+    """Every histogram is in the tool exactly once, its counts and edges exact."""
+    journaled = [(h.name, h.step, h.counts, h.edges) for h in kit.journal.histograms(run_id)]
+    require(
+        compare_multisets(logged, [(n, s) for n, s, _, _ in journaled]),
+        f"histograms of run {run_id} in {JOURNAL}",
+    )
+    found = kit.read("histograms", run_id, optional=optional)
+    if found is None:
+        return
+    expected = [(kit.backend.map_name(n), s, tuple(c), tuple(e)) for n, s, c, e in journaled]
+    stored = [(n, int(s), tuple(map(float, c)), tuple(map(float, e))) for n, s, c, e in found]
+    require(
+        compare_multisets(expected, stored),
+        f"histograms of run {run_id} in backend {kit.backend.name!r}",
+    )
+
+
 def _digested(images: Sequence[tuple[str, int, bytes]]) -> list[tuple[str, int, str]]:
     return [(name, int(step), digest(bytes(data))) for name, step, data in images]
 

@@ -143,8 +143,11 @@ class Harness:
     def read(self, kind: str, run_id: str, *, optional: bool = False) -> Any:
         """Call the adapter's reader ``kind``. When it raises ``NotImplementedError`` (the
         tool does not store that kind), skip the test, or return None if ``optional``."""
+        reader = getattr(self.backend.read_back, kind, None)
         try:
-            return getattr(self.backend.read_back, kind)(run_id)
+            if reader is None:
+                raise NotImplementedError(f"its adapter has no {kind!r} reader")
+            return reader(run_id)
         except NotImplementedError as error:
             if optional:
                 return None

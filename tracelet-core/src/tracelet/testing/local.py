@@ -61,6 +61,12 @@ class LocalReadBack:
             }
         )
 
+    def histograms(self, run_id: str) -> list[tuple[str, int, tuple, tuple]]:
+        """Every histogram as ``(name, step, counts, edges)``."""
+        return self._read(
+            lambda store: [(h.name, h.step, h.counts, h.edges) for h in store.histograms(run_id)]
+        )
+
     def status(self, run_id: str) -> str:
         """The run's status."""
         return self._read(lambda store: _run(store, run_id).status.value)

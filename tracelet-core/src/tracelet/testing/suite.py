@@ -59,6 +59,11 @@ class BackendConformance:
         """Artifact files arrive byte for byte under their artifact paths."""
         checks.artifacts_round_trip(conformance_kit)
 
+    def test_histograms_round_trip(self, conformance_kit: Harness) -> None:
+        """Histograms arrive exactly once, counts and edges exact (skipped when the
+        adapter has no ``histograms`` reader)."""
+        checks.histograms_round_trip(conformance_kit)
+
     def test_status_on_success(self, conformance_kit: Harness) -> None:
         """``running`` while the run goes, ``finished`` after a clean exit."""
         checks.status_on_success(conformance_kit)
