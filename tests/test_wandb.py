@@ -177,8 +177,8 @@ def test_the_api_key_never_reaches_the_store(wandb_offline, read_store):
 
 
 def test_a_batch_cut_off_halfway_resumes_at_its_first_missing_row(wandb_offline, tmp_path):
-    """The first delivery dies after 3 of a batch's rows; a new one delivers the rest: every
-    point once."""
+    """A batch's delivery fails after 3 of its rows, is retried and fails again after 5; a
+    new session delivers the rest: every point once."""
     from tracelet.testing import BackendUnderTest
     from tracelet.testing.harness import Harness
 
@@ -192,18 +192,21 @@ def test_a_batch_cut_off_halfway_resumes_at_its_first_missing_row(wandb_offline,
     first = kit.build_backend()
     delivery = kit.delivery(first, exp.run_info)
     assert delivery.open(False)
-    rows_logged = []
+    rows_logged, failed_at = [], set()
     log = first.run.log
 
-    def dies_after_three(values, **kwargs):
-        if len(rows_logged) == 3:
+    def fails_after_three_then_five(values, **kwargs):
+        if len(rows_logged) in {3, 5} - failed_at:
+            failed_at.add(len(rows_logged))
             raise ConnectionError("cut off")
         rows_logged.append(values)
         log(values, **kwargs)
 
-    first.run.log = dies_after_three
-    with pytest.raises(ConnectionError):
-        first.log_batch(batch)
+    first.run.log = fails_after_three_then_five
+    for _ in range(2):  # the second try, in this session, goes on from row 4
+        with pytest.raises(ConnectionError):
+            first.log_batch(batch)
+    assert len(rows_logged) == 5
     first.stop()
     second = kit.build_backend()
     second.start()

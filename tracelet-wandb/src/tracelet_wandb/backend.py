@@ -122,6 +122,7 @@ class WandbBackend(BackendPlugin):
             "console": "off",
             "x_disable_stats": not self.config["system_metrics"],
             "init_timeout": self.config["init_timeout"],
+            "finish_timeout": self.config["finish_timeout"],
             "api_key": self._given("api_key"),
             "base_url": self._given("base_url"),
         }
@@ -178,7 +179,7 @@ class WandbBackend(BackendPlugin):
         if batch.seq <= self._state.seq:
             return
         rows = group_rows(self._entries(batch))
-        for row in rows[self._state.rows_of(batch.seq) :]:
+        for row in rows[self._state.rows_of(batch.seq, self._next_row) :]:
             self._log_row(row)
         if batch.params:
             config = {self._names(k): v for k, v in batch.params.items()}

@@ -66,6 +66,13 @@ OPTIONS = (
         minimum=1.0,
     ),
     Option(
+        "finish_timeout",
+        float,
+        60.0,
+        doc="Seconds run.finish may wait for uploads (online); the rest stays for wandb sync.",
+        minimum=1.0,
+    ),
+    Option(
         "system_metrics",
         bool,
         False,

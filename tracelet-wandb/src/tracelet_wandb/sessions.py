@@ -37,9 +37,11 @@ class Delivered:
     tags: tuple[str, ...] = ()
     """The run's tags so far (offline: a new session starts without them)."""
 
-    def rows_of(self, seq: int) -> int:
-        """How many history rows of batch ``seq`` W&B already has (a batch cut off)."""
-        return self.next_row - self.rows if seq == self.seq + 1 else 0
+    def rows_of(self, seq: int, next_row: int) -> int:
+        """How many history rows of batch ``seq`` W&B already has when ``next_row`` rows
+        are written in all: those past ``rows``, when ``seq`` is the batch after ``seq``
+        (it was cut off, in an earlier session or by a failed call in this one)."""
+        return next_row - self.rows if seq == self.seq + 1 else 0
 
 
 def from_summary(
