@@ -217,6 +217,23 @@ def test_sys_exit_code_at_exit_decides_the_status(tmp_path, read_store, ending, 
     assert run.status == status
 
 
+@pytest.mark.slow
+def test_sys_exit_in_another_thread_does_not_fail_the_run(tmp_path, read_store):
+    child = run_python(
+        """
+        import sys, threading, tracelet
+        exp = tracelet.start_logging("threads")
+        worker = threading.Thread(target=sys.exit, args=(2,))
+        worker.start(); worker.join()
+        exp.log_metric("loss", 1.0, 0)
+        """,
+        tmp_path,
+    )
+    assert child.wait(timeout=60) == 0
+    (run,) = read_store().list_runs()
+    assert run.status == "finished"
+
+
 @pytest.mark.parametrize(("code", "status"), [(None, "finished"), (0, "finished"), (2, "failed")])
 def test_system_exit_inside_with_ends_the_run_by_its_code(read_store, code, status):
     with pytest.raises(SystemExit), tracelet.start_logging("exits") as exp:

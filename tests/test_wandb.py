@@ -17,9 +17,9 @@ import tracelet
 from tracelet.plugins import RunStatus
 
 pytest.importorskip("wandb")
-from tracelet_wandb.names import NAMES_KEY, legal_key, legal_tag
+from tracelet_wandb.names import NAMES_KEY, TAGS_KEY, legal_key, legal_tag
 from tracelet_wandb.rows import group_rows
-from tracelet_wandb.run_file import RunFileError, chunks, records
+from tracelet_wandb.run_file import RunFileError, chunks, ended, records
 from tracelet_wandb.testing import WandbReadBack
 
 QUIET = {"track_system": False, "track_env": False, "track_git": False, "flush_interval": 0.02}
@@ -93,7 +93,7 @@ def test_names_w_and_b_would_mangle_are_mapped_and_recorded(wandb_offline):
     assert originals == {"val.loss", "_private", "Loss", "loss", "tracelet/step"}
     assert {"val_loss", "u_private", "Loss"} <= stored
     assert legal_tag(long_tag) in back.tags(exp.id)
-    assert recorded[legal_tag(long_tag)] == long_tag
+    assert back.summary(exp.id)[TAGS_KEY] == {legal_tag(long_tag): long_tag}
     assert all(len(tag) <= 64 for tag in run_record(wandb_offline, exp.id).tags)
 
 
@@ -174,6 +174,9 @@ def test_the_api_key_never_reaches_the_store(wandb_offline, read_store):
     store = read_store()
     assert secret not in repr(store.get_run(exp.id))
     assert secret not in (Path(store.path) / "tracelet.db").read_bytes().decode(errors="replace")
+    for path in wandb_offline.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
 
 
 def test_a_batch_cut_off_halfway_resumes_at_its_first_missing_row(wandb_offline, tmp_path):
@@ -219,6 +222,83 @@ def test_a_batch_cut_off_halfway_resumes_at_its_first_missing_row(wandb_offline,
     kit.close()
 
 
+def test_a_failed_start_or_finish_is_retried_on_the_same_w_and_b_run(wandb_offline, tmp_path):
+    """define_metric fails once after wandb.init, finish fails once: the retries go on
+    with the same W&B run (one session) and it ends with its status."""
+    from tracelet.testing import BackendUnderTest
+    from tracelet.testing.harness import Harness
+
+    kit = Harness(
+        BackendUnderTest("wandb", {"dir": str(wandb_offline)}, read_back(wandb_offline)), tmp_path
+    )
+    with kit.start("retry", journal_only=True) as exp:
+        exp.log_metric("loss", 1.0, 0)
+    (batch,) = kit.journal.read_batches(exp.id, 0, limit=10)
+    backend = kit.build_backend()
+    backend.start()
+    import wandb
+
+    original = wandb.sdk.wandb_run.Run.define_metric
+    calls = []
+
+    def fails_once(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ConnectionError("define_metric failed")
+        return original(self, *args, **kwargs)
+
+    wandb.sdk.wandb_run.Run.define_metric = fails_once
+    try:
+        with pytest.raises(ConnectionError):
+            backend.start_run(exp.run_info, False)
+        backend.start_run(exp.run_info, False)
+    finally:
+        wandb.sdk.wandb_run.Run.define_metric = original
+    backend.log_batch(batch)
+    finish = backend.run.finish
+    backend.run.finish = lambda **kwargs: (_ for _ in ()).throw(ConnectionError("finish"))
+    with pytest.raises(ConnectionError):
+        backend.finish_run(RunStatus.KILLED)
+    backend.run.finish = finish
+    backend.finish_run(RunStatus.KILLED)
+    back = read_back(wandb_offline)
+    assert len(back.sessions(exp.id)) == 1
+    assert back.status(exp.id) == "killed"
+    assert [v for _, v, _, _ in back.metrics(exp.id)] == [1.0]
+    kit.close()
+
+
+def test_a_long_tag_gets_its_new_value_and_long_option_tags_are_recorded(wandb_offline):
+    long_key = "k" * 70
+    option_tag = "o" * 80
+    config = {"wandb": {"dir": str(wandb_offline), "tags": [option_tag, "short"]}, **QUIET}
+    with tracelet.start_logging("tags", backend="wandb", config=config) as exp:
+        exp.add_tags({long_key: "first"})
+        assert exp.flush(30)
+        exp.add_tags({long_key: "second"})
+    back = read_back(wandb_offline)
+    tags = run_record(wandb_offline, exp.id).tags
+    recorded = back.summary(exp.id)[TAGS_KEY]
+    originals = sorted(recorded.get(tag, tag) for tag in tags)
+    assert originals == sorted([option_tag, "short", f"{long_key}:second"])
+
+
+def test_the_live_state_of_a_resumed_online_run():
+    """Online, W&B hands a resumed run its summary, config and step (the online path cannot
+    be reached from these machines; this checks how Tracelet reads what W&B hands back)."""
+    from tracelet_wandb.sessions import from_live_run
+
+    class Resumed:
+        summary = {"tracelet/seq": 7, "tracelet/rows": 40, "tracelet/names": {"a_b": "a.b"}}
+        config = {"lr": 0.1}
+        step = 43
+
+    state = from_live_run(Resumed())
+    assert (state.seq, state.rows, state.next_row) == (7, 40, 43)
+    assert state.names == {"a_b": "a.b"}
+    assert {"lr", "tracelet/seq"} <= state.existing
+
+
 def test_run_file_reader_stops_at_a_cut_off_record_and_refuses_others(tmp_path):
     with pytest.raises(RunFileError, match="not a W&B run file"):
         list(chunks(b"not a run file at all"))
@@ -245,6 +325,9 @@ def _one_run_file(tmp_path: Path) -> Path:
     run.log({"a": 1.0})
     run.finish()
     path = Path(run.settings.sync_file)
+    deadline = time.monotonic() + 30
+    while not ended(path) and time.monotonic() < deadline:  # wandb-core writes it after finish
+        time.sleep(0.01)
     assert [r.WhichOneof("record_type") for r in records(path)][:2] == ["header", "run"]
     return path
 

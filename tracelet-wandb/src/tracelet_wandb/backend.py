@@ -27,7 +27,9 @@ system-metrics sampler are off (Tracelet's collectors sample the system already)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,13 +48,16 @@ from tracelet_wandb.names import (
     ROWS_KEY,
     SEQ_KEY,
     STEP_KEY,
+    TAGS_KEY,
     legal_artifact_name,
     legal_tag,
     name_map,
 )
 from tracelet_wandb.plugin import OPTIONS
 from tracelet_wandb.rows import Row, group_rows
-from tracelet_wandb.run_file import session_files
+from tracelet_wandb.run_file import RunFileError, ended, session_files
+
+logger = logging.getLogger("tracelet")
 
 EXIT_CODES = {
     RunStatus.FINISHED: 0,
@@ -62,6 +67,8 @@ EXIT_CODES = {
 }
 """Tracelet's final status as a W&B exit code (255: W&B's own code for Ctrl-C)."""
 MODES = ("online", "offline", "disabled")
+MODE_ALIASES = {"dryrun": "offline", "run": "online", "shared": "online"}
+"""W&B's other names for its modes (``shared``: several writers, online)."""
 ENVIRONMENT = {option.name: option.env for option in OPTIONS if option.env}
 """Each option's ``WANDB_*`` variable, read when the option is not given."""
 
@@ -73,18 +80,24 @@ class WandbBackend(BackendPlugin):
         super().__init__()
         self.wandb: Any = None
         self.run: Any = None
-        self._state = sessions.Delivered()
         self._names = name_map()
-        self._recorded_names: dict[str, str] = {}
+        self._recorded: dict[str, dict[str, str]] = {NAMES_KEY: {}, TAGS_KEY: {}}
+        self._mapped_tags: dict[str, str] = {}
+        self._delivered = 0
+        """The last batch W&B has whole."""
+        self._rows_whole = 0
+        """History rows written when that batch was whole."""
         self._next_row = 0
+        """History rows written in all (``_step`` of the next row)."""
         self._mode = "online"
         self._earlier: list[Path] = []
+        self._skipped: set[str] = set()
 
     def initialize(self, config: Mapping[str, Any]) -> None:
         """Check the options together: ``mode`` is one W&B knows."""
         super().initialize(config)
         mode = self.config.get("mode")
-        if mode is not None and mode not in MODES:
+        if mode is not None and mode not in (*MODES, *MODE_ALIASES):
             raise ConfigurationError(
                 f"wandb option 'mode' must be one of {', '.join(MODES)}, not {mode!r}"
             )
@@ -97,20 +110,35 @@ class WandbBackend(BackendPlugin):
         self.wandb = wandb
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
-        """Start (or resume) the W&B run whose id is the Tracelet run id."""
-        with _not_at_shutdown():
-            self._init(run)
+        """Start (or resume) the W&B run whose id is the Tracelet run id. Retried after a
+        failure, it goes on with the W&B run already started (never a second one)."""
+        if self.run is None:
+            with _not_at_shutdown():
+                self._init(run)
         self.run.define_metric(STEP_KEY)
         self.run.define_metric("*", step_metric=STEP_KEY)
+        state = self._held()
         if self._mode == "offline":
-            self._state = sessions.from_run_files(self._earlier)
-            self._carry_over(self._state)
-        elif self._mode == "online":
-            self._state = sessions.from_live_run(self.run)
+            self._carry_over(state)
         self._names = name_map()
-        self._names.load(self._state.names, self._state.existing)
-        self._recorded_names = dict(self._state.names)
-        self._next_row = self._state.next_row
+        self._names.load(state.names, state.existing)
+        self._recorded = {NAMES_KEY: dict(state.names), TAGS_KEY: dict(state.tag_names)}
+        self._mapped_tags = dict(state.tag_names) | self._option_tag_names()
+        self._delivered, self._rows_whole, self._next_row = state.seq, state.rows, state.next_row
+
+    def _held(self) -> sessions.Delivered:
+        """What W&B already holds of this run (nothing for a new one)."""
+        if self._mode == "online":
+            return sessions.from_live_run(self.run)
+        if self._mode != "offline":
+            return sessions.Delivered()
+        try:
+            return sessions.from_run_files(self._earlier)
+        except RunFileError as error:
+            raise PermanentBackendError(
+                f"an earlier session of this W&B run is damaged ({error}); move its "
+                "offline-run folder away to start the W&B run afresh"
+            ) from error
 
     def _init(self, run: RunInfo) -> None:
         """``wandb.init`` with the options, every ``WANDB_*`` variable read now."""
@@ -157,7 +185,7 @@ class WandbBackend(BackendPlugin):
         base = self.wandb.setup().settings
         mode = self._given("mode") or base.mode
         root = self._given("dir") or base.root_dir
-        mode = "offline" if mode in ("offline", "dryrun") else mode
+        mode = MODE_ALIASES.get(mode, mode)
         return mode, base.model_copy(update={"root_dir": str(root)}).wandb_dir
 
     def _given(self, name: str) -> Any:
@@ -169,17 +197,26 @@ class WandbBackend(BackendPlugin):
         return value
 
     def _tags_given(self) -> list[str] | None:
+        """The ``tags`` option (or ``WANDB_TAGS``, comma-separated), each within 64 characters."""
         tags = self._given("tags")
         if isinstance(tags, str):
             tags = [tag.strip() for tag in tags.split(",") if tag.strip()]
         return None if tags is None else [legal_tag(str(tag)) for tag in tags]
 
+    def _option_tag_names(self) -> dict[str, str]:
+        """W&B tag to original, for the option tags that had to be cut."""
+        given = self._given("tags")
+        if isinstance(given, str):
+            given = [tag.strip() for tag in given.split(",")]
+        return {legal_tag(str(t)): str(t) for t in given or () if legal_tag(str(t)) != str(t)}
+
     def log_batch(self, batch: Batch) -> None:
         """Deliver ``batch``: history rows, config, tags, artifacts, then the batch's seq."""
-        if batch.seq <= self._state.seq:
+        if batch.seq <= self._delivered:
             return
         rows = group_rows(self._entries(batch))
-        for row in rows[self._state.rows_of(batch.seq, self._next_row) :]:
+        held = self._next_row - self._rows_whole if batch.seq == self._delivered + 1 else 0
+        for row in rows[held:]:  # a batch cut off halfway goes on from its first missing row
             self._log_row(row)
         if batch.params:
             config = {self._names(k): v for k, v in batch.params.items()}
@@ -188,43 +225,65 @@ class WandbBackend(BackendPlugin):
             self._set_tags(batch.tags)
         self._log_artifacts(batch)
         summary: dict[str, Any] = {SEQ_KEY: batch.seq, ROWS_KEY: self._next_row}
-        names = self._names.changed()
-        if names != self._recorded_names:
-            summary[NAMES_KEY] = self._recorded_names = names
+        for key, mapped in ((NAMES_KEY, self._names.changed()), (TAGS_KEY, self._mapped_tags)):
+            if mapped != self._recorded[key]:
+                summary[key] = self._recorded[key] = dict(mapped)
         self.run.summary.update(summary)
-        self._state = sessions.Delivered(batch.seq, self._next_row, self._next_row)
+        self._delivered, self._rows_whole = batch.seq, self._next_row
 
     def _entries(self, batch: Batch) -> Iterator[tuple[str, Any, int, float]]:
         """Every history value of ``batch``: metrics, then images, texts and histograms."""
-        key = self._names
+        key, wandb = self._names, self.wandb
         for name, value, step, timestamp in batch.metrics:
             yield key(name), value, step, timestamp
-        for image in batch.images:
-            yield key(image.name), self.wandb.Image(image.path), image.step, image.timestamp
-        for text in batch.texts:
-            table = self.wandb.Table(columns=["text"], data=[[text.text]])
-            yield key(text.name), table, text.step, text.timestamp
-        for histogram in batch.histograms:
-            bins = (list(histogram.counts), list(histogram.edges))
-            value = self.wandb.Histogram(np_histogram=bins)
-            yield key(histogram.name), value, histogram.step, histogram.timestamp
+        media = [
+            *((i, lambda i=i: wandb.Image(i.path)) for i in batch.images),
+            *((t, lambda t=t: wandb.Table(columns=["text"], data=[[t.text]])) for t in batch.texts),
+            *(
+                (h, lambda h=h: wandb.Histogram(np_histogram=(h.counts, h.edges)))
+                for h in batch.histograms
+            ),
+        ]
+        for record, build in media:
+            try:
+                value = build()
+            except (OSError, ValueError) as error:  # no retry makes W&B take it
+                self._skip(record, error)
+                continue
+            yield key(record.name), value, record.step, record.timestamp
+
+    def _skip(self, record: Any, error: Exception) -> None:
+        """Report (once per name) a record W&B cannot take; the local store keeps it."""
+        if record.name not in self._skipped:
+            self._skipped.add(record.name)
+            logger.warning(
+                "tracelet wandb: %r at step %d is kept in the local store only: %r",
+                record.name,
+                record.step,
+                error,
+            )
 
     def _log_row(self, row: Row) -> None:
+        """One ``log`` call: the row's values, its Tracelet step, its timestamp."""
         values = {STEP_KEY: row.step, "_timestamp": row.timestamp, **row.values}
         self.run.log(values, step=self._next_row, commit=True)
         self._next_row += 1
 
     def _set_tags(self, tags: Mapping[str, str]) -> None:
-        """Set Tracelet tags as W&B tags, replacing an earlier value of the same key."""
+        """Set Tracelet tags as W&B tags (``key:value``), replacing a key's earlier value."""
         current = list(self.run.tags or ())
         for key, value in tags.items():
             text = key if value == "" else f"{key}:{value}"
             legal = legal_tag(text)
             if legal != text:
-                self._names.claim(text, legal)
-            current = [tag for tag in current if tag.partition(":")[0] != key]
+                self._mapped_tags[legal] = text
+            current = [tag for tag in current if self._tag_key(tag) != key]
             current.append(legal)
         self.run.tags = tuple(current)
+
+    def _tag_key(self, tag: str) -> str:
+        """The Tracelet tag key a W&B tag holds (a cut tag: its original's)."""
+        return self._mapped_tags.get(tag, tag).partition(":")[0]
 
     def _log_artifacts(self, batch: Batch) -> None:
         """One W&B artifact per logged file or bundle (the files of one version)."""
@@ -235,16 +294,26 @@ class WandbBackend(BackendPlugin):
             self.run.log_artifact(artifact, aliases=[f"tracelet-v{version}"])
 
     def finish_run(self, status: RunStatus) -> None:
-        """End the W&B run with the exit code of ``status``."""
-        run, self.run = self.run, None
-        run.finish(exit_code=EXIT_CODES[status])
+        """End the W&B run with the exit code of ``status`` (retried until it ends)."""
+        self._finish(self.run, EXIT_CODES[status])
+        self.run = None
 
     def stop(self) -> None:
         """End a run whose final status never came (delivery stopped): preempting, code 1."""
         run, self.run = self.run, None
         if run is not None:
             run.mark_preempting()
-            run.finish(exit_code=1)
+            self._finish(run, 1)
+
+    def _finish(self, run: Any, exit_code: int) -> None:
+        """``run.finish``; offline, also wait (up to ``finish_timeout``) until ``wandb-core``
+        has written the whole run file, so a session that ends is on disk whole."""
+        run.finish(exit_code=exit_code)
+        if self._mode != "offline":
+            return
+        deadline = time.monotonic() + self.config["finish_timeout"]
+        while not ended(run.settings.sync_file) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
         """``[entity/]project/name:tracelet-v<version>``, as ``run.use_artifact`` takes it."""

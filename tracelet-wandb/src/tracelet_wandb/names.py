@@ -10,9 +10,10 @@ W&B takes any string as a metric or config key, but some break it:
 - names differing only in case share one chart: the second gets a hash suffix;
 - ``tracelet/step`` and the other ``tracelet/*`` keys Tracelet writes are its own.
 
-A tag is 1 to 64 characters: a longer one is cut with a hash suffix. Every mapping is
+A tag is 1 to 64 characters: a longer one is cut with a hash suffix. Every name mapping is
 recorded in the run's summary under ``tracelet/names`` (W&B name to original), and loaded
-back when the run is resumed. Artifact names: at most 128 characters, no ``/`` or ``:``.
+back when the run is resumed; cut tags under ``tracelet/tags``. Artifact names: at most
+128 characters, no ``/`` or ``:``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ SEQ_KEY = "tracelet/seq"
 ROWS_KEY = "tracelet/rows"
 """Summary key: the history rows written when that batch was whole."""
 NAMES_KEY = "tracelet/names"
-"""Summary key: W&B name to original name, for every name Tracelet mapped."""
-OWN_KEYS = (STEP_KEY, SEQ_KEY, ROWS_KEY, NAMES_KEY)
+"""Summary key: W&B name to original name, for every metric or config key Tracelet mapped."""
+TAGS_KEY = "tracelet/tags"
+"""Summary key: W&B tag to original, for every tag cut to 64 characters."""
+OWN_KEYS = (STEP_KEY, SEQ_KEY, ROWS_KEY, NAMES_KEY, TAGS_KEY)
 MAX_TAG = 64
 MAX_ARTIFACT_NAME = 128
 

@@ -11,8 +11,10 @@ backend reads an offline run's earlier sessions with it, and the tests read ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,13 +76,30 @@ def records(path: str | Path) -> Iterator[Any]:
         yield record
 
 
+def ended(path: str | Path) -> bool:
+    """Whether the run file at ``path`` ends with the run's exit record: ``run.finish()``
+    returns before ``wandb-core`` has written everything (a large run: tenths of a second)."""
+    from wandb.proto import wandb_internal_pb2
+
+    last = None
+    with contextlib.suppress(OSError, RunFileError):
+        for last in chunks(Path(path).read_bytes()):  # noqa: B007 - only the last one counts
+            pass
+    if last is None:
+        return False
+    record = wandb_internal_pb2.Record()
+    record.ParseFromString(last)
+    return record.WhichOneof("record_type") == "exit"
+
+
 def session_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
     """The run files of every offline session of run ``run_id`` under ``wandb_dir``
     (W&B's ``wandb`` folder), oldest first.
 
     Each session (a resumed run's every start) has its own folder,
-    ``offline-run-<YYYYmmdd_HHMMSS>-<run id>[-<n>]``; ``n`` tells apart the sessions
-    started within one second.
+    ``offline-run-<YYYYmmdd_HHMMSS>-<run id>[-<n>]`` (``n`` tells apart sessions started
+    within one second). They are ordered by the start time in their run record (UTC), or
+    by the folder's local time while a session has not written its record yet.
     """
     found = []
     for folder in Path(wandb_dir).glob(f"offline-run-*-{run_id}*"):
@@ -90,8 +109,22 @@ def session_files(wandb_dir: str | Path, run_id: str) -> list[Path]:
             continue  # another run whose id starts with this one
         path = folder / f"run-{run_id}.wandb"
         if path.is_file():
-            found.append(((timespec, int(tail.lstrip("-") or 0)), path))
+            found.append(((_started(path, timespec), int(tail.lstrip("-") or 0)), path))
     return [path for _, path in sorted(found)]
+
+
+def _started(path: Path, timespec: str) -> float:
+    """When the session of run file ``path`` started, in seconds since the epoch."""
+    try:
+        for record in records(path):
+            if record.WhichOneof("record_type") == "run" and record.run.HasField("start_time"):
+                return record.run.start_time.ToNanoseconds() / 1e9
+    except RunFileError:
+        pass
+    try:
+        return time.mktime(time.strptime(timespec, "%Y%m%d_%H%M%S"))
+    except ValueError:
+        return 0.0
 
 
 def item_path(item: Any) -> tuple[str, ...]:

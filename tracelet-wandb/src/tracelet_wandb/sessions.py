@@ -2,8 +2,9 @@
 
 Online, W&B hands a resumed run its summary, config, tags and step. Offline there is no
 server: the earlier sessions are run files in the same ``wandb`` folder, read back here.
-Either way the result is a :class:`Delivered`: the last batch W&B has whole, the history
-rows written, the names mapped and the names it already holds.
+Either way the result is a :class:`Delivered`, read once when a session starts: the last
+batch W&B has whole, the history rows written, the names and tags mapped and the names it
+already holds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from tracelet_wandb.names import NAMES_KEY, ROWS_KEY, SEQ_KEY
+from tracelet_wandb.names import NAMES_KEY, ROWS_KEY, SEQ_KEY, TAGS_KEY
 from tracelet_wandb.run_file import item_path, item_value, items_dict, records
 
 
@@ -29,19 +30,15 @@ class Delivered:
     next_row: int = 0
     """History rows written in all: more than ``rows`` when the next batch was cut off."""
     names: Mapping[str, str] = attrs.field(factory=dict)
-    """W&B name to original name, for every mapped name."""
+    """W&B name to original name, for every mapped metric or config key."""
+    tag_names: Mapping[str, str] = attrs.field(factory=dict)
+    """W&B tag to original, for every tag cut to fit."""
     existing: frozenset[str] = frozenset()
     """Metric and config keys the run already holds."""
     config: Mapping[str, Any] = attrs.field(factory=dict)
     """The run's config so far (offline: a new session starts without it)."""
     tags: tuple[str, ...] = ()
     """The run's tags so far (offline: a new session starts without them)."""
-
-    def rows_of(self, seq: int, next_row: int) -> int:
-        """How many history rows of batch ``seq`` W&B already has when ``next_row`` rows
-        are written in all: those past ``rows``, when ``seq`` is the batch after ``seq``
-        (it was cut off, in an earlier session or by a failed call in this one)."""
-        return next_row - self.rows if seq == self.seq + 1 else 0
 
 
 def from_summary(
@@ -53,6 +50,7 @@ def from_summary(
         rows=int(summary.get(ROWS_KEY) or 0),
         next_row=next_row,
         names=dict(summary.get(NAMES_KEY) or {}),
+        tag_names=dict(summary.get(TAGS_KEY) or {}),
         existing=frozenset(existing),
         **held,
     )

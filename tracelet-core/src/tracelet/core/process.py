@@ -123,8 +123,10 @@ def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any
 
 
 def _remember_exit(code: object = None) -> None:
-    """``sys.exit``, remembering ``code``: a run stopped at exit after ``sys.exit(3)`` failed."""
-    _exit_codes.append(code)
+    """``sys.exit``, remembering the main thread's ``code``: a run stopped at exit after
+    ``sys.exit(3)`` failed (``sys.exit`` in another thread ends only that thread)."""
+    if threading.current_thread() is threading.main_thread():
+        _exit_codes.append(code)
     _previous_exit[0](code)
 
 
