@@ -82,3 +82,15 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (root / folder).mkdir()
         monkeypatch.setenv(variable, str(root / folder))
     return root / "dir"
+
+
+@pytest.fixture
+def clearml_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """ClearML in offline mode, its cache (and so its offline sessions) under ``tmp_path``;
+    returns the folder of the offline sessions."""
+    for name in list(os.environ):
+        if name.startswith(("CLEARML_", "TRAINS_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml-cache"))
+    return tmp_path / "clearml-cache" / "offline"

@@ -110,8 +110,13 @@ class BackendUnderTest:
     )
     """Seconds: a stored timestamp may differ from the logged one by at most this much
     (``1e-3`` for a tool that keeps milliseconds; ``0.0``: exact)."""
+    timestamps: bool = attrs.field(default=True, kw_only=True)
+    """Whether the tool keeps each point's logged timestamp (False: it stamps points itself
+    when they arrive, and only name, value and step are compared)."""
     infinity: float = attrs.field(default=math.inf, kw_only=True, validator=attrs.validators.gt(0))
-    """What ``+inf`` reads back as (``-inf`` reads back as its negation); NaN stays NaN."""
+    """What ``+inf`` reads back as (``-inf`` reads back as its negation)."""
+    nan: float = attrs.field(default=math.nan, kw_only=True)
+    """What NaN reads back as (NaN itself by default)."""
     params_as_strings: bool = attrs.field(default=False, kw_only=True)
     """Whether the tool stores parameter values as text: then ``v`` reads back as ``str(v)``
     (``None`` as ``"None"``, ``True`` as ``"True"``). Otherwise type and value must match."""
@@ -134,7 +139,7 @@ class BackendUnderTest:
         """The metric value the tool is expected to hold for ``value``."""
         if math.isinf(value):
             return math.copysign(self.infinity, value)
-        return value
+        return self.nan if math.isnan(value) else value
 
     def stored_param(self, value: ParamValue) -> ParamValue:
         """The parameter value the tool is expected to hold for ``value``."""
@@ -146,6 +151,9 @@ class BackendUnderTest:
         return value
 
     def timestamp_tolerance(self) -> float:
-        """How far a stored timestamp may be from the logged one, in seconds."""
+        """How far a stored timestamp may be from the logged one, in seconds (infinite when
+        the tool does not keep timestamps)."""
+        if not self.timestamps:
+            return math.inf
         # A resolution of 1 ms, converted back to seconds, also carries float rounding.
         return self.timestamp_resolution * 1.001
