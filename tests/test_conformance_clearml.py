@@ -8,8 +8,8 @@ import pytest
 from tracelet.testing import BackendConformance, BackendUnderTest
 
 pytest.importorskip("clearml")
-from tracelet_clearml.names import LARGEST, name_of, title_series  # noqa: E402
-from tracelet_clearml.testing import ClearmlReadBack  # noqa: E402
+from tracelet_clearml.names import LARGEST, name_of, title_series
+from tracelet_clearml.testing import ClearmlReadBack
 
 
 def clearml_name(name: str) -> str:
