@@ -1,0 +1,163 @@
+"""The ClearML backend against real ClearML offline sessions, read back from their files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tracelet
+
+pytest.importorskip("clearml")
+from tracelet_clearml.names import LARGEST, text_block, text_blocks, title_series
+from tracelet_clearml.testing import ClearmlReadBack
+
+QUIET = {"track_system": False, "track_env": False, "track_git": False, "flush_interval": 0.02}
+
+
+def task_json(offline_dir: Path, run_id: str) -> dict:
+    """The latest session's ``task.json`` of the run."""
+    (*_, folder) = ClearmlReadBack(offline_dir).sessions(run_id)
+    return json.loads((folder / "task.json").read_text("utf-8"))
+
+
+def test_ten_thousand_points_nan_included_read_back_in_order(clearml_offline):
+    rng = random.Random(11)
+    names = ["loss", "train/loss", "val/acc/top1", "lr"]
+    points = []
+    for i in range(10_000):
+        step = rng.randrange(400) if i % 3 else i // 4  # shuffled, repeated, increasing
+        value = rng.choice([rng.uniform(-5, 5), math.nan, math.inf, -math.inf, 1e-300])
+        points.append((names[i % 4], value, step))
+    with tracelet.start_logging("points", backend="clearml", config=QUIET) as exp:
+        for name, value, step in points:
+            exp.log_metric(name, value, step)
+    found = ClearmlReadBack(clearml_offline).metrics(exp.id)
+    expected_value = {math.inf: LARGEST, -math.inf: -LARGEST}
+    for name in names:
+        logged = [
+            (LARGEST if math.isnan(v) else expected_value.get(v, v), s)
+            for n, v, s in points
+            if n == name
+        ]
+        assert [(v, s) for n, v, s, _ in found if n == name] == logged, name
+
+
+def test_names_split_into_title_and_series():
+    assert title_series("train/loss") == ("train", "loss")
+    assert title_series("val/acc/top1") == ("val/acc", "top1")
+    assert title_series("loss") == ("loss", "loss")
+
+
+def test_texts_read_back_exactly_whatever_they_hold():
+    texts = [
+        ("notes", 3, 'a "quoted" [tracelet] text "x" at step 1 (5 characters):\nnot a header'),
+        ('we"ird\\name', -2, ""),
+        ("multi", 7, "line 1\nline 2\n"),
+    ]
+    log = "ClearML's own line\n" + "\n".join(text_block(*t) for t in texts) + "\nmore output"
+    assert list(text_blocks(log)) == texts
+
+
+@pytest.mark.parametrize("form", ["nested", "prefixed", "plain", "yaml"])
+def test_options_in_every_documented_form(form, clearml_offline, tmp_path, monkeypatch):
+    options = {
+        "project_name": f"Tracelet Experiments {form}",
+        "task_name": "Training Session",
+        "tags": ["pytorch", "experiment"],
+        "output_uri": str(tmp_path / "clearml-output"),
+    }
+    from clearml import Task
+
+    given = {}
+    init = Task.init.__func__
+
+    def init_seen(cls, **kwargs):  # offline, ClearML drops output_uri: see what it was given
+        given.update(kwargs)
+        return init(cls, **kwargs)
+
+    monkeypatch.setattr(Task, "init", classmethod(init_seen))
+    config = dict(QUIET)
+    if form == "nested":
+        config["clearml"] = options
+    elif form == "prefixed":
+        config.update({f"clearml_{k}": v for k, v in options.items()})
+    elif form == "plain":
+        config.update(options)
+    else:
+        import yaml
+
+        Path("tracelet.yaml").write_text(yaml.safe_dump({"clearml": options}))
+    with tracelet.start_logging("tracelet-name", backend="clearml", config=config) as exp:
+        exp.log_metric("loss", 0.5, 0)
+    task = task_json(clearml_offline, exp.id)
+    assert (task["project_name"], task["name"]) == (options["project_name"], "Training Session")
+    assert {"pytorch", "experiment"} <= set(task["tags"])
+    assert given["output_uri"] == options["output_uri"]
+
+
+def test_project_and_task_name_default_to_tracelet_s(clearml_offline):
+    with tracelet.start_logging(
+        "my-experiment", project="vision", backend="clearml", config=QUIET
+    ) as exp:
+        pass
+    task = task_json(clearml_offline, exp.id)
+    assert (task["project_name"], task["name"]) == ("vision", "my-experiment")
+
+
+def test_params_are_updated_never_replaced(clearml_offline):
+    with tracelet.start_logging("params", backend="clearml", config=QUIET) as exp:
+        exp.log_params({"lr": 0.1, "opt": {"name": "adam"}})
+        assert exp.flush(30)
+        exp.log_params({"lr": 0.01, "batch": 32})
+    params = ClearmlReadBack(clearml_offline).params(exp.id)
+    assert params == {"lr": 0.01, "opt/name": "adam", "batch": 32}
+
+
+SCRIPT = """
+import tracelet
+with tracelet.start_logging("defaults", backend="clearml", config={
+        "track_system": False, "track_env": False, "track_git": False}) as exp:
+    for step in range(100):
+        exp.log_metric("loss", float(step), step)
+print(exp.id)
+"""
+
+
+@pytest.mark.slow
+def test_clearml_s_own_defaults_do_not_hang_the_end_of_a_run(clearml_offline, tmp_path):
+    """Nothing set but offline mode (ClearML's defaults otherwise: with them, closing a
+    task takes 5-11 s and sometimes hangs about 300 s): the run ends within the default
+    flush timeout, everything delivered, the task completed."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_id = done.stdout.split()[-1]
+    back = ClearmlReadBack(clearml_offline)
+    assert [v for _, v, _, _ in back.metrics(run_id)] == [float(s) for s in range(100)]
+    assert back.status(run_id) == "finished"
+
+
+def test_sync_publishes_a_local_run_into_clearml(clearml_offline):
+    from tracelet.cli import main
+
+    with tracelet.start_logging("later", backend="local", config=QUIET) as exp:
+        for step in range(100):
+            exp.log_metric("loss", float(step), step)
+    assert main(["sync", exp.id, "--to", "clearml", "--option", "offline=true"]) == 0
+    back = ClearmlReadBack(clearml_offline)
+    assert [v for _, v, _, _ in back.metrics(exp.id)] == [float(s) for s in range(100)]
+    assert back.status(exp.id) == "finished"
