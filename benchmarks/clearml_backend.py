@@ -1,0 +1,238 @@
+"""Tracelet into ClearML against ClearML's own ``Logger.report_scalar``, offline, read back.
+
+Run from the repository root::
+
+    python benchmarks/clearml_backend.py     # about a minute on 2 cores
+
+ClearML runs offline (``CLEARML_OFFLINE_MODE=1``, its cache in a temporary folder): no
+ClearML server can be started on these machines, and offline ClearML does the same
+client-side work (its reporter writes the session's ``metrics.jsonl`` instead of sending
+it). Prints one table:
+
+1. Tracelet (``backend="clearml"``), 100,000 ``log_metric("loss", ...)`` calls with the
+   settings a user gets: the caller's cost per call, ``stop_logging()``, end to end;
+2. ``Logger.report_scalar("loss", "loss", v, step)`` directly, 100,000 calls, then
+   ``Task.close()`` (with the same quiet configuration Tracelet applies: ClearML's default
+   reporter subprocess makes ``close`` take seconds, sometimes minutes);
+3. a small run, start to stop, in a fresh process with ClearML's defaults untouched: what
+   a user waits for at the start and end of a run.
+
+Every run is read back from its offline session and compared point for point. Exits 1
+only when a run read back differs from what was logged.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_common import chunk_stats
+
+POINTS = 100_000
+CHUNK = 1_000
+SPEEDUP_TARGET = 10.0
+START_STOP_TARGET_S = 2.0
+
+
+def make_values(count: int) -> list[float]:
+    """A decaying loss, every value distinct."""
+    return [2.0 * 0.99999**i + i * 1e-9 for i in range(count)]
+
+
+def timed(call: Any, values: list[float]) -> list[float]:
+    """``call(value, step)`` for every value; microseconds per call, per chunk."""
+    clock = time.perf_counter_ns
+    per_call = []
+    for start in range(0, len(values), CHUNK):
+        begin = clock()
+        for step in range(start, start + CHUNK):
+            call(values[step], step)
+        per_call.append((clock() - begin) / CHUNK / 1_000.0)
+    return per_call
+
+
+def bench_tracelet(root: Path, values: list[float]) -> dict[str, Any]:
+    import tracelet
+    from tracelet_clearml.testing import ClearmlReadBack
+
+    settings = tracelet.TraceletSettings(store_path=str(root / ".tracelet"))
+    exp = tracelet.start_logging("tracelet", project="bench", backend="clearml", settings=settings)
+    log = exp.log_metric
+    gc.collect()
+    began = time.perf_counter()
+    try:
+        per_call = timed(lambda v, s: log("loss", v, s), values)
+        logged = time.perf_counter()
+    finally:
+        tracelet.stop_logging()
+    stopped = time.perf_counter()
+    found = ClearmlReadBack(root / "cache" / "offline").metrics(exp.id)
+    stored = [(v, s) for name, v, s, _ in found if name == "loss"]
+    return {
+        "calls": chunk_stats(per_call),
+        "loop_s": logged - began,
+        "stop_s": stopped - logged,
+        "error": _compare(stored, values),
+    }
+
+
+def bench_clearml(root: Path, values: list[float]) -> dict[str, Any]:
+    import json
+
+    from clearml import Task
+    from clearml.config import config_obj
+
+    from tracelet_clearml.backend import QUIET_CONFIG
+
+    config_obj.set_overrides(QUIET_CONFIG)
+    task = Task.init(
+        project_name="bench",
+        task_name="clearml",
+        auto_connect_frameworks=False,
+        auto_resource_monitoring=False,
+        auto_connect_streams=False,
+        auto_connect_arg_parser=False,
+        reuse_last_task_id=False,
+    )
+    report = task.get_logger().report_scalar
+    gc.collect()
+    began = time.perf_counter()
+    per_call = timed(lambda v, s: report("loss", "loss", v, s), values)
+    logged = time.perf_counter()
+    task.close()
+    stopped = time.perf_counter()
+    lines = (Path(task.get_offline_mode_folder()) / "metrics.jsonl").read_text().splitlines()
+    stored = [
+        (e["value"], e["iter"])
+        for line in lines
+        for e in json.loads(line)
+        if e["type"] == "training_stats_scalar"
+    ]
+    return {
+        "calls": chunk_stats(per_call),
+        "loop_s": logged - began,
+        "stop_s": stopped - logged,
+        "error": _compare(stored, values),
+    }
+
+
+START_STOP = """
+import time, tracelet
+began = time.perf_counter()
+exp = tracelet.start_logging("start-stop", backend="clearml")
+exp.log_metric("loss", 0.5, 0)
+assert exp.flush(60)
+started = time.perf_counter()
+exp.stop()
+print(started - began, time.perf_counter() - started)
+"""
+
+
+def bench_start_stop(root: Path) -> tuple[float, float]:
+    """Start (until ClearML holds the first point) and stop of a small run, fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(START_STOP)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        check=True,
+    )
+    start, stop = map(float, done.stdout.split()[-2:])
+    return start, stop
+
+
+def _compare(stored: list[tuple[float, int]], values: list[float]) -> str:
+    expected = [(v, s) for s, v in enumerate(values)]
+    if sorted(stored, key=lambda p: p[1]) != expected:
+        return f"read back {len(stored):,} points, logged {len(expected):,}, or they differ"
+    return ""
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    header = ("benchmark", "result", "target", "verdict")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fmt(stats: dict[str, float], digits: int = 2) -> str:
+    return (
+        f"median {stats['median']:,.{digits}f} us  p99 {stats['p99']:,.{digits}f}  "
+        f"mean {stats['mean']:,.{digits}f}"
+    )
+
+
+def main() -> int:
+    began = time.perf_counter()
+    values = make_values(POINTS)
+    with tempfile.TemporaryDirectory(prefix="tracelet-bench-clearml-") as tmp:
+        root = Path(tmp)
+        os.environ.update(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(root / "cache"))
+        start_s, stop_s = bench_start_stop(root)
+        ours = bench_tracelet(root, values)
+        theirs = bench_clearml(root, values)
+    import clearml
+
+    speedup = theirs["calls"]["median"] / ours["calls"]["median"]
+    read = "  read back from metrics.jsonl"
+    rows = [
+        ("tracelet log_metric, backend clearml, loss", fmt(ours["calls"], 3), "-", "-"),
+        (
+            "  vs Logger.report_scalar",
+            f"{speedup:,.0f}x cheaper for the caller",
+            f">= {SPEEDUP_TARGET:.0f}x",
+            "PASS" if speedup >= SPEEDUP_TARGET else "MISS",
+        ),
+        (
+            "  logging loop + stop_logging",
+            f"loop {ours['loop_s']:.2f} s + stop {ours['stop_s']:.2f} s = "
+            f"{POINTS / (ours['loop_s'] + ours['stop_s']):,.0f} points/s end to end",
+            "-",
+            "-",
+        ),
+        (
+            read,
+            ours["error"] or f"{POINTS:,} points, values and steps",
+            "== logged",
+            "FAIL" if ours["error"] else "OK",
+        ),
+        ("Logger.report_scalar, per call", fmt(theirs["calls"]), "-", "-"),
+        (
+            "  logging loop + Task.close",
+            f"loop {theirs['loop_s']:.2f} s + close {theirs['stop_s']:.2f} s = "
+            f"{POINTS / (theirs['loop_s'] + theirs['stop_s']):,.0f} points/s end to end",
+            "-",
+            "-",
+        ),
+        (
+            read,
+            theirs["error"] or f"{POINTS:,} points, values and steps",
+            "== logged",
+            "FAIL" if theirs["error"] else "OK",
+        ),
+        (
+            "small run, ClearML defaults untouched",
+            f"start {start_s:.2f} s (until ClearML holds the first point) + stop {stop_s:.2f} s",
+            f"< {START_STOP_TARGET_S:.0f} s",
+            "PASS" if start_s + stop_s < START_STOP_TARGET_S else "MISS",
+        ),
+    ]
+    print(
+        f"ClearML {clearml.__version__} offline, {POINTS:,} points, Python "
+        f"{sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
+    print_table(rows)
+    print(f"(whole benchmark: {time.perf_counter() - began:.0f} s)")
+    return 1 if ours["error"] or theirs["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
