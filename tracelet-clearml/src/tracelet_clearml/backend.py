@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from tracelet.plugins import BackendPlugin, Batch, RunInfo, RunStatus
 from tracelet_clearml import sessions
-from tracelet_clearml.names import PARAM_SECTION, finite, text_block, title_series
+from tracelet_clearml.names import PARAM_SECTION, bin_labels, finite, text_block, title_series
 
 QUIET_CONFIG = {
     "sdk": {"development": {"report_use_subprocess": False, "vcs_repo_detect_async": False}}
@@ -150,13 +149,12 @@ class ClearmlBackend(BackendPlugin):
             self.logger.report_image(title, series, iteration=image.step, local_path=image.path)
         for histogram in batch.histograms:
             title, series = title_series(histogram.name)
-            edges = [f"{a:g}..{b:g}" for a, b in itertools.pairwise(histogram.edges)]
             self.logger.report_histogram(
                 title,
                 series,
                 values=list(histogram.counts),
                 iteration=histogram.step,
-                xlabels=edges,
+                xlabels=bin_labels(histogram.edges),
             )
         for artifact in batch.artifacts:
             self.task.upload_artifact(

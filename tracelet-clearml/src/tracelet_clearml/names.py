@@ -7,12 +7,15 @@
 - ClearML's server cannot store NaN or infinities, and ClearML would report them as 0,
   hiding a diverged loss: NaN and ``+inf`` become the largest float
   (1.7976931348623157e308), ``-inf`` its negation.
+- A histogram is a bar chart whose bars are labelled by their bins' edges, exactly
+  (``"-1.0..0.5"``), so counts and edges read back whole.
 - A text goes to the task's console log under a header that names it, its step and its
   length, so it reads back exactly: ``[tracelet] text "notes" at step 3 (11 characters):``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -43,6 +46,17 @@ def finite(value: float) -> float:
     if math.isfinite(value):
         return value
     return -LARGEST if value == -math.inf else LARGEST
+
+
+def bin_labels(edges: tuple[float, ...]) -> list[str]:
+    """A histogram's bins as ClearML bar labels, ``"<low>..<high>"``, exact (``repr``)."""
+    return [f"{low!r}..{high!r}" for low, high in itertools.pairwise(edges)]
+
+
+def edges_of(labels: list[str]) -> tuple[float, ...]:
+    """The bin edges of :func:`bin_labels`'s labels."""
+    pairs = [tuple(map(float, label.split(".."))) for label in labels]
+    return (*(low for low, _ in pairs), pairs[-1][1]) if pairs else ()
 
 
 def text_block(name: str, step: int, text: str) -> str:

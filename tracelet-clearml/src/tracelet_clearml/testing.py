@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tracelet_clearml import sessions
-from tracelet_clearml.names import PARAM_SECTION, name_of, text_blocks
+from tracelet_clearml.names import PARAM_SECTION, edges_of, name_of, text_blocks
 
 
 class ClearmlReadBack:
@@ -74,6 +74,15 @@ class ClearmlReadBack:
             (name_of(e["metric"], e["variant"]), e["iter"], Path(e["url"]).read_bytes())
             for e in self.events(run_id, "training_debug_image")
         ]
+
+    def histograms(self, run_id: str) -> list[tuple[str, int, list, tuple]]:
+        """Every histogram (a bar chart of Tracelet's) as ``(name, step, counts, edges)``."""
+        found = []
+        for event in self.events(run_id, "plot"):
+            (bars,) = json.loads(event["plot_str"])["data"]
+            name = name_of(event["metric"], event["variant"])
+            found.append((name, event["iter"], bars["y"], edges_of(bars["x"])))
+        return found
 
     def artifacts(self, run_id: str) -> dict[str, bytes]:
         """Every uploaded artifact: its name (Tracelet's artifact path) to its file's bytes."""
