@@ -121,6 +121,29 @@ def test_params_are_updated_never_replaced(clearml_offline):
     assert params == {"lr": 0.01, "opt/name": "adam", "batch": 32}
 
 
+@pytest.mark.slow
+def test_an_unreachable_server_never_holds_the_run(clearml_offline, monkeypatch):
+    """A ClearML server nobody answers (ClearML's own retries would hold Task.init for
+    hours): logging never waits, stop returns within the default flush timeout, the
+    local store has every point and the failure is reported."""
+    from tracelet_mlflow.testing import free_port
+
+    monkeypatch.delenv("CLEARML_OFFLINE_MODE")
+    address = f"http://127.0.0.1:{free_port()}"
+    for variable in ("CLEARML_API_HOST", "CLEARML_WEB_HOST", "CLEARML_FILES_HOST"):
+        monkeypatch.setenv(variable, address)
+    monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "key")
+    monkeypatch.setenv("CLEARML_API_SECRET_KEY", "secret")
+    exp = tracelet.start_logging("down", backend=["local", "clearml"], config=QUIET)
+    for step in range(1000):
+        exp.log_metric("loss", float(step), step)
+    exp.stop()
+    state = exp.delivery["clearml"]
+    assert state.delivered == 0
+    assert state.error, "no attempt ended: a ClearML request held the delivery worker"
+    assert len(exp.store.metrics(exp.id)) == 1000
+
+
 SCRIPT = """
 import tracelet
 with tracelet.start_logging("defaults", backend="clearml", config={

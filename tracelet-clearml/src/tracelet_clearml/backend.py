@@ -31,11 +31,23 @@ from tracelet_clearml import sessions
 from tracelet_clearml.names import PARAM_SECTION, bin_labels, finite, text_block, title_series
 
 QUIET_CONFIG = {
-    "sdk": {"development": {"report_use_subprocess": False, "vcs_repo_detect_async": False}}
+    "sdk": {"development": {"report_use_subprocess": False, "vcs_repo_detect_async": False}},
+    "api": {
+        "http": {
+            "retries": {
+                **dict.fromkeys(("total", "connect", "read", "redirect", "status"), 2),
+                "backoff_factor": 0.5,
+                "backoff_max": 2.0,
+            },
+            "wait_on_maintenance_forever": False,
+        }
+    },
 }
 """ClearML settings that make a task start and close in well under a second (with the
 reporter subprocess and asynchronous repository detection on, ``close`` takes 5-11 s and
-sometimes hangs about 300 s)."""
+sometimes hangs about 300 s), and bound each request to an unreachable server to about a
+second (ClearML's own 240 retries with backoff up to 120 s hold it for hours): Tracelet
+retries instead."""
 
 
 class ClearmlBackend(BackendPlugin):
