@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 import textwrap
@@ -126,10 +127,10 @@ def test_an_unreachable_server_never_holds_the_run(clearml_offline, monkeypatch)
     """A ClearML server nobody answers (ClearML's own retries would hold Task.init for
     hours): logging never waits, stop returns within the default flush timeout, the
     local store has every point and the failure is reported."""
-    from tracelet_mlflow.testing import free_port
-
     monkeypatch.delenv("CLEARML_OFFLINE_MODE")
-    address = f"http://127.0.0.1:{free_port()}"
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{probe.getsockname()[1]}"
     for variable in ("CLEARML_API_HOST", "CLEARML_WEB_HOST", "CLEARML_FILES_HOST"):
         monkeypatch.setenv(variable, address)
     monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "key")
@@ -142,6 +143,51 @@ def test_an_unreachable_server_never_holds_the_run(clearml_offline, monkeypatch)
     assert state.delivered == 0
     assert state.error, "no attempt ended: a ClearML request held the delivery worker"
     assert len(exp.store.metrics(exp.id)) == 1000
+
+
+def test_a_batch_retried_after_a_failure_partway_is_not_duplicated(clearml_offline, tmp_path):
+    """The artifact upload fails once after the scalars and the text were reported: the
+    retry goes on from the upload, so nothing is reported twice."""
+    from clearml import Task
+
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    upload = Task.upload_artifact
+    failures = []
+
+    def fails_once(self, *args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise ConnectionError("upload cut off")
+        return upload(self, *args, **kwargs)
+
+    Task.upload_artifact = fails_once
+    try:
+        with tracelet.start_logging("partway", backend="clearml", config=QUIET) as exp:
+            exp.log_metric("loss", 1.0, 0)
+            exp.log_metric("loss", 2.0, 1)
+            exp.log_text("notes", "once", 0)
+            exp.log_artifact(tmp_path / "model.bin")
+    finally:
+        Task.upload_artifact = upload
+    back = ClearmlReadBack(clearml_offline)
+    assert failures, "the upload never failed"
+    assert [v for _, v, _, _ in back.metrics(exp.id)] == [1.0, 2.0]
+    assert back.texts(exp.id) == [("notes", 0, "once")]
+    assert back.artifacts(exp.id) == {"model.bin": b"weights"}
+
+
+def test_quiet_settings_hold_even_when_clearml_read_its_config_first(clearml_offline):
+    """A program that used ClearML before the run (its SDK settings already read and
+    cached) still gets no reporter subprocess."""
+    from clearml import Task
+    from clearml.storage.cache import CacheManager
+
+    CacheManager.get_cache_manager()  # reads and caches ClearML's SDK settings
+    with tracelet.start_logging("cached", backend="clearml", config=QUIET) as exp:
+        exp.log_metric("loss", 1.0, 0)
+        assert exp.flush(30)
+        assert not Task._report_subprocess_enabled
+    assert ClearmlReadBack(clearml_offline).status(exp.id) == "finished"
 
 
 SCRIPT = """

@@ -3,35 +3,45 @@
 - Project: ``project_name``, else the Tracelet project; task: ``task_name``, else the
   Tracelet run name. Server address and credentials are ClearML's own (``clearml.conf``,
   ``CLEARML_*`` variables); ``offline`` (or ``CLEARML_OFFLINE_MODE``) writes an offline
-  session instead.
-- ClearML's slow shutdown is turned off through its own configuration overrides, for this
-  process only (``clearml.conf`` is never edited): no reporter subprocess, no background
-  repository detection. Framework hooks, argparse capture, stdout capture and resource
-  monitoring stay off unless ``auto_connect`` is on.
+  session instead, for this task only.
+- ClearML is made quick and bounded through its own configuration overrides, for this
+  process (``clearml.conf`` is never edited): :data:`QUIET_CONFIG`, and each request's
+  read timeout is ``request_timeout``. Framework hooks, argparse capture, stdout capture
+  and resource monitoring stay off unless ``auto_connect`` is on.
 - Scalars: ``report_scalar`` with the title and series of :func:`names.title_series`, NaN
   and infinities as documented there; params: ``update_parameters`` under ``General/``
   (never replacing earlier ones); tags: ``key:value`` for a tag with a value; texts: the
   console log; images: ``report_image``; histograms: ``report_histogram``; artifacts:
-  ``upload_artifact``, one per file.
-- Exactly once: the user property ``tracelet_seq`` holds the last batch delivered whole
-  (reporting waits until ClearML has the batch's events); a replayed batch is skipped.
+  ``upload_artifact``, one per file and version.
+- Exactly once: a batch is a list of operations; a retry goes on from the first one not
+  done. Once ClearML holds all of it (``flush``), the user property ``tracelet_seq``
+  records it; a batch delivered again is skipped.
 - Status: completed, failed (``mark_failed``) or stopped (``mark_stopped``), also in the
   user property ``tracelet_status`` (offline sessions keep no status of their own).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tracelet.plugins import BackendPlugin, Batch, RunInfo, RunStatus
+from tracelet.plugins import BackendError, BackendPlugin, Batch, RunInfo, RunStatus
 from tracelet_clearml import sessions
 from tracelet_clearml.names import PARAM_SECTION, bin_labels, finite, text_block, title_series
 
+logger = logging.getLogger("tracelet")
+
 QUIET_CONFIG = {
-    "sdk": {"development": {"report_use_subprocess": False, "vcs_repo_detect_async": False}},
+    "sdk": {
+        "development": {
+            "report_use_subprocess": False,
+            "vcs_repo_detect_async": False,
+            "store_uncommitted_code_diff": False,
+        }
+    },
     "api": {
         "http": {
             "retries": {
@@ -45,9 +55,35 @@ QUIET_CONFIG = {
 }
 """ClearML settings that make a task start and close in well under a second (with the
 reporter subprocess and asynchronous repository detection on, ``close`` takes 5-11 s and
-sometimes hangs about 300 s), and bound each request to an unreachable server to about a
-second (ClearML's own 240 retries with backoff up to 120 s hold it for hours): Tracelet
-retries instead."""
+sometimes hangs about 300 s; the uncommitted diff, which may hold secrets, is not
+stored: Tracelet's git collector records the state), and bound a request to an unreachable
+server to about a second (ClearML's own 240 retries with backoff up to 120 s hold it for
+hours): Tracelet retries instead."""
+
+
+_OWN_MODE: list[bool] = []
+"""Whether ClearML was offline before Tracelet first set its (process-wide) mode."""
+_QUIET: list[Any] = []
+""":data:`QUIET_CONFIG` as ClearML's config tree, made once (told apart from the program's
+own overrides by identity)."""
+
+
+def quiet_clearml(request_timeout: float) -> None:
+    """Apply :data:`QUIET_CONFIG` after any overrides the program set (ClearML has one list
+    of overrides per process), make ClearML read its SDK settings again (they may be cached
+    already), and bound each request's read timeout (ClearML's own: 300 s, three tries)."""
+    from clearml.backend_api.session import Session
+    from clearml.config import ConfigSDKWrapper, ConfigWrapper
+    from clearml.utilities.pyhocon import ConfigFactory
+
+    if not _QUIET:
+        _QUIET.append(ConfigFactory.from_dict(QUIET_CONFIG))
+    config = ConfigWrapper._init()
+    given = getattr(config, "_overrides_configs", None) or []
+    theirs = [tree for tree in given if tree is not _QUIET[0]]
+    ConfigWrapper.set_overrides(*theirs, _QUIET[0])
+    ConfigSDKWrapper.clear_config_impl()
+    Session._session_timeout = (10.0, request_timeout)
 
 
 class ClearmlBackend(BackendPlugin):
@@ -59,38 +95,26 @@ class ClearmlBackend(BackendPlugin):
         self.task: Any = None
         self.logger: Any = None
         self._delivered = 0
+        self._progress = (0, 0)
+        """(batch seq, operations of that batch done): where a retried batch goes on."""
 
     def start(self) -> None:
-        """Import ClearML and quiet its shutdown (on the delivery worker)."""
+        """Import ClearML and make it quick and bounded (on the delivery worker)."""
         import clearml
-        from clearml.config import config_obj
 
-        config_obj.set_overrides(QUIET_CONFIG)
+        quiet_clearml(self.config["request_timeout"])
         self.clearml = clearml
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
         """Start a ClearML task for the run (offline: one session per start)."""
         task_class = self.clearml.Task
+        if not _OWN_MODE:  # ClearML's mode before Tracelet first set it
+            _OWN_MODE.append(task_class.is_offline())
         offline = self._offline()
-        if offline:
-            task_class.set_offline(True)
+        task_class.set_offline(offline)  # ClearML's mode is per process: set it every time
         earlier = self._earlier_sessions(run) if offline else []
         if self.task is None:
-            auto = self.config["auto_connect"]
-            self.task = task_class.init(
-                project_name=self.config.get("project_name") or run.project,
-                task_name=self.config.get("task_name") or run.name,
-                task_type=self.config["task_type"],
-                tags=self._option_tags(),
-                output_uri=self.config.get("output_uri"),
-                reuse_last_task_id=False,
-                continue_last_task=self._online_task(run) if not offline else False,
-                auto_connect_frameworks=auto,
-                auto_connect_arg_parser=auto,
-                auto_connect_streams=auto,
-                auto_resource_monitoring=auto,
-            )
-            self.task.set_initial_iteration(0)  # Tracelet's steps, never offset
+            self.task = self._init(run, offline)
         self.task.set_user_properties(
             **{sessions.RUN_ID: run.id, sessions.SESSION: str(len(earlier) + 1)}
         )
@@ -98,6 +122,34 @@ class ClearmlBackend(BackendPlugin):
         if earlier:
             self._carry_over(earlier)
         self._delivered = sessions.delivered_seq(earlier) if offline else self._online_seq(run)
+
+    def _init(self, run: RunInfo, offline: bool) -> Any:
+        """``Task.init`` with the options; online, continuing the run's earlier task."""
+        auto = self.config["auto_connect"]
+        earlier = False if offline else self._online_task(run)
+        task = self.clearml.Task.init(
+            project_name=self.config.get("project_name") or run.project,
+            task_name=self.config.get("task_name") or run.name,
+            task_type=self.config["task_type"],
+            tags=self._option_tags(),
+            output_uri=self.config.get("output_uri"),
+            reuse_last_task_id=False,
+            continue_last_task=earlier,
+            auto_connect_frameworks=auto,
+            auto_connect_arg_parser=auto,
+            auto_connect_streams=auto,
+            auto_resource_monitoring=auto,
+        )
+        if earlier and task.id != earlier:
+            logger.warning(
+                "tracelet clearml: task %s of run %s could not be continued; ClearML "
+                "created task %s, which gets the rest",
+                earlier,
+                run.id,
+                task.id,
+            )
+        task.set_initial_iteration(0)  # Tracelet's steps, never offset
+        return task
 
     def _carry_over(self, earlier: list[Path]) -> None:
         """Give a new offline session the parameters and tags of the earlier ones (a server
@@ -109,11 +161,15 @@ class ClearmlBackend(BackendPlugin):
             self.task.set_tags(list(dict.fromkeys([*tags, *(self.task.get_tags() or ())])))
 
     def _offline(self) -> bool:
-        """The ``offline`` option, else ``CLEARML_OFFLINE_MODE`` (read now), else ClearML's."""
+        """The ``offline`` option, else ``CLEARML_OFFLINE_MODE`` as it is now, else
+        ClearML's own mode."""
         given = self.config.get("offline")
-        if given is None:
-            given = os.environ.get("CLEARML_OFFLINE_MODE", "").lower() in ("1", "true", "yes", "on")
-        return bool(given) or self.clearml.Task.is_offline()
+        if given is not None:
+            return bool(given)
+        variable = os.environ.get("CLEARML_OFFLINE_MODE", "").strip().lower()
+        if variable:
+            return variable in ("1", "true", "yes", "on")
+        return _OWN_MODE[0]
 
     def _earlier_sessions(self, run: RunInfo) -> list[Path]:
         from clearml.config import get_offline_dir
@@ -135,46 +191,72 @@ class ClearmlBackend(BackendPlugin):
         return int(self.task.get_user_properties(value_only=True).get(sessions.SEQ) or 0)
 
     def _option_tags(self) -> list[str] | None:
+        """The ``tags`` option as a list (None: no extra tags)."""
         tags = self.config.get("tags")
         return [tags] if isinstance(tags, str) else (list(map(str, tags)) if tags else None)
 
     def log_batch(self, batch: Batch) -> None:
-        """Deliver ``batch``, then wait until ClearML holds it, then record its seq."""
+        """Deliver ``batch``: its operations from the first not done, then wait until
+        ClearML holds all of it, then record its seq."""
         if batch.seq <= self._delivered:
             return
+        operations = self._operations(batch)
+        seq, done = self._progress
+        start = done if seq == batch.seq else 0
+        for number, operation in enumerate(operations[start:], start + 1):
+            operation()
+            self._progress = (batch.seq, number)
+        if not self.logger.flush(wait=True):
+            raise BackendError("ClearML could not send the batch's reports; retrying")
+        self.task.set_user_properties(**{sessions.SEQ: str(batch.seq)})
+        self._delivered = batch.seq
+
+    def _operations(self, batch: Batch) -> list[Callable[[], Any]]:
+        """The ClearML calls that deliver ``batch``, in order (the same batch: the same list)."""
+        log = self.logger
+        operations: list[Callable[[], Any]] = []
+        if batch.metrics:
+            operations.append(lambda: self._report_scalars(batch))
+        if batch.params:
+            params = {f"{PARAM_SECTION}/{k}": v for k, v in batch.params.items()}
+            operations.append(lambda: self.task.update_parameters(params))
+        if batch.tags:
+            operations.append(lambda: self._set_tags(batch.tags))
+        for t in batch.texts:
+            block = text_block(t.name, t.step, t.text)
+            operations.append(lambda block=block: log.report_text(block, print_console=False))
+        for i in batch.images:
+            title, series = title_series(i.name)
+            operations.append(
+                lambda i=i, title=title, series=series: log.report_image(
+                    title, series, iteration=i.step, local_path=i.path
+                )
+            )
+        for h in batch.histograms:
+            title, series = title_series(h.name)
+            operations.append(
+                lambda h=h, title=title, series=series: log.report_histogram(
+                    title,
+                    series,
+                    values=list(h.counts),
+                    iteration=h.step,
+                    xlabels=bin_labels(h.edges),
+                )
+            )
+        operations += [lambda a=a: self._upload(a) for a in batch.artifacts]
+        return operations
+
+    def _report_scalars(self, batch: Batch) -> None:
         report = self.logger.report_scalar
         for name, value, step, _ in batch.metrics:
             title, series = title_series(name)
             report(title, series, finite(value), step)
-        if batch.params:
-            self.task.update_parameters(
-                {f"{PARAM_SECTION}/{k}": v for k, v in batch.params.items()}
-            )
-        if batch.tags:
-            self._set_tags(batch.tags)
-        for text in batch.texts:
-            self.logger.report_text(
-                text_block(text.name, text.step, text.text), print_console=False
-            )
-        for image in batch.images:
-            title, series = title_series(image.name)
-            self.logger.report_image(title, series, iteration=image.step, local_path=image.path)
-        for histogram in batch.histograms:
-            title, series = title_series(histogram.name)
-            self.logger.report_histogram(
-                title,
-                series,
-                values=list(histogram.counts),
-                iteration=histogram.step,
-                xlabels=bin_labels(histogram.edges),
-            )
-        for artifact in batch.artifacts:
-            self.task.upload_artifact(
-                artifact.artifact_path, artifact_object=artifact.path, wait_on_upload=True
-            )
-        self.logger.flush(wait=True)
-        self.task.set_user_properties(**{sessions.SEQ: str(batch.seq)})
-        self._delivered = batch.seq
+
+    def _upload(self, artifact: Any) -> None:
+        """One artifact file; a later version of a path gets its own name."""
+        name = artifact_name(artifact.artifact_path, artifact.version)
+        if not self.task.upload_artifact(name, artifact_object=artifact.path, wait_on_upload=True):
+            raise BackendError(f"ClearML did not upload artifact {name!r}; retrying")
 
     def _set_tags(self, tags: Mapping[str, str]) -> None:
         """Tracelet tags as ClearML tags (``key:value``), a key's new value replacing the old."""
@@ -193,7 +275,7 @@ class ClearmlBackend(BackendPlugin):
             self.task.mark_stopped(force=True, status_message="killed")
         else:
             self.task.mark_failed(force=True, status_reason=f"tracelet run {status.value}")
-        self.task.close()
+        self._close(self.task)
         self.task = None
 
     def stop(self) -> None:
@@ -201,9 +283,21 @@ class ClearmlBackend(BackendPlugin):
         task, self.task = self.task, None
         if task is not None:
             task.mark_stopped(force=True, status_message="tracelet delivery stopped")
-            task.close()
+            self._close(task)
+
+    def _close(self, task: Any) -> None:
+        """Close ``task``. ClearML's offline mode stays as this run set it: ClearML's own
+        threads may still finish the task's last calls after ``close`` returns."""
+        task.close()
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
-        """``clearml://<project>/<task name>/<artifact>`` (the task id is not known yet)."""
+        """``clearml://<project>/<task name>/<artifact name>`` (no task id yet)."""
         project = self.config.get("project_name") or run.project
-        return f"clearml://{project}/{self.config.get('task_name') or run.name}/{artifact_path}"
+        task = self.config.get("task_name") or run.name
+        return f"clearml://{project}/{task}/{artifact_name(artifact_path, version)}"
+
+
+def artifact_name(artifact_path: str, version: int) -> str:
+    """A ClearML artifact's name: the artifact path, ``" (v<version>)"`` after the first
+    version (ClearML keys artifacts by name: a second version must not replace the first)."""
+    return artifact_path if version == 1 else f"{artifact_path} (v{version})"

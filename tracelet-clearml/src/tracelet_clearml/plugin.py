@@ -15,7 +15,13 @@ OPTIONS = (
         "offline",
         bool,
         doc="Offline session instead of a server (default: CLEARML_OFFLINE_MODE).",
-        env="CLEARML_OFFLINE_MODE",
+    ),
+    Option(
+        "request_timeout",
+        float,
+        30.0,
+        doc="Seconds a request to the ClearML server may wait for an answer.",
+        minimum=1.0,
     ),
     Option(
         "auto_connect",

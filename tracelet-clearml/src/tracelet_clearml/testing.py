@@ -8,6 +8,7 @@ wrote: ``task.json`` (parameters, tags, artifacts, user properties), ``metrics.j
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ class ClearmlReadBack:
             for e in self.events(run_id, "training_debug_image")
         ]
 
-    def histograms(self, run_id: str) -> list[tuple[str, int, list, tuple]]:
+    def histograms(self, run_id: str) -> list[tuple[str, int, list[float], tuple[float, ...]]]:
         """Every histogram (a bar chart of Tracelet's) as ``(name, step, counts, edges)``."""
         found = []
         for event in self.events(run_id, "plot"):
@@ -90,7 +91,8 @@ class ClearmlReadBack:
         for task in self._tasks(run_id):
             for artifact in task.get("execution", {}).get("artifacts", []):
                 if artifact.get("mode") == "output" and Path(artifact["uri"]).is_file():
-                    found[artifact["key"]] = Path(artifact["uri"]).read_bytes()
+                    path = re.sub(r" \(v\d+\)$", "", artifact["key"])  # later versions
+                    found[path] = Path(artifact["uri"]).read_bytes()
         return found
 
     def status(self, run_id: str) -> str:
@@ -104,5 +106,8 @@ class ClearmlReadBack:
         )
 
     def run_count(self, run_id: str) -> int:
-        """1 when sessions of the run exist (each later session continues the first)."""
-        return min(1, len(self.sessions(run_id)))
+        """How many runs the sessions make: the sessions that start one (``tracelet_session``
+        1); every later session continues it."""
+        return sum(
+            sessions.properties(task).get(sessions.SESSION) == "1" for task in self._tasks(run_id)
+        )
