@@ -122,27 +122,45 @@ def test_params_are_updated_never_replaced(clearml_offline):
     assert params == {"lr": 0.01, "opt/name": "adam", "batch": 32}
 
 
+UNREACHABLE = """
+import json, tracelet
+exp = tracelet.start_logging("down", backend=["local", "clearml"], config={
+    "track_system": False, "track_env": False, "track_git": False})
+for step in range(1000):
+    exp.log_metric("loss", float(step), step)
+exp.stop()
+state = exp.delivery["clearml"]
+print(json.dumps([state.delivered, state.error, len(exp.store.metrics(exp.id))]))
+"""
+
+
 @pytest.mark.slow
-def test_an_unreachable_server_never_holds_the_run(clearml_offline, monkeypatch):
+def test_an_unreachable_server_never_holds_the_run(clearml_offline, tmp_path):
     """A ClearML server nobody answers (ClearML's own retries would hold Task.init for
-    hours): logging never waits, stop returns within the default flush timeout, the
-    local store has every point and the failure is reported."""
-    monkeypatch.delenv("CLEARML_OFFLINE_MODE")
+    hours): logging never waits, stop returns within the default flush timeout, the local
+    store has every point and the failure is reported. In a process of its own: ClearML's
+    offline and online modes are per process, and switching leaves ClearML's threads of
+    earlier tasks retrying."""
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         address = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k != "CLEARML_OFFLINE_MODE"}
     for variable in ("CLEARML_API_HOST", "CLEARML_WEB_HOST", "CLEARML_FILES_HOST"):
-        monkeypatch.setenv(variable, address)
-    monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "key")
-    monkeypatch.setenv("CLEARML_API_SECRET_KEY", "secret")
-    exp = tracelet.start_logging("down", backend=["local", "clearml"], config=QUIET)
-    for step in range(1000):
-        exp.log_metric("loss", float(step), step)
-    exp.stop()
-    state = exp.delivery["clearml"]
-    assert state.delivered == 0
-    assert state.error, "no attempt ended: a ClearML request held the delivery worker"
-    assert len(exp.store.metrics(exp.id)) == 1000
+        env[variable] = address
+    env.update(CLEARML_API_ACCESS_KEY="key", CLEARML_API_SECRET_KEY="secret")
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(UNREACHABLE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    delivered, error, stored = json.loads(done.stdout.splitlines()[-1])
+    assert delivered == 0
+    assert error, "no attempt ended: a ClearML request held the delivery worker"
+    assert stored == 1000
 
 
 def test_a_batch_retried_after_a_failure_partway_is_not_duplicated(clearml_offline, tmp_path):
