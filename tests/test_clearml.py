@@ -194,6 +194,36 @@ def test_a_batch_retried_after_a_failure_partway_is_not_duplicated(clearml_offli
     assert back.artifacts(exp.id) == {"model.bin": b"weights"}
 
 
+def test_artifact_versions_keep_their_own_names_and_a_refused_upload_is_retried(
+    clearml_offline, tmp_path
+):
+    from clearml import Task
+
+    upload = Task.upload_artifact
+    refused = []
+
+    def refuses_once(self, *args, **kwargs):  # ClearML answers False for a failed upload
+        if not refused:
+            refused.append(args)
+            return False
+        return upload(self, *args, **kwargs)
+
+    Task.upload_artifact = refuses_once
+    try:
+        with tracelet.start_logging("versions", backend="clearml", config=QUIET) as exp:
+            for content in (b"first", b"second"):
+                (tmp_path / "model.bin").write_bytes(content)
+                results = exp.log_artifact(tmp_path / "model.bin")
+                assert exp.flush(30)
+    finally:
+        Task.upload_artifact = upload
+    assert refused
+    names = [a["key"] for a in task_json(clearml_offline, exp.id)["execution"]["artifacts"]]
+    assert sorted(names) == ["model.bin", "model.bin (v2)"]
+    assert results["clearml"].uri.endswith("/model.bin (v2)")
+    assert ClearmlReadBack(clearml_offline).artifacts(exp.id) == {"model.bin": b"second"}
+
+
 def test_quiet_settings_hold_even_when_clearml_read_its_config_first(clearml_offline):
     """A program that used ClearML before the run (its SDK settings already read and
     cached) still gets no reporter subprocess."""
