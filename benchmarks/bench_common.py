@@ -1,4 +1,4 @@
-"""Statistics shared by the benchmarks (run them from the repository root)."""
+"""Statistics and table rows shared by the benchmarks (run them from the repository root)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,39 @@ def chunk_stats(per_call_us: list[float]) -> dict[str, float]:
         "p99": percentile(data, 99),
         "mean": statistics.fmean(data),
     }
+
+
+Row = tuple[str, ...]
+BENCHMARK_HEADER: Row = ("benchmark", "result", "target", "verdict")
+
+
+def print_table(rows: Sequence[Row], header: Row = BENCHMARK_HEADER) -> None:
+    """Print ``rows`` under ``header``, each column as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def median_p99_mean(stats: dict[str, float], digits: int = 2) -> str:
+    """Per-call statistics (from :func:`chunk_stats`) in microseconds."""
+    return (
+        f"median {stats['median']:,.{digits}f} us  p99 {stats['p99']:,.{digits}f}  "
+        f"mean {stats['mean']:,.{digits}f}"
+    )
+
+
+def end_to_end_row(points: int, result: dict[str, float], ending: str) -> Row:
+    """The row of a logging loop (``loop_s``) and what ends it (``stop_s``), with the rate."""
+    rate = points / (result["loop_s"] + result["stop_s"])
+    text = (
+        f"loop {result['loop_s']:.2f} s + {ending} {result['stop_s']:.2f} s = "
+        f"{rate:,.0f} points/s end to end"
+    )
+    return (f"  logging loop + {ending}", text, "-", "-")
+
+
+def read_back_row(label: str, error: str, what: str) -> Row:
+    """The row saying whether a run read back from the tool equals what was logged."""
+    if error:
+        return (label, f"MISMATCH: {error}", "== logged", "FAIL")
+    return (label, what, "== logged", "OK")

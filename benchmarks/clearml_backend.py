@@ -33,7 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import chunk_stats
+from bench_common import (
+    chunk_stats,
+    end_to_end_row,
+    median_p99_mean,
+    print_table,
+    read_back_row,
+)
 
 POINTS = 100_000
 CHUNK = 1_000
@@ -156,20 +162,6 @@ def _compare(stored: list[tuple[float, int]], values: list[float]) -> str:
     return ""
 
 
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("benchmark", "result", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def fmt(stats: dict[str, float], digits: int = 2) -> str:
-    return (
-        f"median {stats['median']:,.{digits}f} us  p99 {stats['p99']:,.{digits}f}  "
-        f"mean {stats['mean']:,.{digits}f}"
-    )
-
-
 def main() -> int:
     began = time.perf_counter()
     values = make_values(POINTS)
@@ -182,42 +174,20 @@ def main() -> int:
     import clearml
 
     speedup = theirs["calls"]["median"] / ours["calls"]["median"]
-    read = "  read back from metrics.jsonl"
+    read, what = "  read back from metrics.jsonl", f"{POINTS:,} points, values and steps"
     rows = [
-        ("tracelet log_metric, backend clearml, loss", fmt(ours["calls"], 3), "-", "-"),
+        ("tracelet log_metric, backend clearml, loss", median_p99_mean(ours["calls"], 3), "-", "-"),
         (
             "  vs Logger.report_scalar",
             f"{speedup:,.0f}x cheaper for the caller",
             f">= {SPEEDUP_TARGET:.0f}x",
             "PASS" if speedup >= SPEEDUP_TARGET else "MISS",
         ),
-        (
-            "  logging loop + stop_logging",
-            f"loop {ours['loop_s']:.2f} s + stop {ours['stop_s']:.2f} s = "
-            f"{POINTS / (ours['loop_s'] + ours['stop_s']):,.0f} points/s end to end",
-            "-",
-            "-",
-        ),
-        (
-            read,
-            ours["error"] or f"{POINTS:,} points, values and steps",
-            "== logged",
-            "FAIL" if ours["error"] else "OK",
-        ),
-        ("Logger.report_scalar, per call", fmt(theirs["calls"]), "-", "-"),
-        (
-            "  logging loop + Task.close",
-            f"loop {theirs['loop_s']:.2f} s + close {theirs['stop_s']:.2f} s = "
-            f"{POINTS / (theirs['loop_s'] + theirs['stop_s']):,.0f} points/s end to end",
-            "-",
-            "-",
-        ),
-        (
-            read,
-            theirs["error"] or f"{POINTS:,} points, values and steps",
-            "== logged",
-            "FAIL" if theirs["error"] else "OK",
-        ),
+        end_to_end_row(POINTS, ours, "stop_logging"),
+        read_back_row(read, ours["error"], what),
+        ("Logger.report_scalar, per call", median_p99_mean(theirs["calls"]), "-", "-"),
+        end_to_end_row(POINTS, theirs, "Task.close"),
+        read_back_row(read, theirs["error"], what),
         (
             "small run, ClearML defaults untouched",
             f"start {start_s:.2f} s (until ClearML holds the first point) + stop {stop_s:.2f} s",

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
-from bench_common import percentile
+from bench_common import percentile, print_table
 
 import tracelet
 from tracelet.storage import LocalStore
@@ -288,13 +288,6 @@ def fmt(stats: dict[str, float]) -> str:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("benchmark", "result", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def call_rows(title: str, result: dict[str, Any], paced: bool) -> list[tuple[str, str, str, str]]:

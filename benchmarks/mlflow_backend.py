@@ -51,7 +51,7 @@ os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 import mlflow
-from bench_common import chunk_stats
+from bench_common import chunk_stats, print_table
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -352,13 +352,6 @@ def read_row(
         return (label, "MISMATCH (see below)", "== logged", "FAIL")
     each = " each run" if len(results) > 1 else ""
     return (label, f"{points:,} points{each}{what}", "== logged", "OK")
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("benchmark", "result", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def median_of(results: list[dict[str, Any]], key: str) -> float:

@@ -45,6 +45,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bench_common import print_table
+
 STEPS = 2_000
 MODELS = ("cnn", "mlp")
 METRICS = 20
@@ -224,11 +226,7 @@ VARIANTS: dict[str, tuple[Callable[[str], dict[str, float]], str | None]] = {
 # -- the table -----------------------------------------------------------------------------
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    header = ("variant", "loop (median)", "rounds", "overhead", "finish", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+HEADER = ("variant", "loop (median)", "rounds", "overhead", "finish", "target", "verdict")
 
 
 def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -304,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"{model}, {name}: failed ({error!r})")
                     results[name] = None
         rows += table_rows(model, results)
-    print_table(rows)
+    print_table(rows, HEADER)
     for note in notes:
         print(f"note: {note}")
     print(

@@ -34,7 +34,13 @@ from typing import Any
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_ERROR_REPORTING="false")
 
 import wandb
-from bench_common import chunk_stats
+from bench_common import (
+    chunk_stats,
+    end_to_end_row,
+    median_p99_mean,
+    print_table,
+    read_back_row,
+)
 
 import tracelet
 from tracelet_wandb.run_file import ended, items_dict, records, session_files
@@ -45,6 +51,8 @@ CHUNK = 1_000
 NAMES = 20
 SPEEDUP_TARGET = 100.0
 METRIC = "loss"
+READ_BACK = "  read back from the .wandb file"
+READ_WHAT = f"{POINTS:,} points: names, values, steps"
 
 
 def make_values(count: int) -> list[float]:
@@ -97,7 +105,6 @@ def bench_tracelet(root: Path, values: list[float], names: int) -> dict[str, Any
         "calls": chunk_stats(per_call),
         "loop_s": logged - began,
         "stop_s": stopped - logged,
-        "total_s": stopped - began,
         "error": _compare(sorted(stored), sorted(expected)),
     }
 
@@ -139,7 +146,6 @@ def bench_wandb(root: Path, values: list[float], names: int) -> dict[str, Any]:
         "points": chunk_stats(per_point),
         "loop_s": logged - began,
         "stop_s": stopped - logged,
-        "total_s": stopped - began,
         "error": _compare(sorted(stored), sorted(expected)),
     }
 
@@ -151,27 +157,6 @@ def _compare(stored: list[Any], expected: list[Any]) -> str:
         if got != want:
             return f"point #{index}: read back {got}, logged {want}"
     return ""
-
-
-def fmt(stats: dict[str, float], digits: int = 2) -> str:
-    return (
-        f"median {stats['median']:,.{digits}f} us  p99 {stats['p99']:,.{digits}f}  "
-        f"mean {stats['mean']:,.{digits}f}"
-    )
-
-
-def read_row(result: dict[str, Any]) -> tuple[str, str, str, str]:
-    label = "  read back from the .wandb file"
-    if result["error"]:
-        return (label, f"MISMATCH: {result['error']}", "== logged", "FAIL")
-    return (label, f"{POINTS:,} points: names, values, steps", "== logged", "OK")
-
-
-def print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    header = ("benchmark", "result", "target", "verdict")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def main() -> int:
@@ -189,31 +174,46 @@ def main() -> int:
     speedup = theirs_one["calls"]["median"] / ours_one["calls"]["median"]
     speedup_many = theirs_many["points"]["median"] / ours_many["calls"]["median"]
     rows = [
-        ("tracelet log_metric, backend wandb, loss", fmt(ours_one["calls"], 3), "-", "-"),
+        (
+            "tracelet log_metric, backend wandb, loss",
+            median_p99_mean(ours_one["calls"], 3),
+            "-",
+            "-",
+        ),
         (
             "  vs run.log, one call per point",
             f"{speedup:,.0f}x cheaper for the caller",
             f">= {SPEEDUP_TARGET:.0f}x",
             "PASS" if speedup >= SPEEDUP_TARGET else "MISS",
         ),
-        _ends(ours_one, "stop_logging"),
-        read_row(ours_one),
-        (f"tracelet log_metric, {NAMES} metrics per step", fmt(ours_many["calls"], 3), "-", "-"),
+        end_to_end_row(POINTS, ours_one, "stop_logging"),
+        read_back_row(READ_BACK, ours_one["error"], READ_WHAT),
+        (
+            f"tracelet log_metric, {NAMES} metrics per step",
+            median_p99_mean(ours_many["calls"], 3),
+            "-",
+            "-",
+        ),
         (
             f"  vs run.log, one call per step of {NAMES}",
             f"{speedup_many:,.0f}x cheaper per point",
             "-",
             "-",
         ),
-        _ends(ours_many, "stop_logging"),
-        read_row(ours_many),
-        ("run.log({loss: v}, step=s), per call", fmt(theirs_one["calls"], 1), "-", "-"),
-        _ends(theirs_one, "finish (file written)"),
-        read_row(theirs_one),
-        (f"run.log({NAMES} metrics, step=s), per call", fmt(theirs_many["calls"], 1), "-", "-"),
-        ("  per point", fmt(theirs_many["points"], 2), "-", "-"),
-        _ends(theirs_many, "finish (file written)"),
-        read_row(theirs_many),
+        end_to_end_row(POINTS, ours_many, "stop_logging"),
+        read_back_row(READ_BACK, ours_many["error"], READ_WHAT),
+        ("run.log({loss: v}, step=s), per call", median_p99_mean(theirs_one["calls"], 1), "-", "-"),
+        end_to_end_row(POINTS, theirs_one, "finish (file written)"),
+        read_back_row(READ_BACK, theirs_one["error"], READ_WHAT),
+        (
+            f"run.log({NAMES} metrics, step=s), per call",
+            median_p99_mean(theirs_many["calls"], 1),
+            "-",
+            "-",
+        ),
+        ("  per point", median_p99_mean(theirs_many["points"], 2), "-", "-"),
+        end_to_end_row(POINTS, theirs_many, "finish (file written)"),
+        read_back_row(READ_BACK, theirs_many["error"], READ_WHAT),
     ]
     print(
         f"W&B {wandb.__version__} offline, {POINTS:,} points per row, Python "
@@ -223,15 +223,6 @@ def main() -> int:
     print(f"(whole benchmark: {time.perf_counter() - began:.0f} s)")
     failed = [r for r in (ours_one, ours_many, theirs_one, theirs_many) if r["error"]]
     return 1 if failed else 0
-
-
-def _ends(result: dict[str, Any], ending: str) -> tuple[str, str, str, str]:
-    rate = POINTS / result["total_s"]
-    text = (
-        f"loop {result['loop_s']:.2f} s + {ending} {result['stop_s']:.2f} s = "
-        f"{rate:,.0f} points/s end to end"
-    )
-    return (f"  logging loop + {ending}", text, "-", "-")
 
 
 if __name__ == "__main__":
