@@ -7,12 +7,11 @@ import math
 import os
 import random
 import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from option_forms import options_in_form
+from python_script import run_script
 
 import tracelet
 
@@ -85,17 +84,7 @@ def test_options_in_every_documented_form(form, clearml_offline, tmp_path, monke
         return init(cls, **kwargs)
 
     monkeypatch.setattr(Task, "init", classmethod(init_seen))
-    config = dict(QUIET)
-    if form == "nested":
-        config["clearml"] = options
-    elif form == "prefixed":
-        config.update({f"clearml_{k}": v for k, v in options.items()})
-    elif form == "plain":
-        config.update(options)
-    else:
-        import yaml
-
-        Path("tracelet.yaml").write_text(yaml.safe_dump({"clearml": options}))
+    config = {**QUIET, **options_in_form(form, "clearml", options)}
     with tracelet.start_logging("tracelet-name", backend="clearml", config=config) as exp:
         exp.log_metric("loss", 0.5, 0)
     task = task_json(clearml_offline, exp.id)
@@ -148,14 +137,7 @@ def test_an_unreachable_server_never_holds_the_run(clearml_offline, tmp_path):
     for variable in ("CLEARML_API_HOST", "CLEARML_WEB_HOST", "CLEARML_FILES_HOST"):
         env[variable] = address
     env.update(CLEARML_API_ACCESS_KEY="key", CLEARML_API_SECRET_KEY="secret")
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(UNREACHABLE)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env=env,
-    )
+    done = run_script(UNREACHABLE, timeout=120, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     delivered, error, stored = json.loads(done.stdout.splitlines()[-1])
     assert delivered == 0
@@ -253,14 +235,7 @@ def test_clearml_s_own_defaults_do_not_hang_the_end_of_a_run(clearml_offline, tm
     """Nothing set but offline mode (ClearML's defaults otherwise: with them, closing a
     task takes 5-11 s and sometimes hangs about 300 s): the run ends within the default
     flush timeout, everything delivered, the task completed."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=os.environ.copy(),
-    )
+    done = run_script(SCRIPT, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     run_id = done.stdout.split()[-1]
     back = ClearmlReadBack(clearml_offline)

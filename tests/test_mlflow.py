@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from option_forms import options_in_form
 
 import tracelet
 from tracelet.core.registry import default_registry
@@ -56,11 +57,7 @@ def test_options_in_every_documented_form(form, sqlite_uri, tmp_path):
         "run_name": "r1",
         "tags": {"team": "ml", "version": "v1.0"},
     }
-    config = {
-        "nested": {"mlflow": options},
-        "prefixed": {f"mlflow_{k}": v for k, v in options.items()},
-        "plain": options,
-    }[form]
+    config = options_in_form(form, "mlflow", options)
     with tracelet.start_logging(
         "ignored-name", project="p", backend="mlflow", config={**config, **QUIET}
     ) as exp:

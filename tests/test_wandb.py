@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import random
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from option_forms import options_in_form
+from python_script import run_script
 
 import tracelet
 from tracelet.plugins import RunStatus
@@ -116,18 +114,10 @@ def test_options_in_every_documented_form(form, wandb_offline, monkeypatch):
         "job_type": "train",
         "dir": str(wandb_offline),
     }
-    config = dict(QUIET)
-    if form == "nested":
-        config["wandb"] = options
-    elif form == "prefixed":
-        config.update({f"wandb_{k}": v for k, v in options.items()})
-    elif form == "plain":
-        config.update(options)
-    elif form == "yaml":
-        import yaml
-
-        Path("tracelet.yaml").write_text(yaml.safe_dump({"wandb": options}))
+    if form != "environment":
+        config = {**QUIET, **options_in_form(form, "wandb", options)}
     else:
+        config = dict(QUIET)
         variables = {"project": "WANDB_PROJECT", "entity": "WANDB_ENTITY", "name": "WANDB_NAME"}
         variables |= {"notes": "WANDB_NOTES", "group": "WANDB_RUN_GROUP"}
         variables |= {"job_type": "WANDB_JOB_TYPE", "dir": "WANDB_DIR"}
@@ -380,13 +370,7 @@ def test_at_exit_the_run_is_delivered_ended_and_wandb_core_gone(wandb_offline, e
     """A run never stopped is delivered and ended at exit, before W&B's own exit handler
     tears its service down; no wandb-core process outlives the program."""
     script = SCRIPT.format(dir=str(wandb_offline), ending=ending)
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy(),
-    )
+    done = run_script(script, timeout=120)
     run_id, *children = done.stdout.split()
     assert children, "wandb-core was not running during the run"
     deadline = time.monotonic() + 10
