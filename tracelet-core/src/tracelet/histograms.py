@@ -21,18 +21,39 @@ MAX_BINS = 512
 
 def bin_values(values: Any, bins: int) -> tuple[tuple[float, ...], tuple[float, ...], int]:
     """``(counts, edges, nonfinite)`` of ``values`` (any iterable of numbers, a NumPy array
-    or a tensor) in ``bins`` equal bins between their finite minimum and maximum."""
+    or a tensor) in ``bins`` equal bins between their finite minimum and maximum. An array
+    or a tensor is binned by NumPy as it is, never copied into Python floats."""
     check_bins(bins)
-    flat = _floats(values)
-    finite = [v for v in flat if math.isfinite(v)]
-    if not finite:
-        raise ValueError(f"a histogram needs at least one finite value; got {len(flat)} value(s)")
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - NumPy is present wherever tensors are
+        flat = _floats(values)
+        finite = [v for v in flat if math.isfinite(v)]
+        _require_finite(len(finite), len(flat))
         return (*_python_bins(finite, bins), len(flat) - len(finite))
-    counts, edges = np.histogram(np.asarray(finite, dtype=np.float64), bins=bins)
-    return tuple(float(c) for c in counts), tuple(float(e) for e in edges), len(flat) - len(finite)
+    array = np.asarray(_numbers(values, np), dtype=np.float64).ravel()
+    finite = array[np.isfinite(array)]
+    _require_finite(finite.size, array.size)
+    counts, edges = np.histogram(finite, bins=bins)
+    return (
+        tuple(counts.astype(float).tolist()),
+        tuple(edges.tolist()),
+        int(array.size - finite.size),
+    )
+
+
+def _numbers(values: Any, np: Any) -> Any:
+    """A tensor or a numeric array as an array; anything else as checked Python floats."""
+    if hasattr(values, "detach"):  # a torch tensor: off the graph and the device
+        values = values.detach().cpu().numpy()
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return values
+    return _floats(values)
+
+
+def _require_finite(finite: int, total: int) -> None:
+    if not finite:
+        raise ValueError(f"a histogram needs at least one finite value; got {total} value(s)")
 
 
 def check_bins(bins: Any) -> int:
@@ -63,7 +84,7 @@ def check_bins_given(
 
 
 def _floats(values: Any) -> tuple[float, ...]:
-    """``values`` flattened to floats (NumPy arrays and tensors through ``tolist``)."""
+    """``values`` flattened to floats (other arrays and tensors through ``tolist``)."""
     if hasattr(values, "detach"):  # a torch tensor: off the graph and the device
         values = values.detach().cpu()
     if hasattr(values, "tolist") and not isinstance(values, list | tuple):
