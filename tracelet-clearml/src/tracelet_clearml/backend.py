@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from tracelet.plugins import BackendError, BackendPlugin, Batch, RunInfo, RunStatus
@@ -112,16 +111,15 @@ class ClearmlBackend(BackendPlugin):
             _OWN_MODE.append(task_class.is_offline())
         offline = self._offline()
         task_class.set_offline(offline)  # ClearML's mode is per process: set it every time
-        earlier = self._earlier_sessions(run) if offline else []
+        earlier = self._earlier_sessions(run) if offline else sessions.Held()
         if self.task is None:
             self.task = self._init(run, offline)
         self.task.set_user_properties(
-            **{sessions.RUN_ID: run.id, sessions.SESSION: str(len(earlier) + 1)}
+            **{sessions.RUN_ID: run.id, sessions.SESSION: str(earlier.sessions + 1)}
         )
         self.logger = self.task.get_logger()
-        if earlier:
-            self._carry_over(earlier)
-        self._delivered = sessions.delivered_seq(earlier) if offline else self._online_seq(run)
+        self._carry_over(earlier)
+        self._delivered = earlier.seq if offline else self._online_seq(run)
 
     def _init(self, run: RunInfo, offline: bool) -> Any:
         """``Task.init`` with the options; online, continuing the run's earlier task."""
@@ -151,14 +149,14 @@ class ClearmlBackend(BackendPlugin):
         task.set_initial_iteration(0)  # Tracelet's steps, never offset
         return task
 
-    def _carry_over(self, earlier: list[Path]) -> None:
+    def _carry_over(self, earlier: sessions.Held) -> None:
         """Give a new offline session the parameters and tags of the earlier ones (a server
         keeps them on the task): each session then describes the whole run."""
-        params, tags = sessions.held(earlier)
-        if params:
-            self.task.update_parameters(params)
-        if tags:
-            self.task.set_tags(list(dict.fromkeys([*tags, *(self.task.get_tags() or ())])))
+        if earlier.params:
+            self.task.update_parameters(earlier.params)
+        if earlier.tags:
+            current = self.task.get_tags() or ()
+            self.task.set_tags(list(dict.fromkeys([*earlier.tags, *current])))
 
     def _offline(self) -> bool:
         """The ``offline`` option, else ``CLEARML_OFFLINE_MODE`` as it is now, else
@@ -171,10 +169,12 @@ class ClearmlBackend(BackendPlugin):
             return variable in ("1", "true", "yes", "on")
         return _OWN_MODE[0]
 
-    def _earlier_sessions(self, run: RunInfo) -> list[Path]:
+    def _earlier_sessions(self, run: RunInfo) -> sessions.Held:
+        """What the run's earlier offline sessions hold."""
         from clearml.config import get_offline_dir
 
-        return sessions.session_folders(get_offline_dir(), run.id)
+        tasks = [task for _, task in sessions.session_tasks(get_offline_dir(), run.id)]
+        return sessions.held(tasks)
 
     def _online_task(self, run: RunInfo) -> str | bool:
         """The id of the task an earlier session of this run created (resume), else False."""

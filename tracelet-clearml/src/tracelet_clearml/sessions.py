@@ -13,6 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
+
+from tracelet_clearml.names import PARAM_SECTION
+
 RUN_ID = "tracelet_run_id"
 SESSION = "tracelet_session"
 SEQ = "tracelet_seq"
@@ -25,17 +29,19 @@ def properties(task: dict[str, Any]) -> dict[str, str]:
     return {name: entry.get("value", "") for name, entry in section.items()}
 
 
-def session_folders(offline_dir: str | Path, run_id: str) -> list[Path]:
-    """The offline session folders of Tracelet run ``run_id``, in session order."""
+def session_tasks(offline_dir: str | Path, run_id: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The offline sessions of Tracelet run ``run_id``, in session order: each folder with
+    its ``task.json``, read once."""
     found = []
     for task_file in Path(offline_dir).glob("*/task.json"):
         try:
-            values = properties(json.loads(task_file.read_text(encoding="utf-8")))
+            task = json.loads(task_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # a session being written, or not ClearML's
+        values = properties(task)
         if values.get(RUN_ID) == run_id:
-            found.append((int(values.get(SESSION) or 0), task_file.parent))
-    return [folder for _, folder in sorted(found)]
+            found.append((int(values.get(SESSION) or 0), task_file.parent, task))
+    return [(folder, task) for _, folder, task in sorted(found, key=lambda f: f[:2])]
 
 
 _CAST = {"int": int, "float": float, "bool": lambda v: v == "True"}
@@ -50,23 +56,25 @@ def typed(entry: dict[str, Any]) -> Any:
     return _CAST.get(kind or "", str)(entry["value"])
 
 
-def held(folders: list[Path]) -> tuple[dict[str, Any], list[str]]:
-    """The parameters (section ``General``, typed) and the latest tags of the sessions in
-    ``folders``."""
+@attrs.frozen
+class Held:
+    """What earlier sessions of a run hold: how many they are, the last batch delivered
+    whole, the parameters (section ``General``, typed) and the latest tags."""
+
+    sessions: int = 0
+    seq: int = 0
+    params: dict[str, Any] = attrs.field(factory=dict)
+    tags: list[str] = attrs.field(factory=list)
+
+
+def held(tasks: list[dict[str, Any]]) -> Held:
+    """What the sessions' ``task.json`` contents ``tasks`` hold, oldest first."""
     params: dict[str, Any] = {}
     tags: list[str] = []
-    for folder in folders:
-        task = json.loads((folder / "task.json").read_text(encoding="utf-8"))
-        for name, entry in task.get("hyperparams", {}).get("General", {}).items():
-            params[f"General/{name}"] = typed(entry)
-        tags = list(task.get("tags", tags))
-    return params, tags
-
-
-def delivered_seq(folders: list[Path]) -> int:
-    """The last batch the sessions in ``folders`` hold whole (0: none)."""
     seq = 0
-    for folder in folders:
-        task = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+    for task in tasks:
+        for name, entry in task.get("hyperparams", {}).get(PARAM_SECTION, {}).items():
+            params[f"{PARAM_SECTION}/{name}"] = typed(entry)
+        tags = list(task.get("tags", tags))
         seq = max(seq, int(properties(task).get(SEQ) or 0))
-    return seq
+    return Held(len(tasks), seq, params, tags)

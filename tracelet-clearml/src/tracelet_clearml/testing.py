@@ -25,10 +25,10 @@ class ClearmlReadBack:
 
     def sessions(self, run_id: str) -> list[Path]:
         """The session folders of ``run_id``, in order."""
-        return sessions.session_folders(self.offline_dir, run_id)
+        return [folder for folder, _ in sessions.session_tasks(self.offline_dir, run_id)]
 
     def _tasks(self, run_id: str) -> list[dict[str, Any]]:
-        return [json.loads((f / "task.json").read_text("utf-8")) for f in self.sessions(run_id)]
+        return [task for _, task in sessions.session_tasks(self.offline_dir, run_id)]
 
     def events(self, run_id: str, kind: str) -> Iterator[dict[str, Any]]:
         """Every ``metrics.jsonl`` event of type ``kind`` of every session."""
