@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 
 def percentile(sorted_data: Sequence[float], q: float) -> float:
@@ -23,6 +24,22 @@ def chunk_stats(per_call_us: list[float]) -> dict[str, float]:
         "p99": percentile(data, 99),
         "mean": statistics.fmean(data),
     }
+
+
+def distinct_loss(count: int) -> list[float]:
+    """A decaying loss, every value distinct (a point read back in the wrong place shows)."""
+    return [2.0 * 0.99999**i + i * 1e-9 for i in range(count)]
+
+
+def timed_calls(calls: Callable[[int, int], None], total: int, chunk: int) -> list[float]:
+    """Run ``calls(start, stop)`` over ``range(total)`` in chunks; microseconds per item."""
+    clock = time.perf_counter_ns
+    per_item = []
+    for start in range(0, total, chunk):
+        begin = clock()
+        calls(start, min(start + chunk, total))
+        per_item.append((clock() - begin) / chunk / 1_000.0)
+    return per_item
 
 
 Row = tuple[str, ...]

@@ -35,33 +35,18 @@ from typing import Any
 
 from bench_common import (
     chunk_stats,
+    distinct_loss,
     end_to_end_row,
     median_p99_mean,
     print_table,
     read_back_row,
+    timed_calls,
 )
 
 POINTS = 100_000
 CHUNK = 1_000
 SPEEDUP_TARGET = 10.0
 START_STOP_TARGET_S = 2.0
-
-
-def make_values(count: int) -> list[float]:
-    """A decaying loss, every value distinct."""
-    return [2.0 * 0.99999**i + i * 1e-9 for i in range(count)]
-
-
-def timed(call: Any, values: list[float]) -> list[float]:
-    """``call(value, step)`` for every value; microseconds per call, per chunk."""
-    clock = time.perf_counter_ns
-    per_call = []
-    for start in range(0, len(values), CHUNK):
-        begin = clock()
-        for step in range(start, start + CHUNK):
-            call(values[step], step)
-        per_call.append((clock() - begin) / CHUNK / 1_000.0)
-    return per_call
 
 
 def bench_tracelet(root: Path, values: list[float]) -> dict[str, Any]:
@@ -71,10 +56,15 @@ def bench_tracelet(root: Path, values: list[float]) -> dict[str, Any]:
     settings = tracelet.TraceletSettings(store_path=str(root / ".tracelet"))
     exp = tracelet.start_logging("tracelet", project="bench", backend="clearml", settings=settings)
     log = exp.log_metric
+
+    def calls(start: int, stop: int) -> None:
+        for step in range(start, stop):
+            log("loss", values[step], step)
+
     gc.collect()
     began = time.perf_counter()
     try:
-        per_call = timed(lambda v, s: log("loss", v, s), values)
+        per_call = timed_calls(calls, POINTS, CHUNK)
         logged = time.perf_counter()
     finally:
         tracelet.stop_logging()
@@ -108,9 +98,14 @@ def bench_clearml(root: Path, values: list[float]) -> dict[str, Any]:
         reuse_last_task_id=False,
     )
     report = task.get_logger().report_scalar
+
+    def calls(start: int, stop: int) -> None:
+        for step in range(start, stop):
+            report("loss", "loss", values[step], step)
+
     gc.collect()
     began = time.perf_counter()
-    per_call = timed(lambda v, s: report("loss", "loss", v, s), values)
+    per_call = timed_calls(calls, POINTS, CHUNK)
     logged = time.perf_counter()
     task.close()
     stopped = time.perf_counter()
@@ -164,7 +159,7 @@ def _compare(stored: list[tuple[float, int]], values: list[float]) -> str:
 
 def main() -> int:
     began = time.perf_counter()
-    values = make_values(POINTS)
+    values = distinct_loss(POINTS)
     with tempfile.TemporaryDirectory(prefix="tracelet-bench-clearml-") as tmp:
         root = Path(tmp)
         os.environ.update(CLEARML_OFFLINE_MODE="1", CLEARML_CACHE_DIR=str(root / "cache"))

@@ -27,7 +27,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,12 @@ os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_ERROR_REPORTI
 import wandb
 from bench_common import (
     chunk_stats,
+    distinct_loss,
     end_to_end_row,
     median_p99_mean,
     print_table,
     read_back_row,
+    timed_calls,
 )
 
 import tracelet
@@ -53,22 +54,6 @@ SPEEDUP_TARGET = 100.0
 METRIC = "loss"
 READ_BACK = "  read back from the .wandb file"
 READ_WHAT = f"{POINTS:,} points: names, values, steps"
-
-
-def make_values(count: int) -> list[float]:
-    """A decaying loss, every value distinct (a point read back in the wrong place shows)."""
-    return [2.0 * 0.99999**i + i * 1e-9 for i in range(count)]
-
-
-def timed_calls(calls: Callable[[int, int], None], total: int, chunk: int) -> list[float]:
-    """Run ``calls(start, stop)`` over ``range(total)`` in chunks; microseconds per item."""
-    clock = time.perf_counter_ns
-    per_item = []
-    for start in range(0, total, chunk):
-        begin = clock()
-        calls(start, min(start + chunk, total))
-        per_item.append((clock() - begin) / chunk / 1_000.0)
-    return per_item
 
 
 def bench_tracelet(root: Path, values: list[float], names: int) -> dict[str, Any]:
@@ -161,7 +146,7 @@ def _compare(stored: list[Any], expected: list[Any]) -> str:
 
 def main() -> int:
     began = time.perf_counter()
-    values = make_values(POINTS)
+    values = distinct_loss(POINTS)
     with tempfile.TemporaryDirectory(prefix="tracelet-bench-wandb-") as tmp:
         root = Path(tmp)
         os.environ["WANDB_DIR"] = str(root)
