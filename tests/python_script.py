@@ -10,11 +10,17 @@ from pathlib import Path
 
 
 def run_script(
-    script: str, *, timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None
+    script: str,
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (dedented) with this interpreter; its output is captured as text."""
+    """Run ``script`` (dedented) with this interpreter and ``args`` as ``sys.argv[1:]``;
+    its output is captured as text."""
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
+        [sys.executable, "-c", textwrap.dedent(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -53,15 +53,19 @@ def test_the_store_is_a_leaf_package():
     assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
-def test_mlflow_plugin_imports_only_the_plugin_surface():
+@pytest.mark.parametrize("package", ["mlflow", "wandb", "clearml", "aim"])
+def test_backend_plugins_import_only_the_plugin_surface(package):
+    """Backends import ``tracelet.plugins``; their ``testing`` module also the kit."""
+    import importlib
     from pathlib import Path
 
-    import tracelet_mlflow
-
-    for path in Path(tracelet_mlflow.__file__).parent.glob("*.py"):
+    module = importlib.import_module(f"tracelet_{package}")
+    for path in Path(module.__file__).parent.glob("*.py"):
+        allowed = ("from tracelet.plugins import", "from tracelet.testing")
+        allowed = allowed if path.name == "testing.py" else allowed[:1]
         for line in path.read_text().splitlines():
             if line.startswith(("from tracelet.", "import tracelet.")):
-                assert line.startswith("from tracelet.plugins import"), f"{path.name}: {line}"
+                assert line.startswith(allowed), f"{path.name}: {line}"
 
 
 # -- options -------------------------------------------------------------------------

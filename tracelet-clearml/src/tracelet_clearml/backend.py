@@ -27,7 +27,14 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracelet.plugins import BackendError, BackendPlugin, Batch, RunInfo, RunStatus
+from tracelet.plugins import (
+    BackendError,
+    BackendPlugin,
+    Batch,
+    RunInfo,
+    RunStatus,
+    versioned_name,
+)
 from tracelet_clearml import sessions
 from tracelet_clearml.names import PARAM_SECTION, bin_labels, finite, text_block, title_series
 
@@ -254,7 +261,7 @@ class ClearmlBackend(BackendPlugin):
 
     def _upload(self, artifact: Any) -> None:
         """One artifact file; a later version of a path gets its own name."""
-        name = artifact_name(artifact.artifact_path, artifact.version)
+        name = versioned_name(artifact.artifact_path, artifact.version)
         if not self.task.upload_artifact(name, artifact_object=artifact.path, wait_on_upload=True):
             raise BackendError(f"ClearML did not upload artifact {name!r}; retrying")
 
@@ -294,10 +301,4 @@ class ClearmlBackend(BackendPlugin):
         """``clearml://<project>/<task name>/<artifact name>`` (no task id yet)."""
         project = self.config.get("project_name") or run.project
         task = self.config.get("task_name") or run.name
-        return f"clearml://{project}/{task}/{artifact_name(artifact_path, version)}"
-
-
-def artifact_name(artifact_path: str, version: int) -> str:
-    """A ClearML artifact's name: the artifact path, ``" (v<version>)"`` after the first
-    version (ClearML keys artifacts by name: a second version must not replace the first)."""
-    return artifact_path if version == 1 else f"{artifact_path} (v{version})"
+        return f"clearml://{project}/{task}/{versioned_name(artifact_path, version)}"

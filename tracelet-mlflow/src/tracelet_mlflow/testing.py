@@ -8,40 +8,29 @@ database, which the fault-injection test uses.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
+from tracelet.testing.servers import ServerProcess, free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+__all__ = ["MlflowServer", "free_port"]
 
 
-class MlflowServer:
+class MlflowServer(ServerProcess):
     """One ``mlflow server`` process group; ``url`` is its tracking URI."""
 
+    name = "mlflow server"
+
     def __init__(self, root: Path, workers: int = 1) -> None:
-        self.root = root
+        super().__init__(root)
         self.workers = workers
         """Server worker processes (1 for tests; ``mlflow server`` itself starts 4)."""
-        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.database = f"sqlite:///{root / 'mlflow.db'}"
-        self.process: subprocess.Popen | None = None
+        self.database = f"sqlite:///{self.root / 'mlflow.db'}"
 
-    def start(self, timeout: float = 90.0) -> None:
-        """Start the server and wait until ``/health`` answers."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        command = [
+    def command(self) -> list[str]:
+        """``mlflow server`` on the SQLite database and the local artifact root."""
+        return [
             sys.executable,
             "-m",
             "mlflow",
@@ -57,44 +46,8 @@ class MlflowServer:
             "--workers",
             str(self.workers),
         ]
-        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - kept open by the server
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited; see {self.root / 'server.log'}")
-            if self.healthy():
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer in {timeout}s")
 
-    def healthy(self) -> bool:
-        """Whether ``/health`` answers 200 now."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines of the server's log (for error messages)."""
-        path = self.root / "server.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Stop the whole process group (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        group = os.getpgid(self.process.pid)
-        os.killpg(group, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
-            self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)  # any child left behind
+    @property
+    def health_url(self) -> str:
+        """MLflow's ``/health``."""
+        return f"{self.url}/health"

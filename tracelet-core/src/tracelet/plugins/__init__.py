@@ -33,7 +33,7 @@ from tracelet.plugins.interfaces import (
     PluginMetadata,
     PluginType,
 )
-from tracelet.plugins.names import NameMap, with_suffix
+from tracelet.plugins.names import NameMap, versioned_name, with_suffix
 from tracelet.plugins.options import Option
 from tracelet.plugins.registrations import (
     BackendRegistration,
@@ -78,5 +78,6 @@ __all__ = [
     "RunStatus",
     "Text",
     "hookimpl",
+    "versioned_name",
     "with_suffix",
 ]

@@ -21,6 +21,13 @@ def with_suffix(legal: str, original: str, limit: int | None = None) -> str:
     return f"{head}_{digest}"
 
 
+def versioned_name(artifact_path: str, version: int) -> str:
+    """An artifact's name in a tool that keys artifacts by name alone: its path, with
+    ``" (v<version>)"`` from the second version on, so a new version never replaces the
+    first (``model.bin``, ``model.bin (v2)``)."""
+    return artifact_path if version == 1 else f"{artifact_path} (v{version})"
+
+
 def _same(name: str) -> str:
     return name
 

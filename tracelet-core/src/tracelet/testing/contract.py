@@ -117,6 +117,9 @@ class BackendUnderTest:
     """What ``+inf`` reads back as (``-inf`` reads back as its negation)."""
     nan: float = attrs.field(default=math.nan, kw_only=True)
     """What NaN reads back as (NaN itself by default)."""
+    equal_width_bins: bool = attrs.field(default=False, kw_only=True)
+    """Whether the tool keeps only equal-width histogram bins: a histogram's counts read
+    back exact, its edges as equal-width bins over its range (``numpy.linspace``)."""
     params_as_strings: bool = attrs.field(default=False, kw_only=True)
     """Whether the tool stores parameter values as text: then ``v`` reads back as ``str(v)``
     (``None`` as ``"None"``, ``True`` as ``"True"``). Otherwise type and value must match."""
@@ -149,6 +152,14 @@ class BackendUnderTest:
         if isinstance(value, str) and limit is not None and len(value) > limit:
             return value[: limit - len(self.truncation_marker)] + self.truncation_marker
         return value
+
+    def stored_edges(self, edges: Sequence[float]) -> tuple[float, ...]:
+        """The histogram edges the tool is expected to hold for ``edges``."""
+        if not self.equal_width_bins:
+            return tuple(edges)
+        import numpy
+
+        return tuple(float(e) for e in numpy.linspace(edges[0], edges[-1], len(edges)))
 
     def timestamp_tolerance(self) -> float:
         """How far a stored timestamp may be from the logged one, in seconds (infinite when

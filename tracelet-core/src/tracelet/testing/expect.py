@@ -132,7 +132,10 @@ def expect_histograms(
     found = kit.read("histograms", run_id, optional=optional)
     if found is None:
         return
-    expected = [(kit.backend.map_name(n), s, tuple(c), tuple(e)) for n, s, c, e in journaled]
+    backend = kit.backend
+    expected = [
+        (backend.map_name(n), s, tuple(c), backend.stored_edges(e)) for n, s, c, e in journaled
+    ]
     stored = [(n, int(s), tuple(map(float, c)), tuple(map(float, e))) for n, s, c, e in found]
     require(
         compare_multisets(expected, stored),

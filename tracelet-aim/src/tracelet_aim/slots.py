@@ -1,0 +1,67 @@
+"""Where in Aim each point of a batch goes, so that a step logged twice loses nothing.
+
+Aim keeps one value per sequence (name and context) and step: tracking a step again
+replaces its value. :class:`Slots` gives each point the first repeat context
+(:func:`names.with_repeat`) whose step is free, or already holds this very point (same
+timestamp, and same value for a metric): a batch delivered again after a failure lands
+exactly where it landed before, so delivery stays exactly-once without any bookkeeping.
+
+Most points are cheap: a step above the sequence's last step is free without a lookup.
+Only a step at or below it (out of order, or repeated) is looked up in Aim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tracelet_aim.names import with_repeat
+
+_FREE = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two stored identities are the same point (NaN equals NaN)."""
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        return all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+class Slots:
+    """Chooses each point's context for one batch of one Aim run."""
+
+    def __init__(self, run: Any) -> None:
+        from aim.storage.context import Context
+
+        self._context = Context
+        self._tracker = run._tracker
+        self._placed: dict[tuple[str, int, int], Any] = {}
+
+    def place(self, name: str, context: dict[str, Any], step: int, identity: Any) -> dict:
+        """The context for a point of sequence ``name`` at ``step``; ``identity`` is its
+        ``(timestamp,)`` or ``(timestamp, value)``."""
+        repeat = 0
+        while True:
+            chosen = with_repeat(context, repeat)
+            key = (name, self._context(chosen).idx, step)
+            held = self._placed.get(key, _FREE)
+            if held is _FREE:
+                held = self._stored(*key, len(identity))
+            if held is _FREE or _same(held, identity):
+                self._placed[key] = identity
+                return chosen
+            repeat += 1
+
+    def _stored(self, name: str, context_id: int, step: int, size: int) -> Any:
+        """The identity of what Aim holds at ``step`` of a sequence, or ``_FREE``."""
+        info = self._tracker.sequence_infos.get((context_id, name))
+        if info is None or not info.initialized or step >= info.count:
+            return _FREE
+        at = info.step_hash_fn(step)
+        try:
+            timestamp = info.time_view[at]
+            return (timestamp, info.val_view[at]) if size == 2 else (timestamp,)
+        except KeyError:
+            return _FREE
