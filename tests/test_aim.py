@@ -7,6 +7,7 @@ import json
 import math
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from aim.storage.context import Context
 
 from tracelet_aim.backend import server_uri
 from tracelet_aim.names import name_of, sequence_of
-from tracelet_aim.testing import AimReadBack
+from tracelet_aim.testing import AimReadBack, AimServer
 
 QUIET = {"track_system": False, "track_env": False, "track_git": False, "flush_interval": 0.02}
 
@@ -162,17 +163,80 @@ def test_numpy_params_and_texts_images_histograms_artifacts(tmp_path):
     }
 
 
+def _aim_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if "_stat_collector" in t.name}
+
+
 def test_aims_background_threads_stay_off_unless_asked(tmp_path):
-    before = {t.ident for t in threading.enumerate()}
     config = aim_config(tmp_path / "r")
-    with tracelet.start_logging("threads", backend="aim", config=config) as exp:
+    with tracelet.start_logging("quiet", backend="aim", config=config) as exp:
         exp.log_metric("loss", 1.0, 0)
-        tracelet.get_active_experiment().flush()
-        names = {t.name for t in threading.enumerate() if t.ident not in before}
-    run = AimReadBack(tmp_path / "r").run(exp.id)
-    assert run.get("__system_params") is None
-    assert run.get_terminal_logs() is None
-    assert not [n for n in names if "ResourceTracker" in n or "terminal" in n.lower()]
+        assert exp.flush(30)
+        assert not _aim_threads()  # Aim's system tracking
+    assert AimReadBack(tmp_path / "r").run(exp.id).get_terminal_logs() is None
+    config = aim_config(tmp_path / "r", system_tracking_interval=1.0, capture_terminal_logs=True)
+    with tracelet.start_logging("asked", backend="aim", config=config) as exp:
+        exp.log_metric("loss", 1.0, 0)
+        assert exp.flush(30)
+        assert _aim_threads()
+        print("captured by Aim", flush=True)
+        time.sleep(1.5)
+    assert AimReadBack(tmp_path / "r").run(exp.id).get_terminal_logs() is not None
+
+
+def backend_for(repo: Path):
+    """The backend as a delivery builds it, started on a new Tracelet run ``r1``."""
+    from tracelet.plugins import RunInfo
+    from tracelet_aim.backend import AimBackend
+
+    backend = AimBackend()
+    backend.initialize(
+        {"repo_path": str(repo), "log_system_params": False, "capture_terminal_logs": False}
+    )
+    backend.start()
+    backend.start_run(RunInfo("r1", "retried", "p", 0.0), resumed=False)
+    return backend
+
+
+def test_a_batch_cut_off_halfway_and_delivered_again_lands_once(tmp_path):
+    from tracelet.plugins import Artifact, Batch, RunStatus, Text
+
+    backend = backend_for(tmp_path / "r")
+    t = 1_800_000_000.0
+    backend.log_batch(Batch("r1", 1, metrics=[("loss", float(s), s, t + s) for s in range(5)]))
+    points = [("loss", 9.0, 2, t + 10), ("loss", 9.0, 2, t + 11), ("loss", 7.0, 1, t + 12)]
+    texts = [Text("notes", "a", 0, t), Text("notes", "b", 0, t)]  # same step, same time
+    missing = tmp_path / "model.bin"
+    artifact = Artifact("model", "model.bin", str(missing), 3, "model")
+    batch = Batch("r1", 2, metrics=points, texts=texts, artifacts=[artifact])
+    with pytest.raises(Exception, match=r"model\.bin"):
+        backend.log_batch(batch)  # cut off after its points and texts
+    missing.write_bytes(b"abc")
+    backend.log_batch(batch)
+    backend.log_batch(batch)
+    backend.finish_run(RunStatus.FINISHED)
+    read = AimReadBack(tmp_path / "r")
+    expected = [(float(s), s) for s in range(5)] + [(9.0, 2), (9.0, 2), (7.0, 1)]
+    assert sorted((v, s) for _, v, s, _ in read.metrics("r1")) == sorted(expected)
+    assert sorted(read.texts("r1")) == [("notes", 0, "a"), ("notes", 0, "b")]
+    assert read.artifacts("r1") == {"model.bin": b"abc"}
+
+
+def test_a_value_aim_refuses_is_skipped_and_the_rest_arrives(tmp_path, caplog):
+    """Aim keeps one type per sequence: a text named like a metric is refused, once."""
+    config = aim_config(tmp_path / "r")
+    with tracelet.start_logging("types", backend="aim", config=config) as exp:
+        for step in range(50):
+            exp.log_metric("loss", float(step), step)
+        assert exp.flush(30)
+        exp.log_text("loss", "a text named like the metric", 50)
+        exp.log_text("loss", "and another", 51)
+        exp.log_metric("loss", 50.0, 50)
+    read = AimReadBack(tmp_path / "r")
+    assert sorted(s for _, _, s, _ in read.metrics(exp.id)) == list(range(51))
+    assert read.texts(exp.id) == []
+    assert sum("Aim refuses 'loss'" in r.getMessage() for r in caplog.records) == 1
+    assert exp.delivery["aim"].pending == 0
 
 
 def test_closed_runs_are_indexed_for_aims_queries_at_once(tmp_path):
@@ -288,3 +352,41 @@ def test_an_unreachable_server_never_holds_the_program(tmp_path):
     seconds = float(result.stdout.split()[-1])
     assert seconds < 10
     assert result.stderr.count("backend 'aim' is unreachable") == 1
+
+
+FROZEN = """
+import os, signal, sys, time, tracelet
+
+uri, group = sys.argv[1], int(sys.argv[2])
+config = {**QUIET, "flush_timeout": 3, "aim": {"remote_uri": uri}}
+with tracelet.start_logging("frozen", backend=["local", "aim"], config=config) as exp:
+    for step in range(200):
+        exp.log_metric("loss", float(step), step)
+    assert exp.flush(60)
+    os.killpg(group, signal.SIGSTOP)  # the server stops answering, connections stay open
+    for step in range(200, 400):
+        exp.log_metric("loss", float(step), step)
+    began = time.monotonic()
+print("stopped after", round(time.monotonic() - began, 1), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_server_that_stops_answering_never_holds_the_program(tmp_path):
+    """Aim itself would wait forever, at stop and again at exit."""
+    import os
+    import signal
+
+    server = AimServer(tmp_path / "server")
+    server.start()
+    group = os.getpgid(server.process.pid)
+    try:
+        began = time.monotonic()
+        script = f"QUIET = {QUIET!r}\n" + FROZEN
+        result = run_script(script, timeout=120, args=(server.uri, str(group)))
+        took = time.monotonic() - began
+    finally:
+        os.killpg(group, signal.SIGCONT)
+        server.stop()
+    assert float(result.stdout.split()[-1]) < 10, result.stderr[-2000:]
+    assert took < 60

@@ -40,7 +40,7 @@ from tracelet.plugins import (
     versioned_name,
 )
 from tracelet_aim import remote
-from tracelet_aim.names import has_equal_width, sequence_of, tag_name, tag_of
+from tracelet_aim.names import REPEAT, has_equal_width, sequence_of, tag_name, tag_of
 from tracelet_aim.slots import Slots
 
 logger = logging.getLogger("tracelet")
@@ -60,10 +60,17 @@ class AimBackend(BackendPlugin):
         self.aim: Any = None
         self.repo: Any = None
         self.run: Any = None
+        self._run_id = ""
+        self._tags: list[str] = []
+        """The run's Aim tags, kept here: a read from a server waits for its queue."""
+        self._refused: set[str] = set()
+        self._transient: tuple[type[BaseException], ...] = (OSError,)
         self._delivered = 0
         self._sent = 0
         """The batch whose writes are all queued for the server (remote), not yet acknowledged."""
         self._warned_bins = False
+        self._local_artifacts = False
+        """A remote server, and artifacts copied to this machine (no ``artifacts_uri``)."""
 
     def initialize(self, config: Mapping[str, Any]) -> None:
         """Check the options together and fix where the repository and artifacts are."""
@@ -71,6 +78,7 @@ class AimBackend(BackendPlugin):
         uri = self.config.get("remote_uri")
         if uri is not None:
             self.config["remote_uri"] = server_uri(uri)
+        self._local_artifacts = bool(uri) and not self.config.get("artifacts_uri")
         self.config["artifacts_uri"] = self._artifacts_base()
 
     def _artifacts_base(self) -> str:
@@ -91,28 +99,45 @@ class AimBackend(BackendPlugin):
     def start(self) -> None:
         """Import Aim (on the delivery worker, never on the training thread)."""
         import aim
+        from aimrocks.errors import RocksIOError
 
         remote.exit_never_hangs()
         self.aim = aim
+        self._transient = (OSError, RocksIOError)
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
-        """Open the repository, then continue the run's Aim run (resumed) or create one."""
+        """Open the repository, then continue the run's Aim run (resumed) or create one.
+        Safe to retry: a run created by a failed attempt is the one the next one fills."""
+        self._run_id = run.id
         if self.repo is None:
             self.repo = self._open_repo()
         if self.run is None:
-            found = self._find(run.id) if resumed else None
-            self.run = self._open_run(run, found)
-        record = self.run.get(RECORD) or {}
-        self._delivered = int(record.get("seq") or 0)
+            self.run = self._create(run, self._find(run.id) if resumed else None)
+        self._acknowledged("the run's start")  # a server holds all before reading
+        record = self.run.get(RECORD)
+        if record is None:
+            self.run.name = self.config.get("run_name") or run.name
+            self.run[RECORD] = {"run_id": run.id, "seq": 0, "status": "running"}
+        else:
+            self.run[RECORD, "status"] = "running"
+        self._tags = list(self.run.props.tags)
+        for tag in self._option_tags():
+            if tag not in self._tags:
+                self.run.add_tag(tag)
+                self._tags.append(tag)
+        self._delivered = int((record or {}).get("seq") or 0)
+        self._index(self.run.hash)  # a resumed run must find it, even after a crash
 
     def _open_repo(self) -> Any:
         uri = self.config.get("remote_uri")
+        root = self._repo_root()
         try:
             if uri:
                 return self.aim.Repo(uri)  # its own connection: never another run's queue
-            return self.aim.Repo.from_path(self._repo_root(), init=True)
-        except (OSError, RuntimeError) as error:
-            where = uri or self._repo_root()
+            missing = not (Path(root) / ".aim").is_dir()
+            return self.aim.Repo.from_path(root, init=missing)
+        except (*self._transient, RuntimeError) as error:
+            where = uri or root
             raise BackendError(f"could not open the Aim repository {where}: {error}") from error
 
     def _find(self, run_id: str) -> str | None:
@@ -122,24 +147,22 @@ class AimBackend(BackendPlugin):
             return str(found.run.hash)
         return None
 
-    def _open_run(self, run: RunInfo, found: str | None) -> Any:
-        aim_run = self.aim.Run(
-            run_hash=found,
-            repo=self.repo,
-            experiment=None if found else self.config.get("experiment_name") or run.project,
-            system_tracking_interval=self.config.get("system_tracking_interval"),
-            log_system_params=self.config["log_system_params"],
-            capture_terminal_logs=self.config["capture_terminal_logs"],
-        )
-        if found is None:
-            aim_run.name = self.config.get("run_name") or run.name
-            aim_run[RECORD] = {"run_id": run.id, "seq": 0, "status": "running"}
-            for tag in self._option_tags():
-                aim_run.add_tag(tag)
-        else:
-            aim_run[RECORD, "status"] = "running"
-        self._index(aim_run.hash)  # a resumed run must find it, even after a crash
-        return aim_run
+    def _create(self, run: RunInfo, found: str | None) -> Any:
+        """The Aim run (reopened when ``found``); an error other than I/O is permanent, as
+        a retry would leave one more empty run behind."""
+        try:
+            return self.aim.Run(
+                run_hash=found,
+                repo=self.repo,
+                experiment=None if found else self.config.get("experiment_name") or run.project,
+                system_tracking_interval=self.config.get("system_tracking_interval"),
+                log_system_params=self.config["log_system_params"],
+                capture_terminal_logs=self.config["capture_terminal_logs"],
+            )
+        except self._transient as error:
+            raise BackendError(f"Aim could not open the run: {error}") from error
+        except Exception as error:
+            raise PermanentBackendError(f"Aim could not create the run: {error!r}") from error
 
     def _option_tags(self) -> list[str]:
         tags = self.config.get("tags") or ()
@@ -162,7 +185,7 @@ class AimBackend(BackendPlugin):
         self._delivered = batch.seq
 
     def _write(self, batch: Batch) -> None:
-        slots = Slots(self.run)
+        slots = Slots(self.run, lambda: self._acknowledged(f"batch {batch.seq}'s first points"))
         self._track_metrics(batch, slots)
         self._track_objects(batch, slots)
         for name, value in batch.params.items():
@@ -188,15 +211,45 @@ class AimBackend(BackendPlugin):
             )
 
     def _track_metrics(self, batch: Batch, slots: Slots) -> None:
-        track = self.run._tracker._track  # the public track would stamp delivery time
         for name, value, step, timestamp in batch.metrics:
             sequence, context = sequence_of(name)
             chosen = slots.place(sequence, context, step, (timestamp, value))
-            track(value, timestamp, sequence, step, None, context=chosen)
+            self._track(name, value, timestamp, sequence, step, chosen)
+
+    def _track(self, name: str, value: Any, timestamp: float, *where: Any) -> None:
+        """Track one value (the public ``track`` would stamp the time of delivery). Aim
+        refuses a value of another type than its sequence holds (a text named like a
+        metric): that value is skipped, with one warning per name."""
+        sequence, step, context = where
+        tracker = self.run._tracker
+        try:
+            self._check_type(tracker, sequence, context, value)
+            tracker._track(value, timestamp, sequence, step, None, context=context)
+        except ValueError as error:
+            if name not in self._refused:
+                self._refused.add(name)
+                logger.warning(
+                    "tracelet aim: Aim refuses %r (%s); such values stay in the local store",
+                    name,
+                    error,
+                )
+
+    def _check_type(self, tracker: Any, sequence: str, context: dict, value: Any) -> None:
+        """Raise ValueError for a value of another kind than its sequence holds, repeats
+        included (Aim's own check lets the first text into a metric's sequence)."""
+        from aim.sdk.utils import get_object_typename
+        from aim.storage.context import Context
+
+        first = {key: value for key, value in context.items() if key != REPEAT}
+        info = tracker.sequence_infos.get((Context(first).idx, sequence))
+        held = info.dtype if info is not None and info.initialized else None
+        given = get_object_typename(value)
+        numbers = ("float", "int")
+        if held and held != given and not (held in numbers and given in numbers):
+            raise ValueError(f"sequence {sequence!r} holds {held}, not {given}")
 
     def _track_objects(self, batch: Batch, slots: Slots) -> None:
         aim = self.aim
-        track = self.run._tracker._track
         objects = [(t.name, t.step, t.timestamp, lambda t=t: aim.Text(t.text)) for t in batch.texts]
         objects += [(i.name, i.step, i.timestamp, lambda i=i: self._image(i)) for i in batch.images]
         objects += [
@@ -206,7 +259,7 @@ class AimBackend(BackendPlugin):
         for name, step, timestamp, make in objects:
             sequence, context = sequence_of(name)
             chosen = slots.place(sequence, context, step, (timestamp,))
-            track(make(), timestamp, sequence, step, None, context=chosen)
+            self._track(name, make(), timestamp, sequence, step, chosen)
 
     def _image(self, image: Image) -> Any:
         """An Aim image holding the file's own bytes (Aim would encode it again)."""
@@ -232,22 +285,30 @@ class AimBackend(BackendPlugin):
 
     def _set_tags(self, tags: Mapping[str, str]) -> None:
         """Tracelet tags as Aim tags, a key's new value replacing its old one."""
-        current = list(self.run.props.tags)
         for key, value in tags.items():
             wanted = tag_name(key, value)
-            for old in current:
-                if tag_of(old)[0] == key and old != wanted:
-                    self.run.remove_tag(old)
-            if wanted not in current:
+            for old in [t for t in self._tags if tag_of(t)[0] == key and t != wanted]:
+                self.run.remove_tag(old)
+                self._tags.remove(old)
+            if wanted not in self._tags:
                 self.run.add_tag(wanted)
-            current = [t for t in current if tag_of(t)[0] != key] + [wanted]
+                self._tags.append(wanted)
 
     def _upload(self, artifact: Artifact) -> None:
         """Copy the file to ``artifacts_uri``/<run id>/<name> and record it on the run."""
         from aim.sdk.objects.artifact import Artifact as AimArtifact
 
         name = versioned_name(artifact.artifact_path, artifact.version)
-        base = f"{self.config['artifacts_uri']}/{self._run_id()}"
+        base = f"{self.config['artifacts_uri']}/{self._run_id}"
+        if self._local_artifacts:
+            self._local_artifacts = False
+            logger.warning(
+                "tracelet aim: artifacts of run %s are copied to %s on this machine, where "
+                "the Aim server cannot read them: set the aim option artifacts_uri to "
+                "storage your team shares (s3://bucket/aim)",
+                self._run_id,
+                base,
+            )
         made = AimArtifact(artifact.path, uri=base, name=name)
         try:
             made.upload(block=True)
@@ -255,35 +316,37 @@ class AimBackend(BackendPlugin):
             raise BackendError(f"could not copy artifact {name!r} to {base}: {error}") from error
         self.run.meta_run_tree.subtree("artifacts")[name] = made
 
-    def _run_id(self) -> str:
-        return str(self.run[RECORD, "run_id"])
-
     def finish_run(self, status: RunStatus) -> None:
         """Record the final status, close the run and index it."""
         self._close(status.value)
 
     def stop(self) -> None:
-        """Close a run whose final status never came (delivery stopped). What a server
-        has not acknowledged by then is dropped: the journal keeps it for a resume or
+        """Close a run whose final status never came (delivery stopped; its record keeps
+        ``running``). What a server has not acknowledged within a second is dropped from
+        Aim's queue, so that the program can exit: the journal keeps it for a resume or
         ``tracelet sync``."""
         if self.run is None:
             return
-        if not remote.drained(self.run, 1.0):
-            dropped = remote.drop_pending(self.run)
-            logger.warning(
-                "tracelet aim: %d messages the Aim server never acknowledged were dropped; "
-                "they are in the local store (tracelet sync delivers them)",
-                dropped,
-            )
-            self.run = None
-            return
-        self._close("stopped")
+        try:
+            if remote.drained(self.run, 1.0):
+                self._close(None)
+                return
+        except Exception as error:
+            logger.debug("tracelet aim: closing the run failed: %r", error)
+        dropped = remote.drop_pending(self.run)
+        self.run = None
+        logger.warning(
+            "tracelet aim: the Aim server never acknowledged %d writes; they were dropped "
+            "and stay in the local store (tracelet sync delivers them)",
+            dropped,
+        )
 
-    def _close(self, status: str) -> None:
+    def _close(self, status: str | None) -> None:
         self._acknowledged("the run's last batches")
-        self.run[RECORD, "status"] = status
+        if status is not None:
+            self.run[RECORD, "status"] = status
+            self._acknowledged("the run's status")
         aim_hash = self.run.hash
-        self._acknowledged("the run's status")
         self.run.close()
         self.run = None
         self._index(aim_hash)
@@ -291,15 +354,19 @@ class AimBackend(BackendPlugin):
 
     def _index(self, aim_hash: str) -> None:
         """Index the run, so that queries and ``aim up`` see it at once (Aim 3.29 leaves
-        that to a running ``aim up``)."""
-        if self.repo.is_remote_repo:
-            index = self.repo._get_index_tree("meta", 0).view(())
-            meta = self.repo.request_tree("meta", aim_hash, read_only=True)
-            meta.subtree("meta").subtree("chunks").subtree(aim_hash).finalize(index=index)
-        else:
-            from aim.sdk.index_manager import RepoIndexManager
+        that to a running ``aim up``). Another process indexing at the same moment can
+        make it fail: then ``aim up`` (or ``aim storage reindex``) indexes it later."""
+        try:
+            if self.repo.is_remote_repo:
+                index = self.repo._get_index_tree("meta", 0).view(())
+                meta = self.repo.request_tree("meta", aim_hash, read_only=True)
+                meta.subtree("meta").subtree("chunks").subtree(aim_hash).finalize(index=index)
+            else:
+                from aim.sdk.index_manager import RepoIndexManager
 
-            RepoIndexManager.get_index_manager(self.repo).index(aim_hash)
+                RepoIndexManager.get_index_manager(self.repo).index(aim_hash)
+        except Exception as error:
+            logger.warning("tracelet aim: could not index Aim run %s now: %s", aim_hash, error)
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
         """``<artifacts_uri>/<run id>/<artifact name>``: where the file is copied."""

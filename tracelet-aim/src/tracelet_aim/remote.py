@@ -12,6 +12,7 @@ and, when Tracelet gives a run up, drop what is still queued so that the program
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -71,29 +72,40 @@ def drop_pending(run: Any) -> int:
     return dropped
 
 
+EXIT_LIMIT = 10.0
+"""Seconds Aim's exit handler may take before the program exits anyway."""
+
+
 def exit_never_hangs() -> None:
-    """Make Aim's exit handler finish even when a cleanup raises.
+    """Make Aim's exit handler finish, within :data:`EXIT_LIMIT`.
 
     At exit Aim runs every cleanup on a thread and waits for a signal the thread sends
-    after the last one; a cleanup that raises (any remote object once its server is gone)
-    skips the signal, and the program hangs forever. Here each cleanup's error is logged
-    and the signal always comes.
+    after the last one: a cleanup that raises (any remote object once its server is gone)
+    skips the signal, and one that blocks (a request to a server that stopped answering)
+    never ends, and the program hangs forever. Here each cleanup's error is logged and the
+    signal comes at the latest after :data:`EXIT_LIMIT` seconds.
     """
     from aim.ext.cleanup import AutoClean
 
     if getattr(AutoClean._cleanup, "tracelet", False):
         return
 
+    def run_all() -> None:
+        ordered = sorted(AutoClean._finalizers.items(), key=lambda item: item[1][0])
+        for _, (_, finalizer) in reversed(ordered):
+            try:
+                finalizer()
+            except Exception as error:  # Aim's own, at exit: log it and go on
+                logger.debug("tracelet aim: an Aim cleanup at exit failed: %s", error)
+        AutoClean.stop_signal.set()
+
     def cleanup() -> None:
-        try:
-            ordered = sorted(AutoClean._finalizers.items(), key=lambda item: item[1][0])
-            for _, (_, finalizer) in reversed(ordered):
-                try:
-                    finalizer()
-                except Exception as error:  # Aim's own, at exit: log it and go on
-                    logger.debug("tracelet aim: an Aim cleanup at exit failed: %s", error)
-        finally:
-            AutoClean.stop_signal.set()
+        limit = threading.Timer(EXIT_LIMIT, AutoClean.stop_signal.set)
+        limit.daemon = True
+        limit.start()
+        worker = threading.Thread(target=run_all, name="tracelet-aim-exit", daemon=True)
+        worker.start()
+        AutoClean.stop_signal.wait()
 
     cleanup.tracelet = True  # type: ignore[attr-defined]
     AutoClean._cleanup = staticmethod(cleanup)

@@ -2,17 +2,20 @@
 
 Aim keeps one value per sequence (name and context) and step: tracking a step again
 replaces its value. :class:`Slots` gives each point the first repeat context
-(:func:`names.with_repeat`) whose step is free, or already holds this very point (same
-timestamp, and same value for a metric): a batch delivered again after a failure lands
-exactly where it landed before, so delivery stays exactly-once without any bookkeeping.
+(:func:`names.with_repeat`) that no earlier point of the batch took and whose step Aim
+holds nothing at, or holds this very point (same timestamp, and same value for a metric):
+a batch delivered again after a failure lands exactly where it landed before, so delivery
+stays exactly-once without any bookkeeping.
 
 Most points are cheap: a step above the sequence's last step is free without a lookup.
-Only a step at or below it (out of order, or repeated) is looked up in Aim.
+Only a step at or below it (out of order, or repeated) is looked up in Aim, after
+``before_read`` (a server answers a read only once it holds every write before it).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from tracelet_aim.names import with_repeat
@@ -32,12 +35,13 @@ def _same(a: Any, b: Any) -> bool:
 class Slots:
     """Chooses each point's context for one batch of one Aim run."""
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Any, before_read: Callable[[], None]) -> None:
         from aim.storage.context import Context
 
         self._context = Context
         self._tracker = run._tracker
-        self._placed: dict[tuple[str, int, int], Any] = {}
+        self._before_read = before_read
+        self._placed: set[tuple[str, int, int]] = set()
 
     def place(self, name: str, context: dict[str, Any], step: int, identity: Any) -> dict:
         """The context for a point of sequence ``name`` at ``step``; ``identity`` is its
@@ -46,12 +50,11 @@ class Slots:
         while True:
             chosen = with_repeat(context, repeat)
             key = (name, self._context(chosen).idx, step)
-            held = self._placed.get(key, _FREE)
-            if held is _FREE:
+            if key not in self._placed:
                 held = self._stored(*key, len(identity))
-            if held is _FREE or _same(held, identity):
-                self._placed[key] = identity
-                return chosen
+                if held is _FREE or _same(held, identity):
+                    self._placed.add(key)
+                    return chosen
             repeat += 1
 
     def _stored(self, name: str, context_id: int, step: int, size: int) -> Any:
@@ -60,6 +63,7 @@ class Slots:
         if info is None or not info.initialized or step >= info.count:
             return _FREE
         at = info.step_hash_fn(step)
+        self._before_read()
         try:
             timestamp = info.time_view[at]
             return (timestamp, info.val_view[at]) if size == 2 else (timestamp,)
