@@ -40,8 +40,8 @@ from tracelet.plugins import (
     versioned_name,
 )
 from tracelet_aim import remote
-from tracelet_aim.names import REPEAT, has_equal_width, sequence_of, tag_name, tag_of
-from tracelet_aim.slots import Slots
+from tracelet_aim.names import REPEAT, SUBSET, has_equal_width, sequence_of, tag_name, tag_of
+from tracelet_aim.slots import Slots, context_id
 
 logger = logging.getLogger("tracelet")
 
@@ -64,6 +64,8 @@ class AimBackend(BackendPlugin):
         self._tags: list[str] = []
         """The run's Aim tags, kept here: a read from a server waits for its queue."""
         self._refused: set[str] = set()
+        self._fits: set[tuple[str, Any, str]] = set()
+        """(sequence, subset, kind) known to fit: checked once per run."""
         self._transient: tuple[type[BaseException], ...] = (OSError,)
         self._delivered = 0
         self._sent = 0
@@ -236,17 +238,23 @@ class AimBackend(BackendPlugin):
 
     def _check_type(self, tracker: Any, sequence: str, context: dict, value: Any) -> None:
         """Raise ValueError for a value of another kind than its sequence holds, repeats
-        included (Aim's own check lets the first text into a metric's sequence)."""
+        included (Aim's own check lets the first text into a metric's sequence). Once a
+        sequence holds a kind, that kind is known to fit it for the rest of the run."""
         from aim.sdk.utils import get_object_typename
-        from aim.storage.context import Context
 
-        first = {key: value for key, value in context.items() if key != REPEAT}
-        info = tracker.sequence_infos.get((Context(first).idx, sequence))
-        held = info.dtype if info is not None and info.initialized else None
         given = get_object_typename(value)
-        numbers = ("float", "int")
-        if held and held != given and not (held in numbers and given in numbers):
+        given = "number" if given in ("float", "int") else given
+        first = {key: value for key, value in context.items() if key != REPEAT}
+        known = (sequence, first.get(SUBSET), given)
+        if known in self._fits:
+            return
+        info = tracker.sequence_infos.get((context_id(tuple(first.items())), sequence))
+        held = info.dtype if info is not None and info.initialized else None
+        held = "number" if held in ("float", "int") else held
+        if held and held != given:
             raise ValueError(f"sequence {sequence!r} holds {held}, not {given}")
+        if held:
+            self._fits.add(known)
 
     def _track_objects(self, batch: Batch, slots: Slots) -> None:
         aim = self.aim

@@ -14,6 +14,7 @@ Only a step at or below it (out of order, or repeated) is looked up in Aim, afte
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,14 @@ from typing import Any
 from tracelet_aim.names import with_repeat
 
 _FREE = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def context_id(items: tuple[tuple[str, Any], ...]) -> int:
+    """Aim's id of the context holding ``items`` (Aim copies the dict on every use)."""
+    from aim.storage.context import Context
+
+    return int(Context(dict(items)).idx)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -36,9 +45,6 @@ class Slots:
     """Chooses each point's context for one batch of one Aim run."""
 
     def __init__(self, run: Any, before_read: Callable[[], None]) -> None:
-        from aim.storage.context import Context
-
-        self._context = Context
         self._tracker = run._tracker
         self._before_read = before_read
         self._placed: set[tuple[str, int, int]] = set()
@@ -49,7 +55,7 @@ class Slots:
         repeat = 0
         while True:
             chosen = with_repeat(context, repeat)
-            key = (name, self._context(chosen).idx, step)
+            key = (name, context_id(tuple(chosen.items())), step)
             if key not in self._placed:
                 held = self._stored(*key, len(identity))
                 if held is _FREE or _same(held, identity):
