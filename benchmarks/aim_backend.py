@@ -32,9 +32,11 @@ from bench_common import (
     chunk_stats,
     distinct_loss,
     end_to_end_row,
+    loss_read_back_error,
     median_p99_mean,
     print_table,
     read_back_row,
+    speedup_row,
     timed_calls,
 )
 
@@ -73,7 +75,7 @@ def bench_tracelet(root: Path, values: list[float], options: dict[str, Any]) -> 
         "calls": chunk_stats(per_call),
         "loop_s": logged - began,
         "stop_s": stopped - logged,
-        "error": _compare(stored, values),
+        "error": loss_read_back_error(stored, values),
     }
 
 
@@ -112,28 +114,15 @@ def bench_aim(repo: str, values: list[float]) -> dict[str, Any]:
         "calls": chunk_stats(per_call),
         "loop_s": logged - began,
         "stop_s": stopped - logged,
-        "error": _compare(list(zip(stored_values, steps, strict=True)), values),
+        "error": loss_read_back_error(list(zip(stored_values, steps, strict=True)), values),
     }
 
 
-def _compare(stored: list[tuple[float, int]], values: list[float]) -> str:
-    expected = [(v, s) for s, v in enumerate(values)]
-    if sorted(stored, key=lambda p: p[1]) != expected:
-        return f"read back {len(stored):,} points, logged {len(expected):,}, or they differ"
-    return ""
-
-
 def _rows(label: str, points: int, ours: dict, theirs: dict) -> list[tuple[str, ...]]:
-    speedup = theirs["calls"]["median"] / ours["calls"]["median"]
     read, what = "  read back with Aim's API", f"{points:,} points, values and steps"
     return [
         (f"tracelet log_metric, backend aim, {label}", median_p99_mean(ours["calls"], 3), "-", "-"),
-        (
-            "  vs Run.track",
-            f"{speedup:,.0f}x cheaper for the caller",
-            f">= {SPEEDUP_TARGET:.0f}x",
-            "PASS" if speedup >= SPEEDUP_TARGET else "MISS",
-        ),
+        speedup_row("  vs Run.track", ours["calls"], theirs["calls"], SPEEDUP_TARGET),
         end_to_end_row(points, ours, "stop_logging"),
         read_back_row(read, ours["error"], what),
         (f"Run.track, {label}, per call", median_p99_mean(theirs["calls"]), "-", "-"),

@@ -76,3 +76,20 @@ def read_back_row(label: str, error: str, what: str) -> Row:
     if error:
         return (label, f"MISMATCH: {error}", "== logged", "FAIL")
     return (label, what, "== logged", "OK")
+
+
+def speedup_row(label: str, ours: dict[str, float], theirs: dict[str, float], target: float) -> Row:
+    """How many times cheaper a call through Tracelet is than the tool's own (medians of
+    :func:`chunk_stats`), against ``target``."""
+    speedup = theirs["median"] / ours["median"]
+    verdict = "PASS" if speedup >= target else "MISS"
+    return (label, f"{speedup:,.0f}x cheaper for the caller", f">= {target:.0f}x", verdict)
+
+
+def loss_read_back_error(stored: list[tuple[float, int]], values: list[float]) -> str:
+    """Why ``stored`` (value, step) pairs are not ``values`` logged at steps 0, 1, ...
+    (empty when they are, in any order)."""
+    expected = [(v, s) for s, v in enumerate(values)]
+    if sorted(stored, key=lambda p: p[1]) != expected:
+        return f"read back {len(stored):,} points, logged {len(expected):,}, or they differ"
+    return ""
