@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -425,10 +426,13 @@ def test_short_form_before_init_raises_runtime_error(call):
         call()
 
 
-def test_watch_names_the_package_to_install():
+def test_watch_names_the_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tracelet_torch", None)  # as if not installed
     tracelet.init(project="p")
     with pytest.raises(ImportError, match="pip install tracelet-torch"):
         tracelet.watch(object())
+    with pytest.raises(ImportError, match="pip install tracelet-torch"):
+        tracelet.get_active_experiment().unwatch()
 
 
 def test_log_bad_input_short_form():

@@ -18,6 +18,7 @@ _EXPORTS = {
     "log": "tracelet.interface",
     "step": "tracelet.interface",
     "watch": "tracelet.interface",
+    "unwatch": "tracelet.interface",
     "finish": "tracelet.interface",
     "log_sample": "tracelet.interface",
     "Experiment": "tracelet.core.experiment",
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
         start_logging,
         step,
         stop_logging,
+        unwatch,
         watch,
     )
     from tracelet.plugins import (

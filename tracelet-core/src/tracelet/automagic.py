@@ -140,23 +140,43 @@ def hyperparameters_in(
 
 
 def describe_model(model: Any, config: AutomagicConfig = DEFAULT) -> dict[str, ParamValue]:
-    """Class, and parameter counts (PyTorch-style ``parameters()``) or estimator parameters
-    (scikit-learn-style ``get_params()``) when the model offers them."""
+    """Class; parameter counts, size in bytes and layers (PyTorch-style ``parameters()``
+    and ``modules()``); or estimator parameters (scikit-learn-style ``get_params()``)."""
     found: dict[str, ParamValue] = {
         "class": type(model).__qualname__,
         "module": type(model).__module__,
     }
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
-        sizes = [(p.numel(), bool(getattr(p, "requires_grad", True))) for p in parameters()]
-        found["parameters"] = sum(n for n, _ in sizes)
-        found["trainable_parameters"] = sum(n for n, trainable in sizes if trainable)
+        found.update(_parameter_counts(model, list(parameters())))
     get_params = getattr(model, "get_params", None)
     if callable(get_params):
         params = get_params()
         if isinstance(params, Mapping):
             kept = hyperparameters_in(params, config)
             found.update({f"params/{k}": v for k, v in kept.items()})
+    return found
+
+
+def _parameter_counts(model: Any, parameters: list[Any]) -> dict[str, ParamValue]:
+    """Counts and bytes of a PyTorch-style model's parameters (and buffers), and its
+    layers: how many leaf modules, and of which kinds (``Linear x2, ReLU x1``)."""
+    found: dict[str, ParamValue] = {
+        "parameters": sum(p.numel() for p in parameters),
+        "trainable_parameters": sum(
+            p.numel() for p in parameters if getattr(p, "requires_grad", True)
+        ),
+    }
+    buffers = getattr(model, "buffers", None)
+    tensors = parameters + (list(buffers()) if callable(buffers) else [])
+    if all(hasattr(t, "element_size") for t in tensors):
+        found["size_bytes"] = sum(t.numel() * t.element_size() for t in tensors)
+    modules = getattr(model, "modules", None)
+    if callable(modules):
+        leaves = [type(m).__name__ for m in modules() if not any(True for _ in m.children())]
+        kinds = {kind: leaves.count(kind) for kind in dict.fromkeys(leaves)}
+        found["layers"] = len(leaves)
+        found["layer_types"] = ", ".join(f"{kind} x{count}" for kind, count in kinds.items())
     return found
 
 

@@ -138,14 +138,14 @@ def log_sample(sample: Any) -> None:
 
 
 def watch(model: Any, **options: Any) -> Any:
-    """Track ``model``'s gradients and parameters (needs the ``tracelet-torch`` package)."""
-    try:
-        import tracelet_torch
-    except ImportError:
-        raise ImportError(
-            "tracelet.watch needs the torch integration: pip install tracelet-torch"
-        ) from None
-    return tracelet_torch.watch(_require("watch"), model, **options)
+    """Track ``model``'s gradients and weights in the active run (needs ``tracelet-torch``;
+    see :meth:`Experiment.watch <tracelet.core.experiment.Experiment.watch>`)."""
+    return _require("watch").watch(model, **options)
+
+
+def unwatch(model: Any = None) -> None:
+    """Stop watching ``model`` (default: every model) in the active run."""
+    _require("unwatch").unwatch(model)
 
 
 def finish() -> None:

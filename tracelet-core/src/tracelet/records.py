@@ -11,13 +11,32 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from tracelet.values import ParamValue
 
+if TYPE_CHECKING:
+    from tracelet.plugins import PendingValue
+
 MetricPoint = tuple[str, float, int, float]
 """One metric point: ``(name, value, step, timestamp)``; timestamp in seconds since the epoch."""
+
+
+@attrs.frozen
+class PendingMetric:
+    """A metric point whose value is still being produced (a GPU tensor copied without
+    blocking): the dispatcher resolves it into a :data:`MetricPoint` before journaling."""
+
+    name: str
+    value: PendingValue
+    step: int
+    timestamp: float
+
+    def point(self) -> MetricPoint:
+        """The finished point; waits for the value (raises what its ``result`` raises)."""
+        return (self.name, float(self.value.result()), self.step, self.timestamp)
 
 
 class RunStatus(enum.StrEnum):

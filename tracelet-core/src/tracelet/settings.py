@@ -274,7 +274,7 @@ def read_config_file(
     return ConfigFile(path, normalise_keys(flat, source=str(path)), sections)
 
 
-RUN_KEYS = frozenset({"tags", "run_name", "notes", "on_anomaly", "anomaly_config"})
+RUN_KEYS = frozenset({"tags", "run_name", "run_id", "notes", "on_anomaly", "anomaly_config"})
 """Keys of ``config=`` that describe the run itself; backends that declare them get them too."""
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import numbers
 import os
 import sys
 import threading
@@ -36,13 +37,14 @@ from tracelet.core.session import RunSession
 from tracelet.gradients import selected_stats
 from tracelet.histograms import bin_values, check_bins_given
 from tracelet.media import PendingImage
-from tracelet.plugins import BackendPlugin, FrameworkPlugin
+from tracelet.plugins import BackendPlugin, FrameworkPlugin, PendingValue
 from tracelet.records import (
     CheckpointRequest,
     DeliveryPhase,
     DeliveryState,
     Histogram,
     Params,
+    PendingMetric,
     RunInfo,
     RunStatus,
     Sample,
@@ -137,6 +139,7 @@ class Experiment:
         self._anomaly_config = anomaly_config or keys.get("anomaly_config")
         self._tags: list[str] = []
         self._run_tags: dict[str, str] = {}
+        run_id = keys.get("run_id") if run_id is None else run_id
         self._id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         self._created_at = _time()
         self._iteration = 0
@@ -156,6 +159,8 @@ class Experiment:
         self._capacity = 0
         self._gradients: dict[str, float] = {}
         self._checked_names: set[str] = set()
+        self._value_converters: list[Callable[[Any], float | PendingValue | None]] = []
+        """The attached frameworks' ``metric_value`` (tensors as metric values)."""
         self.latest_system: dict[str, float] = {}
         """The latest system sample (set by the system collector)."""
         self.add_tags([tags] if isinstance(tags, str) else tags or [])
@@ -202,6 +207,7 @@ class Experiment:
         process.watch()
         process.running.add(self)
         session.start_helpers(self)
+        self._value_converters = session.value_converters()
         self._registry.announce("tracelet_run_started", experiment=self)
         if self.settings.enable_automagic and self.automagic_config.hyperparameters:
             from tracelet.automagic import hyperparameters_in, users_namespace
@@ -266,6 +272,36 @@ class Experiment:
         self._on_stop.append(callback)
         return callback
 
+    def attach_framework(self, framework: FrameworkPlugin) -> FrameworkPlugin:
+        """Attach a framework integration to the running run (``watch`` does); it is
+        detached at stop, or by :meth:`detach_framework`. Returns ``framework``."""
+        if not isinstance(framework, FrameworkPlugin):
+            raise TypeError(
+                f"attach_framework takes a tracelet.plugins.FrameworkPlugin, not "
+                f"{type(framework).__name__}"
+            )
+        if self._status is not RunStatus.RUNNING or self._session is None:
+            self._not_running(framework)
+        assert self._session is not None
+        self._session.attach(self, framework)
+        self._value_converters = self._session.value_converters()
+        return framework
+
+    def detach_framework(self, framework: FrameworkPlugin) -> None:
+        """Detach an integration attached by :meth:`attach_framework` (or at start)."""
+        if self._session is not None:
+            self._session.detach(framework)
+            self._value_converters = self._session.value_converters()
+
+    def watch(self, model: Any, **options: Any) -> Any:
+        """Track ``model``'s per-layer gradient and weight statistics every ``log_freq``
+        backward passes (needs ``tracelet-torch``; see ``docs/integrations/watch.md``)."""
+        return _torch_integration("watch").watch(self, model, **options)
+
+    def unwatch(self, model: Any = None) -> None:
+        """Stop watching ``model`` (default: every watched model), removing every hook."""
+        _torch_integration("unwatch").unwatch(self, model)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Journal everything logged so far; wait up to ``timeout`` for every backend.
 
@@ -301,6 +337,9 @@ class Experiment:
             or name not in self._checked_names
         ):
             name, value = self._checked_metric(name, value)
+            if value.__class__ is not float:  # a framework's pending value (a GPU tensor)
+                self._log_pending(name, value, iteration, step)
+                return
         if iteration is None:
             iteration = self._iteration if step is None else step
         elif step is not None:
@@ -311,13 +350,34 @@ class Experiment:
             self._full()
         self._append_metric((name, value, iteration, _time()))
 
-    def _checked_metric(self, name: Any, value: Any) -> tuple[str, float]:
-        """Check a metric's value (converted to a float) and a name not seen before."""
+    def _checked_metric(self, name: Any, value: Any) -> tuple[str, float | PendingValue]:
+        """Check a metric's value (converted to a float, or a framework's pending value)
+        and a name not seen before."""
         if value.__class__ is not float:
-            value = to_metric_value(name, value)
+            value = self._metric_value(name, value)
         if name.__class__ is not str or name not in self._checked_names:
             name = self._check_metric_name(name)
         return name, value
+
+    def _metric_value(self, name: Any, value: Any) -> float | PendingValue:
+        """A value that is not a plain float: a number, else what an attached framework
+        makes of it (a tensor), else a TypeError naming the metric."""
+        if not isinstance(value, numbers.Real):
+            for convert in self._value_converters:
+                converted = convert(value)
+                if converted is not None:
+                    return converted
+        return to_metric_value(name, value)
+
+    def _log_pending(
+        self, name: str, value: PendingValue, iteration: int | None, step: int | None
+    ) -> None:
+        """Queue a point whose value the dispatcher resolves off the training thread."""
+        if iteration is not None and step is not None:
+            raise TypeError(f"metric {name!r}: give the step once, as iteration or as step=")
+        given = iteration if step is None else step
+        at = self._iteration if given is None else check_step(given, name)
+        self._extend_all([PendingMetric(name, value, at, _time())])
 
     def _check_metric_name(self, name: Any) -> str:
         """Check a metric name not seen before (type, emptiness, storable UTF-8)."""
@@ -342,12 +402,20 @@ class Experiment:
             points = [(name, value, step, now) for name, value in metrics.items()]
         else:
             points = [(*self._checked_metric(n, v), step, now) for n, v in metrics.items()]
+            if any(point[1].__class__ is not float for point in points):
+                points = [p if p[1].__class__ is float else PendingMetric(*p) for p in points]
+                self._extend_all(points)
+                return
         buffer = self._buffer
         if self._extend_metrics is not None and len(buffer) + len(points) <= self._capacity:
             self._extend_metrics(points)  # one call for the whole step (as atomic as append)
             return
+        self._extend_all(points)
+
+    def _extend_all(self, points: Sequence[Any]) -> None:
+        """Queue ``points`` one by one, waiting for room as needed."""
         for point in points:
-            if len(buffer) >= self._capacity:
+            if len(self._buffer) >= self._capacity:
                 self._full()
             self._append_metric(point)
 
@@ -545,11 +613,14 @@ class Experiment:
         return found
 
     def capture_model(self, model: Any) -> dict[str, Any]:
-        """Log a description of ``model`` as ``model/...`` parameters; return it."""
+        """Log a description of ``model`` as ``model/...`` parameters (and, for a module
+        with layers, its printed structure as the text ``model/summary``); return it."""
         from tracelet.automagic import describe_model
 
         found = describe_model(model, self.automagic_config)
         self.log_params({"model": found})
+        if "layers" in found:
+            self.log_text("model/summary", repr(model))
         return found
 
     def capture_dataset(self, dataset: Any) -> dict[str, Any]:
@@ -694,6 +765,18 @@ def _automagic_config(given: AutomagicConfig | Mapping[str, Any] | None) -> Auto
         f"automagic_config must be an AutomagicConfig (or a dict of its fields), "
         f"not {type(given).__name__}"
     )
+
+
+def _torch_integration(caller: str) -> Any:
+    """The ``tracelet_torch`` package, or an ImportError saying how to install it."""
+    try:
+        import tracelet_torch
+    except ImportError:
+        raise ImportError(
+            f"tracelet.{caller} needs the torch integration: pip install tracelet-torch "
+            '(or "tracelet-core[torch]")'
+        ) from None
+    return tracelet_torch
 
 
 def _dropped(record: object) -> None:

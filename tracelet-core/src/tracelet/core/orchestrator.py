@@ -44,6 +44,7 @@ from tracelet.records import (
     Histogram,
     MetricPoint,
     Params,
+    PendingMetric,
     RunInfo,
     RunStatus,
     Sample,
@@ -470,6 +471,10 @@ class Orchestrator:
         for record in chunk:
             if record.__class__ is tuple:
                 points.append(record)
+            elif record.__class__ is PendingMetric:
+                point = _resolved(record)
+                if point is not None:
+                    points.append(point)
             elif record.__class__ is CheckpointRequest:
                 self._send_points(points)
                 points = []
@@ -691,6 +696,18 @@ class Orchestrator:
     def _give_up(self) -> bool:
         """Whether journaling should stop retrying (only once stop's deadline has passed)."""
         return self._stopping and time.monotonic() > self._stop_deadline
+
+
+def _resolved(pending: PendingMetric) -> MetricPoint | None:
+    """``pending``'s point, or None (reported once) when its value cannot be had."""
+    try:
+        return pending.point()
+    except Exception as error:
+        report_once(
+            f"tracelet metric {pending.name!r}",
+            f"a value logged at step {pending.step} could not be read ({error!r}); it is left out",
+        )
+        return None
 
 
 def _batch_message(token: int, batch: Batch) -> tuple[Any, ...]:

@@ -6,7 +6,7 @@ is the public face; a :class:`RunSession` is what it owns between ``start`` and 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -161,6 +161,23 @@ class RunSession:
                 continue
             attached.append(plugin)
         return attached
+
+    def attach(self, experiment: Experiment, framework: FrameworkPlugin) -> None:
+        """Attach ``framework`` mid-run; it is detached at stop with the others."""
+        if framework not in self.frameworks:
+            framework.attach(experiment)
+            self.frameworks.append(framework)
+
+    def detach(self, framework: FrameworkPlugin) -> None:
+        """Detach ``framework`` now (it was attached by :meth:`attach` or at start)."""
+        if framework in self.frameworks:
+            self.frameworks.remove(framework)
+            framework.detach()
+
+    def value_converters(self) -> list[Callable[[Any], Any]]:
+        """The ``metric_value`` of the attached frameworks that override it."""
+        default = FrameworkPlugin.metric_value
+        return [f.metric_value for f in self.frameworks if type(f).metric_value is not default]
 
     # -- closing -------------------------------------------------------------------------
 

@@ -24,11 +24,13 @@ from tracelet.exceptions import (
     PermanentBackendError,
     RejectedBatchError,
 )
+from tracelet.gradients import layer_selected
 from tracelet.hookspecs import hookimpl
 from tracelet.plugins.interfaces import (
     BackendPlugin,
     CollectorPlugin,
     FrameworkPlugin,
+    PendingValue,
     PluginInterface,
     PluginMetadata,
     PluginType,
@@ -50,6 +52,7 @@ from tracelet.records import (
     RunStatus,
     Text,
 )
+from tracelet.reporting import report_once
 from tracelet.values import ParamValue
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
     "NameMap",
     "Option",
     "ParamValue",
+    "PendingValue",
     "PermanentBackendError",
     "PluginInterface",
     "PluginMetadata",
@@ -78,6 +82,8 @@ __all__ = [
     "RunStatus",
     "Text",
     "hookimpl",
+    "layer_selected",
+    "report_once",
     "versioned_name",
     "with_suffix",
 ]

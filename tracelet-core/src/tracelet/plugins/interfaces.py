@@ -13,7 +13,7 @@ import enum
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
@@ -166,8 +166,22 @@ class CollectorPlugin(PluginInterface):
         """Take one sample: name to value (numbers for a periodic collector)."""
 
 
+@runtime_checkable
+class PendingValue(Protocol):
+    """A metric value not known yet on the training thread (a GPU tensor being copied):
+    Tracelet calls :meth:`result` on its dispatcher thread, before journaling the point."""
+
+    def result(self) -> float:
+        """The value, waiting for it if need be; raise if it can never be had."""
+        ...
+
+
 class FrameworkPlugin(PluginInterface):
-    """Connects a framework's own logging (TensorBoard, Lightning) to an experiment."""
+    """Connects a framework's own logging (TensorBoard, Lightning) to an experiment.
+
+    An integration attached mid-run (:meth:`~tracelet.Experiment.attach_framework`, as
+    ``watch`` does) is detached at stop with the others.
+    """
 
     kind = PluginType.FRAMEWORK
 
@@ -178,3 +192,10 @@ class FrameworkPlugin(PluginInterface):
     @abc.abstractmethod
     def detach(self) -> None:
         """Undo :meth:`attach`, leaving the framework as it was."""
+
+    def metric_value(self, value: Any) -> float | PendingValue | None:
+        """``value`` (logged as a metric, not a plain number) as a float, or as a
+        :class:`PendingValue` resolved off the training thread; None when it is not of
+        this framework's kinds. Called on the training thread: it must not wait for a
+        device. Only integrations that override it are asked."""
+        return None

@@ -1,0 +1,102 @@
+"""Hugging Face Transformers: :class:`TransformersCallback`, a ``TrainerCallback``.
+
+``Trainer(..., callbacks=[TransformersCallback(project="my-project")])``. On the main
+process only, it logs the ``TrainingArguments`` and the model's configuration as
+parameters, a description of the model, every ``on_log`` value (loss, learning rate,
+evaluation metrics) at ``state.global_step``, watches the model's gradients, and keeps
+the run's step at the global step so checkpoints come every ``checkpoint_interval``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tracelet_torch.runs import CallbackRun, string_keys
+
+
+class TransformersCallback(TrainerCallback):
+    """Tracer's Transformers callback (see the module's description).
+
+    With a run active when training starts, it logs there and leaves it running;
+    otherwise it starts one with ``project``, ``run_name``, ``backend`` and ``config``
+    (as :func:`tracelet.start_logging`) and ends it when training ends.
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        checkpoint_interval: int | None = None,
+        run_name: str | None = None,
+        backend: str | list[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        watch: bool = True,
+    ) -> None:
+        options = dict(config or {})
+        if checkpoint_interval is not None:
+            options["checkpoint_interval"] = checkpoint_interval
+        self._run = CallbackRun(project, run_name, backend, options)
+        self.watch = watch
+
+    @property
+    def experiment(self) -> Any:
+        """The run the callback logs to (None before training starts)."""
+        return self._run.experiment
+
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        """Start (or find) the run; log the arguments and the model; watch it."""
+        if not state.is_world_process_zero:
+            return
+        experiment = self._run.get()
+        experiment.log_params(string_keys(args.to_dict()))  # tokens are masked by to_dict and by Tracelet
+        if model is not None:
+            experiment.capture_model(model)
+            config = getattr(model, "config", None)
+            if config is not None and hasattr(config, "to_dict"):
+                experiment.log_params({"model_config": string_keys(config.to_dict())})
+            if self.watch:
+                experiment.watch(model)
+
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Log the numbers of ``logs`` at ``state.global_step``."""
+        experiment = self._run.experiment
+        if not state.is_world_process_zero or experiment is None or not experiment.is_running:
+            return
+        values = {k: v for k, v in (logs or {}).items() if _number(v)}
+        if values:
+            experiment.log_metrics(values, state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Keep the run's step at ``state.global_step`` (checkpoints as it passes)."""
+        experiment = self._run.experiment
+        if not state.is_world_process_zero or experiment is None:
+            return
+        while experiment.is_running and experiment.iteration < state.global_step:
+            experiment.step()
+
+    def on_train_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        """Stop watching; end the run if the callback started it."""
+        experiment = self._run.experiment
+        if not state.is_world_process_zero or experiment is None:
+            return
+        if experiment.is_running and model is not None:
+            experiment.unwatch(model)
+        self._run.end("finished")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) or getattr(value, "ndim", None) == 0

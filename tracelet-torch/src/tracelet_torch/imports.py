@@ -1,0 +1,81 @@
+"""Run code when a module is imported: patch a library the moment it loads, without
+importing it ourselves (importing torch or TensorBoard costs a second or more)."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+_lock = threading.RLock()
+_waiting: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+
+def when_imported(name: str, callback: Callable[[ModuleType], None]) -> Callable[[], None]:
+    """Call ``callback(module)`` once module ``name`` is imported: now if it already is,
+    else right after its import. Returns a function that cancels a call not made yet."""
+    module = sys.modules.get(name)
+    if module is not None:
+        callback(module)
+        return _nothing
+    with _lock:
+        _waiting.setdefault(name, []).append(callback)
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
+
+    def cancel() -> None:
+        with _lock:
+            callbacks = _waiting.get(name, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                _waiting.pop(name, None)
+            if not _waiting and _FINDER in sys.meta_path:
+                sys.meta_path.remove(_FINDER)
+
+    return cancel
+
+
+def _nothing() -> None:
+    return None
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: it wraps the loader of a module someone waits for."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in _waiting:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _NotifyingLoader(spec.loader)
+        return spec
+
+
+class _NotifyingLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def __getattr__(self, name: str) -> Any:  # get_resource_reader, is_package ...
+        return getattr(self.loader, name)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        module.__loader__ = module.__spec__.loader = self.loader  # leave no trace
+        with _lock:
+            callbacks = _waiting.pop(module.__name__, [])
+            if not _waiting and _FINDER in sys.meta_path:
+                sys.meta_path.remove(_FINDER)
+        for callback in callbacks:
+            callback(module)
+
+
+_FINDER = _PostImportFinder()

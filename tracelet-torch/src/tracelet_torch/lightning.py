@@ -1,0 +1,165 @@
+"""Lightning: :class:`TraceletLogger` (a Lightning logger) and :class:`LightningCallback`.
+
+Both work with the ``lightning`` package and with ``pytorch_lightning``, and only on the
+global rank zero (elsewhere they do nothing). ``self.log`` values reach the run with the
+step Lightning gives its loggers (``trainer.global_step`` when the value was logged), as
+they reach Lightning's own CSV and TensorBoard loggers; ``save_hyperparameters`` becomes
+the run's parameters.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import Any
+
+try:
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+    from lightning.pytorch.utilities import rank_zero_only
+except ImportError:  # the standalone pytorch_lightning package
+    from pytorch_lightning.callbacks import Callback
+    from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+    from pytorch_lightning.utilities import rank_zero_only
+
+from tracelet_torch.runs import CallbackRun, string_keys
+
+STATUSES = {"success": "finished", "failed": "failed"}
+"""Lightning's final status to Tracelet's (anything else, an interrupt: ``killed``)."""
+
+
+class TraceletLogger(Logger):
+    """A Lightning logger writing to a Tracelet run: ``Trainer(logger=TraceletLogger())``.
+
+    With a run active when training starts, it logs there and leaves it running;
+    otherwise it starts a run with ``project``, ``run_name``, ``backend`` and ``config``
+    (as :func:`tracelet.start_logging`) and ends it when Lightning finalizes.
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        run_name: str | None = None,
+        backend: str | list[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._run = CallbackRun(project, run_name, backend, config)
+
+    @classmethod
+    def sharing(cls, run: CallbackRun) -> TraceletLogger:
+        """A logger writing to the run of a :class:`LightningCallback`."""
+        logger = cls()
+        logger._run = run
+        return logger
+
+    @property
+    def name(self) -> str:
+        """The run's name (before it starts: the name or project it will have)."""
+        experiment = self._run.experiment
+        if experiment is not None:
+            return experiment.name
+        return self._run.run_name or self._run.project or "tracelet"
+
+    @property
+    def version(self) -> str | None:
+        """The run's id, once it has started."""
+        experiment = self._run.experiment
+        return None if experiment is None else experiment.id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The Tracelet run (an :class:`~tracelet.Experiment`), started if need be."""
+        return self._run.get()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log ``metrics`` at ``step``; the run's step follows Lightning's."""
+        experiment = self.experiment
+        if step is not None and step > experiment.iteration:
+            experiment.set_iteration(step)
+        experiment.log_metrics(dict(metrics), step)
+
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        """Log hyperparameters (``save_hyperparameters``, a dict or a Namespace)."""
+        values = vars(params) if isinstance(params, Namespace) else params
+        if values:
+            self.experiment.log_params(string_keys(values))
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """End the run if this logger started it (``success``: finished)."""
+        self._run.end(STATUSES.get(status, "killed"))
+
+
+class LightningCallback(Callback):
+    """Tracer's Lightning callback: ``Trainer(callbacks=[LightningCallback(project=...)])``.
+
+    When training starts (on rank zero) it starts a run (or uses the active one), logs
+    the module's hyperparameters and a description of the model, watches its gradients
+    (``track_gradients``, every ``checkpoint_interval`` steps), keeps the run's step at
+    ``trainer.global_step`` so checkpoints are written every ``checkpoint_interval``
+    steps, and adds a :class:`TraceletLogger` on the same run so ``self.log`` values
+    arrive as Lightning logs them. It ends a run it started when training ends.
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        checkpoint_interval: int | None = None,
+        run_name: str | None = None,
+        backend: str | list[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        watch: bool = True,
+    ) -> None:
+        options = dict(config or {})
+        if checkpoint_interval is not None:
+            options["checkpoint_interval"] = checkpoint_interval
+        self._run = CallbackRun(project, run_name, backend, options)
+        self.watch = watch
+
+    @property
+    def experiment(self) -> Any:
+        """The run the callback logs to (None before training starts)."""
+        return self._run.experiment
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Start (or find) the run, describe the model, watch it, add the logger."""
+        if not trainer.is_global_zero:
+            return
+        experiment = self._run.get()
+        if not any(isinstance(logger, TraceletLogger) for logger in trainer.loggers):
+            trainer.loggers = [*trainer.loggers, TraceletLogger.sharing(self._run)]
+        hparams = getattr(pl_module, "hparams", None)
+        if hparams:
+            experiment.log_params(string_keys(hparams))
+        experiment.capture_model(pl_module)
+        if self.watch and stage == "fit":
+            experiment.watch(pl_module)
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        """Keep the run's step at ``trainer.global_step`` (checkpoints as it passes)."""
+        if not trainer.is_global_zero or self._run.experiment is None:
+            return
+        experiment = self._run.experiment
+        while experiment.is_running and experiment.iteration < trainer.global_step:
+            experiment.step()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """End a run the callback started as failed (killed, on an interrupt)."""
+        if trainer.is_global_zero:
+            failed = not isinstance(exception, KeyboardInterrupt)
+            self._run.end("failed" if failed else "killed")
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Stop watching, and end the run if the callback started it."""
+        if not trainer.is_global_zero or self._run.experiment is None:
+            return
+        experiment = self._run.experiment
+        if experiment.is_running:
+            experiment.unwatch(pl_module)
+        self._run.end("finished")

@@ -1,0 +1,68 @@
+"""The run a framework callback logs to: the active one, or one the callback starts.
+
+A callback created while a run is active (``tracelet.start_logging`` before
+``trainer.fit``) logs to that run and leaves it running. Otherwise it starts its own run
+when training starts, with the options it was given, and ends it when training ends;
+logging again later (``trainer.test`` after ``fit``) continues that same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import tracelet
+
+
+class CallbackRun:
+    """Starts, finds, continues and ends the run of one callback or logger."""
+
+    def __init__(
+        self,
+        project: str | None,
+        run_name: str | None,
+        backend: str | list[str] | None,
+        config: Mapping[str, Any] | None,
+    ) -> None:
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict, not {type(config).__name__}")
+        self.project = project
+        self.run_name = run_name
+        self.backend = backend
+        self.config = dict(config or {})
+        self.experiment: Any = None
+        self.owned = False
+        """Whether this callback started the run (and so ends it)."""
+
+    def get(self) -> Any:
+        """The run to log to, started (or continued) if need be."""
+        experiment = self.experiment
+        if experiment is not None and experiment.is_running:
+            return experiment
+        active = tracelet.get_active_experiment()
+        if active is not None and active is not experiment:
+            self.experiment, self.owned = active, False
+            return active
+        config = dict(self.config)
+        if experiment is not None and self.owned:  # ended by us: go on with the same run
+            config["run_id"] = experiment.id
+        self.experiment = tracelet.start_logging(
+            self.run_name, project=self.project, backend=self.backend, config=config
+        )
+        self.owned = True
+        return self.experiment
+
+    def end(self, status: str = "finished") -> None:
+        """End the run if this callback started it (a run it found keeps running)."""
+        if self.owned and self.experiment is not None and self.experiment.is_running:
+            self.experiment.stop(status)
+
+
+def string_keys(params: Mapping[Any, Any]) -> dict[str, Any]:
+    """``params`` with every key (nested ones too) as a string: a framework's own dicts
+    (a model config's ``id2label``) may use numbers as keys, which Tracelet refuses."""
+    return {
+        str(key): string_keys(value) if isinstance(value, Mapping) else value
+        for key, value in params.items()
+        if str(key)
+    }
