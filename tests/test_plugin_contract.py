@@ -53,7 +53,7 @@ def test_the_store_is_a_leaf_package():
     assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
-@pytest.mark.parametrize("package", ["mlflow", "wandb", "clearml", "aim"])
+@pytest.mark.parametrize("package", ["mlflow", "wandb", "clearml", "aim", "torch"])
 def test_backend_plugins_import_only_the_plugin_surface(package):
     """Backends import ``tracelet.plugins``; their ``testing`` module also the kit."""
     import importlib

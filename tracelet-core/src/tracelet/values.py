@@ -53,7 +53,7 @@ def to_metric_value(name: str, value: Any) -> float:
             return number
     kind = type(value).__name__
     hint = ""
-    if getattr(value, "ndim", 0) and getattr(value, "size", 2) == 1:
+    if getattr(value, "ndim", 0) and _elements(value) == 1:
         hint = " (it is an array of one element: log value.item())"
     elif getattr(value, "ndim", 0):
         hint = " (it has more than one element: log a single element, e.g. value.mean())"
@@ -61,6 +61,15 @@ def to_metric_value(name: str, value: Any) -> float:
         f"metric {name!r}: a value of type {kind} is not a number{hint}; "
         "log an int, float, bool, NumPy scalar or 0-d array"
     )
+
+
+def _elements(array: Any) -> int | None:
+    """How many elements an array (``size``) or a tensor (``numel()``) holds."""
+    size = getattr(array, "size", None)
+    if callable(size):
+        numel = getattr(array, "numel", None)
+        return numel() if callable(numel) else None
+    return size
 
 
 def check_name(name: Any, what: str = "metric") -> str:

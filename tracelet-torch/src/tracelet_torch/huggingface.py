@@ -53,7 +53,9 @@ class TransformersCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         experiment = self._run.get()
-        experiment.log_params(string_keys(args.to_dict()))  # tokens are masked by to_dict and by Tracelet
+        experiment.log_params(
+            string_keys(args.to_dict())
+        )  # tokens are masked by to_dict and by Tracelet
         if model is not None:
             experiment.capture_model(model)
             config = getattr(model, "config", None)

@@ -76,7 +76,7 @@ class TraceletLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log ``metrics`` at ``step``; the run's step follows Lightning's."""
-        experiment = self.experiment
+        experiment = self._run.get(resume=True)
         if step is not None and step > experiment.iteration:
             experiment.set_iteration(step)
         experiment.log_metrics(dict(metrics), step)
@@ -88,7 +88,7 @@ class TraceletLogger(Logger):
         """Log hyperparameters (``save_hyperparameters``, a dict or a Namespace)."""
         values = vars(params) if isinstance(params, Namespace) else params
         if values:
-            self.experiment.log_params(string_keys(values))
+            self._run.get(resume=True).log_params(string_keys(values))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -34,17 +34,19 @@ class CallbackRun:
         self.owned = False
         """Whether this callback started the run (and so ends it)."""
 
-    def get(self) -> Any:
-        """The run to log to, started (or continued) if need be."""
+    def get(self, resume: bool = False) -> Any:
+        """The run to log to, started if there is none yet. A run this callback ended is
+        returned as it is, or continued (same id) when ``resume``: logging again after
+        training ended goes on in the same run."""
         experiment = self.experiment
-        if experiment is not None and experiment.is_running:
+        if experiment is not None and (experiment.is_running or not resume):
             return experiment
         active = tracelet.get_active_experiment()
         if active is not None and active is not experiment:
             self.experiment, self.owned = active, False
             return active
         config = dict(self.config)
-        if experiment is not None and self.owned:  # ended by us: go on with the same run
+        if experiment is not None and self.owned:
             config["run_id"] = experiment.id
         self.experiment = tracelet.start_logging(
             self.run_name, project=self.project, backend=self.backend, config=config

@@ -2,7 +2,8 @@
 
 Every ``log_freq``-th backward pass, one multi-tensor hook computes the statistics of
 :mod:`tracelet_torch.stats` for every watched parameter on its device, stacks them, and
-starts one non-blocking copy to the host. A worker thread waits for the copy and logs:
+logs them: at once on the CPU; on a GPU, through one non-blocking copy to the host that a
+worker thread waits for, so the training thread never does. What is logged:
 
 - ``grad/<parameter>/<stat>`` and ``grad/total_norm`` through ``log_gradient_stats`` (so
   they reach checkpoints and the live detector's explosion and vanishing rules);
@@ -83,7 +84,6 @@ class ModelWatcher(FrameworkPlugin):
         self._handles.append(hook)
         if self.update_ratio:
             self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
-        self._worker.start()
 
     def detach(self) -> None:
         """Remove every hook; log what is still being copied (waiting at most
@@ -112,14 +112,13 @@ class ModelWatcher(FrameworkPlugin):
             report_once("tracelet watch", "the statistics worker fell behind; samples skipped")
             return
         step = current_step(self._experiment, self.passes - 1)
+        named = list(zip(self._names, self._params, strict=True))
         with torch.no_grad():
             if self.log != "parameters":
                 present = [(n, g) for n, g in zip(self._names, grads, strict=True) if g is not None]
                 self._send("grad", step, present, tensor_stats)
             if self.log != "gradients":
-                self._send(
-                    "param", step, list(zip(self._names, self._params, strict=False)), tensor_stats
-                )
+                self._send("param", step, named, tensor_stats)
             if self.update_ratio:
                 self._before = (step, torch._foreach_clone([p.detach() for p in self._params]))
 
@@ -131,8 +130,9 @@ class ModelWatcher(FrameworkPlugin):
         try:
             with torch.no_grad():
                 after = [p.detach() for p in self._params]
-                pairs = list(zip(self._names, before, after, strict=False))
-                self._send("update", step, pairs, _ratios)
+                self._send(
+                    "update", step, list(zip(self._names, before, after, strict=True)), _ratios
+                )
         except Exception as error:
             report_once("tracelet watch", f"update ratios skipped: {error!r}")
 
@@ -143,10 +143,16 @@ class ModelWatcher(FrameworkPlugin):
         named: Sequence[tuple[Any, ...]],
         compute: Callable[..., torch.Tensor],
     ) -> None:
+        """Compute on each device; log a CPU result now, hand a GPU one to the worker."""
         for device, group in _by_device(named).items():
-            columns = list(zip(*group, strict=False))
-            values = compute(*columns[1:])
-            self._queue.put(_Sample(kind, step, list(columns[0]), values, device))
+            columns = list(zip(*group, strict=True))
+            names, values = list(columns[0]), compute(*columns[1:])
+            if device.type != "cuda":  # nothing to wait for
+                self._log(kind, step, names, values.tolist())
+                continue
+            if not self._worker.is_alive():
+                self._worker.start()
+            self._queue.put(_Sample(kind, step, names, values))
 
     # -- on the worker thread: wait for the copies, then log -----------------------------
 
@@ -160,14 +166,13 @@ class ModelWatcher(FrameworkPlugin):
     def _log(self, kind: str, step: int, names: list[str], rows: list[Any]) -> None:
         experiment = self._experiment
         if kind == "update":
-            experiment.log_metrics(
-                {f"param/{n}/update_ratio": r for n, r in zip(names, rows, strict=False)}, step
-            )
+            ratios = zip(names, rows, strict=True)
+            experiment.log_metrics({f"param/{n}/update_ratio": r for n, r in ratios}, step)
             return
         stats = {
-            f"{n}/{s}": v
-            for n, row in zip(names, rows, strict=False)
-            for s, v in zip(STATS, row, strict=False)
+            f"{name}/{stat}": value
+            for name, row in zip(names, rows, strict=True)
+            for stat, value in zip(STATS, row, strict=True)
         }
         if kind == "param":
             experiment.log_metrics({f"param/{k}": v for k, v in stats.items()}, step)
@@ -177,26 +182,20 @@ class ModelWatcher(FrameworkPlugin):
 
 
 class _Sample:
-    """Statistics on their way to the host: a copy started without blocking."""
+    """Statistics of a CUDA device on their way to the host: a copy started without
+    blocking, behind an event the worker waits for."""
 
     __slots__ = ("_event", "_host", "kind", "names", "step")
 
-    def __init__(
-        self, kind: str, step: int, names: list[str], values: torch.Tensor, device: torch.device
-    ) -> None:
+    def __init__(self, kind: str, step: int, names: list[str], values: torch.Tensor) -> None:
         self.kind, self.step, self.names = kind, step, names
-        self._event = None
-        if device.type == "cuda":
-            self._host = values.to("cpu", non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host = values
+        self._host = values.to("cpu", non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
 
     def rows(self) -> list[Any]:
         """The values, once copied (one row, or one number, per tensor)."""
-        if self._event is not None:
-            self._event.synchronize()
+        self._event.synchronize()
         return self._host.tolist()
 
 
