@@ -8,7 +8,6 @@ import json
 import threading
 import weakref
 
-import numpy as np
 import pytest
 import torch
 from python_script import run_script
@@ -292,13 +291,50 @@ def test_pending_values_are_resolved_off_the_training_thread(read_store, caplog)
     assert "a value logged at step 4 could not be read (RuntimeError('device lost'))" in caplog.text
 
 
-def test_cuda_tensors_are_copied_without_a_sync():
-    """On a GPU: the copy is queued behind an event; only the dispatcher waits for it."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device (run by the GPU check, benchmarks/gpu_check.py)")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_tensors_are_logged_without_a_sync_on_the_training_thread(read_store):
+    """PyTorch's sync debug mode raises on any call that waits for the device."""
     from tracelet_torch.tensors import CopiedScalar, scalar_value
 
-    value = scalar_value(torch.tensor(2.5, device="cuda", requires_grad=True) * 2)
-    assert isinstance(value, CopiedScalar)
-    assert value.result() == 5.0
-    assert scalar_value(np.float32(1.0)) is None
+    with tracelet.start_logging("cuda") as exp:
+        loss = torch.randn(4096, device="cuda", requires_grad=True).pow(2).mean()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            exp.log_metric("loss", loss, 0)
+            tracelet.log({"loss": loss * 2}, step=1)
+            pending = scalar_value(loss)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        expected = loss.item()
+    assert isinstance(pending, CopiedScalar)
+    assert points(read_store(), exp.id, "loss") == [
+        (0, pytest.approx(expected)),
+        (1, pytest.approx(2 * expected)),
+    ]
+
+
+@cuda
+def test_watch_on_a_cuda_model_never_syncs_the_training_thread(read_store):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    model = model.cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.randn(8, 32, 64, device="cuda")
+    with tracelet.start_logging("cuda watch") as exp:
+        tracelet.watch(model, log_freq=2)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in range(8):
+                optimizer.zero_grad()
+                loss = model(data[step]).pow(2).mean()
+                loss.backward()
+                optimizer.step()
+                tracelet.log({"loss": loss})
+                tracelet.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    store = read_store()
+    assert [s for s, _ in points(store, exp.id, "grad/0.weight/norm")] == [0, 2, 4, 6]
+    assert len(points(store, exp.id, "loss")) == 8

@@ -1,7 +1,8 @@
 """Per-tensor statistics computed on the tensors' device, with no host synchronization.
 
 Norms come from PyTorch's fused multi-tensor kernels (``torch._foreach_norm``); sums and
-non-finite counts are one small reduction per tensor. Everything is stacked into a single
+non-finite counts are one small reduction per tensor (on the CPU, where reading the norms
+waits for nothing, the counts are skipped when every norm is finite). Everything is stacked into a single
 ``(tensors, STATS)`` float32 tensor, so reading it back is one copy, made off the training
 thread.
 """
@@ -25,8 +26,11 @@ def tensor_stats(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     norms = torch.stack(torch._foreach_norm(tensors, 2, dtype=f32))
     max_abs = torch.stack(torch._foreach_norm(tensors, math.inf, dtype=f32))
     sums = torch.stack([t.sum(dtype=f32) for t in tensors])
-    nans = torch.stack([torch.isnan(t).sum() for t in tensors]).to(f32)
-    infs = torch.stack([torch.isinf(t).sum() for t in tensors]).to(f32)
+    if norms.device.type == "cpu" and bool(torch.isfinite(norms).all()):
+        nans = infs = torch.zeros_like(norms)  # every norm finite: nothing to count (no sync)
+    else:
+        nans = torch.stack([torch.isnan(t).sum() for t in tensors]).to(f32)
+        infs = torch.stack([torch.isinf(t).sum() for t in tensors]).to(f32)
     sizes = torch.tensor([t.numel() for t in tensors], dtype=f32, device=norms.device)
     means = sums / sizes
     variance = (norms.square() - sums * means) / (sizes - 1).clamp(min=1)

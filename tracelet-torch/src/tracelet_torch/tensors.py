@@ -41,11 +41,11 @@ def scalar_value(value: Any) -> float | PendingValue | None:
     :class:`CopiedScalar` (on a CUDA device); None for anything else, which then gets
     Tracelet's own checks and error messages."""
     torch = sys.modules.get("torch")
-    if torch is None or not isinstance(value, torch.Tensor) or value.ndim:
+    if torch is None or not isinstance(value, torch.Tensor) or value.dim():
         return None
     if value.is_cuda:
         return CopiedScalar(value)
-    return float(value.detach())  # on the CPU nothing waits; other devices copy here
+    return value.item()  # on the CPU nothing waits (other devices: the copy waits here)
 
 
 class TensorValues(FrameworkPlugin):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import numbers
 import os
 import sys
 import threading
@@ -362,7 +361,7 @@ class Experiment:
     def _metric_value(self, name: Any, value: Any) -> float | PendingValue:
         """A value that is not a plain float: a number, else what an attached framework
         makes of it (a tensor), else a TypeError naming the metric."""
-        if not isinstance(value, numbers.Real):
+        if value.__class__ is not int and value.__class__ is not bool:
             for convert in self._value_converters:
                 converted = convert(value)
                 if converted is not None:
