@@ -2,9 +2,9 @@
 
 Norms come from PyTorch's fused multi-tensor kernels (``torch._foreach_norm``); sums and
 non-finite counts are one small reduction per tensor (on the CPU, where reading the norms
-waits for nothing, the counts are skipped when every norm is finite). Everything is stacked into a single
-``(tensors, STATS)`` float32 tensor, so reading it back is one copy, made off the training
-thread.
+waits for nothing, the counts are skipped when every norm is finite). Everything is
+stacked into a single ``(tensors, STATS)`` float32 tensor, so reading it back is one copy,
+made off the training thread.
 """
 
 from __future__ import annotations
