@@ -182,7 +182,7 @@ def test_watch_reaches_mlflow(mlflow_server, read_store):
     from mlflow.tracking import MlflowClient
 
     model = tiny_model()
-    config = {"tracking_uri": mlflow_server.url}
+    config = {"tracking_uri": mlflow_server.url, "enable_automagic": True}
     with tracelet.start_logging("watched", backend=["local", "mlflow"], config=config) as exp:
         tracelet.watch(model, log_freq=2)
         train(model, 4)
@@ -210,7 +210,7 @@ def test_optimizer_hyperparameters_and_their_schedule_are_captured(read_store):
         weight_decay=0.05,
     )
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
-    with tracelet.start_logging("optimizer") as exp:
+    with tracelet.start_logging("optimizer", config={"enable_automagic": True}) as exp:
         for _ in range(5):
             optimizer.zero_grad()
             model(torch.ones(2, 4)).sum().backward()
@@ -226,6 +226,14 @@ def test_optimizer_hyperparameters_and_their_schedule_are_captured(read_store):
     assert points(store, exp.id, "optimizer/lr") == [(0, 0.1), (2, 0.05), (4, 0.025)]
     assert points(store, exp.id, "optimizer/group1/lr") == [(0, 0.01), (2, 0.005), (4, 0.0025)]
     assert points(store, exp.id, "optimizer/weight_decay") == [(0, 0.05)]  # unchanged
+
+
+def test_optimizer_capture_is_automagic_off_by_default(read_store):
+    model = tiny_model()
+    with tracelet.start_logging("plain") as exp:
+        train(model, 2)
+    assert not [n for n in read_store().params(exp.id) if n.startswith("optimizer")]
+    assert not [n for n in read_store().metric_names(exp.id) if n.startswith("optimizer")]
 
 
 def test_capture_model_describes_a_module(read_store):

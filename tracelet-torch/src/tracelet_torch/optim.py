@@ -1,6 +1,6 @@
 """Optimizer automagic: every optimizer's hyperparameters, and their changes over time.
 
-A global ``torch.optim`` step hook sees each optimizer's first step and logs its class and
+On when automagic is (``enable_automagic``, ``Experiment(automagic=True)``). A global ``torch.optim`` step hook sees each optimizer's first step and logs its class and
 per-group hyperparameters as parameters (``optimizer/lr``, ``optimizer/betas``;
 ``optimizer/group1/lr`` for a second group; ``optimizer2/...`` for a second optimizer).
 From then on, a numeric hyperparameter that changed since the last step (a learning-rate
@@ -32,9 +32,11 @@ class OptimizerCapture(FrameworkPlugin):
         self._cancel: Callable[[], None] | None = None
 
     def attach(self, experiment: Any) -> None:
-        """Register the step hook now, or when ``torch.optim`` is imported."""
+        """With automagic on (``enable_automagic``), register the step hook now, or when
+        ``torch.optim`` is imported."""
         self.experiment = experiment
-        self._cancel = when_imported("torch.optim.optimizer", self._register)
+        if self.config.get("enable_automagic"):
+            self._cancel = when_imported("torch.optim.optimizer", self._register)
 
     def _register(self, module: ModuleType) -> None:
         self._handle = module.register_optimizer_step_post_hook(self._after_step)
