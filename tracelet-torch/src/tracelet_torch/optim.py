@@ -1,6 +1,7 @@
 """Optimizer automagic: every optimizer's hyperparameters, and their changes over time.
 
-On when automagic is (``enable_automagic``, ``Experiment(automagic=True)``). A global ``torch.optim`` step hook sees each optimizer's first step and logs its class and
+On when automagic is (``enable_automagic``, ``Experiment(automagic=True)``). A global
+``torch.optim`` step hook sees each optimizer's first step and logs its class and
 per-group hyperparameters as parameters (``optimizer/lr``, ``optimizer/betas``;
 ``optimizer/group1/lr`` for a second group; ``optimizer2/...`` for a second optimizer).
 From then on, a numeric hyperparameter that changed since the last step (a learning-rate
