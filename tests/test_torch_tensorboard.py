@@ -228,7 +228,8 @@ def test_tensor_values_are_accepted_and_keep_no_graph_alive(read_store):
         loss, hidden = forward()
         exp.log_metric("loss", loss, 0)
         tracelet.log({"loss": loss * 2, "acc": torch.tensor(0.5)}, step=1)
-        exp.log_metric("int", torch.tensor(3), 2)
+        exp.log_metric("int", torch.tensor(3), 2)  # .item() gives an int: checked as one
+        exp.log_metric("flag", torch.tensor(True), 2)
         del loss
         gc.collect()
         assert hidden() is None  # nothing Tracelet holds keeps the graph
@@ -240,6 +241,7 @@ def test_tensor_values_are_accepted_and_keep_no_graph_alive(read_store):
     ]
     assert points(store, exp.id, "acc") == [(1, 0.5)]
     assert points(store, exp.id, "int") == [(2, 3.0)]
+    assert points(store, exp.id, "flag") == [(2, 1.0)]
 
 
 def test_a_tensor_of_several_values_is_refused_with_the_fix():

@@ -364,8 +364,11 @@ class Experiment:
         if value.__class__ is not int and value.__class__ is not bool:
             for convert in self._value_converters:
                 converted = convert(value)
-                if converted is not None:
-                    return converted
+                if converted is None:
+                    continue
+                if converted.__class__ is float or hasattr(converted, "result"):
+                    return converted  # a float, or a PendingValue
+                return to_metric_value(name, converted)  # an int, a bool: checked as any
         return to_metric_value(name, value)
 
     def _log_pending(
