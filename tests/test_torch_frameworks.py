@@ -115,19 +115,21 @@ def test_tracelet_logger_receives_what_lightning_s_own_logger_does(package, tmp_
 
 
 def test_the_spec_s_lightning_callback_example(tmp_path, read_store, mlflow_server):
-    """../shared/spec/tracer-api.md, "PyTorch Lightning", with a real module and data."""
+    """../shared/spec/tracer-api.md, "PyTorch Lightning", with a real module and data, and
+    Lightning's default logger (TensorBoard): every value arrives once."""
     import pytorch_lightning as pl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.optim import optimizer
 
     from tracelet.integrations import LightningCallback
 
+    hooks = len(optimizer._global_optimizer_pre_hooks)
     model = tiny_module(pl)
     config = {"backend": ["local", "mlflow"], "tracking_uri": mlflow_server.url}
     config["enable_automagic"] = True  # optimizer hyperparameters too
     callback = LightningCallback(project="my-project", checkpoint_interval=2, config=config)
-    csv_logger = pl.loggers.CSVLogger(tmp_path / "csv")
     trainer = pl.Trainer(
         callbacks=[callback],
-        logger=csv_logger,
         max_steps=6,
         log_every_n_steps=1,
         enable_progress_bar=False,
@@ -137,17 +139,75 @@ def test_the_spec_s_lightning_callback_example(tmp_path, read_store, mlflow_serv
     run = callback.experiment
     assert run.status == tracelet.RunStatus.FINISHED
     store = read_store()
-    losses = csv_metrics(csv_logger)["train/loss"]
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in losses] == [0, 1, 2, 3, 4, 5]
     assert points(store, run.id, "train/loss") == [(s, pytest.approx(v)) for s, v in losses]
     _, history = mlflow_history(mlflow_server.url, run.id, "train/loss")
     assert history == points(store, run.id, "train/loss")
-    assert [c["step"] for c in store.checkpoints(run.id)] == [1, 3, 5]  # every 2 steps
+    checkpoints = store.checkpoints(run.id)
+    assert [c["step"] for c in checkpoints] == [1, 3, 5]  # every 2 steps, with their values
+    assert [c["metrics"]["train/loss"] for c in checkpoints] == pytest.approx(
+        [v for s, v in losses if s in (1, 3, 5)]
+    )
     params = store.params(run.id)
     assert params["lr"] == 0.1
     assert params["model/class"].endswith("Regression")
     assert params["optimizer/class"] == "SGD"
-    assert points(store, run.id, "grad/total_norm")  # watched, every checkpoint_interval
-    assert not model._forward_pre_hooks  # and unwatched at the end
+    assert [s for s, _ in points(store, run.id, "grad/total_norm")] == [1, 3, 5]
+    assert points(store, run.id, "param/net.0.weight/update_ratio")
+    assert len(optimizer._global_optimizer_pre_hooks) == hooks  # unwatched at the end
+    assert trainer.checkpoint_callback.dirpath.startswith(trainer.logger.log_dir)
+
+
+def test_a_second_stage_continues_the_callback_s_run(tmp_path, read_store):
+    import lightning.pytorch as pl
+
+    from tracelet.integrations import LightningCallback
+
+    model = tiny_module(pl)
+    callback = LightningCallback(project="stages")
+    trainer = pl.Trainer(
+        callbacks=[callback], logger=pl.loggers.CSVLogger(tmp_path), **QUIET_TRAINER
+    )
+    trainer.fit(model, data(), data())
+    first = callback.experiment.id
+    trainer.validate(model, data())
+    assert callback.experiment.id == first
+    assert callback.experiment.status == tracelet.RunStatus.FINISHED
+    (run,) = read_store().list_runs()
+    assert [s for s, _ in points(read_store(), run.id, "val/loss")][-1] == 6
+    assert sum(1 for k in read_store().params(run.id) if k == "lr") == 1
+
+
+QUIET_TRAINER = {
+    "max_steps": 6,
+    "log_every_n_steps": 1,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "enable_checkpointing": False,
+    "limit_val_batches": 2,
+}
+
+
+def test_the_callback_does_nothing_off_rank_zero(read_store):
+    import lightning.pytorch as pl
+
+    from tracelet.integrations import LightningCallback
+
+    class OtherRank:
+        is_global_zero = False
+        global_step = 3
+        loggers = ()
+
+    callback = LightningCallback(project="ranks")
+    module = tiny_module(pl)
+    for hook in ("setup", "teardown"):
+        getattr(callback, hook)(OtherRank(), module, "fit")
+    callback.on_train_batch_start(OtherRank(), module, None, 0)
+    assert callback.experiment is None
+    assert read_store().list_runs() == []
 
 
 def test_lightning_logs_only_on_rank_zero(tmp_path, read_store, monkeypatch):
@@ -269,7 +329,14 @@ def test_the_spec_s_transformers_callback_example(tmp_path, read_store, mlflow_s
     assert params["model/class"] == "BertForSequenceClassification"
     assert "hf_secret_token_value" not in repr(params)
     assert [c["step"] for c in store.checkpoints(run.id)] == [1, 3, 5]
-    assert points(store, run.id, "grad/total_norm")
+    grad_norms = {s: logs["grad_norm"] for s, logs in logged if "grad_norm" in logs}
+    watched = dict(points(store, run.id, "grad/total_norm"))  # every 2 steps, HF's numbering
+    assert sorted(watched) == [2, 4, 6]
+    assert watched[2] == pytest.approx(grad_norms[2], rel=1e-4)
+    metrics = trainer.evaluate(Sentences())  # after train: the same run, continued
+    assert callback.experiment.id == run.id
+    callback.experiment.stop()
+    assert points(read_store(), run.id, "eval_loss") == [(6, pytest.approx(metrics["eval_loss"]))]
 
 
 def test_integrations_are_imported_lazily_and_name_what_is_missing(monkeypatch):

@@ -58,34 +58,75 @@ def test_watch_logs_every_statistic_of_every_layer_at_log_freq(read_store):
         watcher = tracelet.watch(model, log_freq=3)
         train(model, 7, grads=grads, weights=weights)
     store = read_store()
-    names = [n for n, _ in model.named_parameters()]
-    for name in names:
+    sampled = [2, 5]  # the last step of each interval of 3: the one a checkpoint covers
+    for name, _ in model.named_parameters():
         for stat in STATS:
             got = points(store, exp.id, f"grad/{name}/{stat}")
-            assert [step for step, _ in got] == [0, 3, 6], (name, stat)
-            for (step, value), sample in zip(got, [0, 3, 6], strict=True):
-                want = expected_stats(grads[sample][name])[stat]
-                assert value == pytest.approx(want, rel=1e-4, abs=1e-6), (name, stat, step)
+            assert [step for step, _ in got] == sampled, (name, stat)
+            want = [expected_stats(grads[s][name])[stat] for s in sampled]
+            assert [v for _, v in got] == pytest.approx(want, rel=1e-4, abs=1e-6), (name, stat)
             param = points(store, exp.id, f"param/{name}/{stat}")
-            want = [expected_stats(weights[s][name])[stat] for s in (0, 3, 6)]
+            want = [expected_stats(weights[s][name])[stat] for s in sampled]
             assert [v for _, v in param] == pytest.approx(want, rel=1e-4, abs=1e-6)
         ratio = points(store, exp.id, f"param/{name}/update_ratio")
         moved = [
-            (weights[s + 1][name] - weights[s][name]).norm() / weights[s][name].norm()
-            for s in (0, 3)  # the last sample has no next forward to measure at
+            ((weights[s + 1][name] - weights[s][name]).norm() / weights[s][name].norm()).item()
+            for s in sampled
         ]
-        assert ratio == [
-            (0, pytest.approx(moved[0].item(), rel=1e-4)),
-            (3, pytest.approx(moved[1].item(), rel=1e-4)),
-        ]
+        assert [s for s, _ in ratio] == sampled
+        assert [v for _, v in ratio] == pytest.approx(moved, rel=1e-4)
     total = points(store, exp.id, "grad/total_norm")
-    want = [math.sqrt(sum(g.norm().item() ** 2 for g in grads[s].values())) for s in (0, 3, 6)]
+    want = [math.sqrt(sum(g.norm().item() ** 2 for g in grads[s].values())) for s in sampled]
     assert [v for _, v in total] == pytest.approx(want, rel=1e-4)
-    assert watcher.passes == 7
-    checkpoints = store.checkpoints(exp.id)  # at steps 2 and 5: the latest statistics
-    assert [c["step"] for c in checkpoints] == [2, 5]
-    kept = [c["gradient_stats"].get("grad/total_norm") for c in checkpoints]
-    assert kept == pytest.approx(want[:2], rel=1e-4)
+    assert watcher.steps == 7
+    checkpoints = store.checkpoints(exp.id)  # each holds the statistics of its own step
+    assert [c["step"] for c in checkpoints] == sampled
+    kept = [c["gradient_stats"]["grad/total_norm"] for c in checkpoints]
+    assert kept == pytest.approx(want, rel=1e-4)
+
+
+def test_statistics_describe_the_update_after_accumulation_and_unscaling(read_store):
+    """Two backward passes per step, a GradScaler: one sample per optimizer step, of the
+    accumulated, unscaled gradients (what the optimizer applies)."""
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    data = torch.randn(3, 2, 8, 4, generator=torch.Generator().manual_seed(2))
+    applied = []
+    with tracelet.start_logging("accumulated") as exp:
+        tracelet.watch(model, log_freq=1, log="gradients")
+        for step in range(3):
+            optimizer.zero_grad()
+            for micro in range(2):
+                scaler.scale(model(data[step, micro]).pow(2).mean()).backward()
+            scaler.unscale_(optimizer)
+            applied.append(model[0].weight.grad.norm().item())
+            scaler.step(optimizer)
+            scaler.update()
+            tracelet.step()
+    got = points(read_store(), exp.id, "grad/0.weight/norm")
+    assert [s for s, _ in got] == [0, 1, 2]
+    assert [v for _, v in got] == pytest.approx(applied, rel=1e-4)
+
+
+def test_std_is_exact_when_the_mean_dwarfs_the_spread(read_store):
+    """A LayerNorm gain: values near 1 that differ by 1e-4."""
+    from tracelet_torch.stats import tensor_stats
+
+    values = 1.0 + 1e-4 * torch.randn(4096, generator=torch.Generator().manual_seed(3))
+    (row,) = tensor_stats([values]).tolist()
+    assert row[2] == pytest.approx(values.double().std().item(), rel=1e-3)
+
+
+def test_a_lazy_module_is_watched_once_materialized(read_store):
+    model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with tracelet.start_logging("lazy") as exp:
+        exp.capture_model(model)  # parameters not sized yet: counted as they are
+        tracelet.watch(model, log_freq=1, log="gradients")
+        train(model, 2)  # the first forward materializes LazyLinear(4 -> 8)
+    names = read_store().metric_names(exp.id)
+    assert "grad/0.weight/norm" in names
+    assert read_store().params(exp.id)["model/parameters"] == 9  # Linear(8, 1) only
 
 
 def test_watch_defaults_to_the_checkpoint_interval_and_gradient_layers_select(read_store):
@@ -99,34 +140,39 @@ def test_watch_defaults_to_the_checkpoint_interval_and_gradient_layers_select(re
         *(f"grad/2.{kind}/{stat}" for kind in ("weight", "bias") for stat in STATS),
         "grad/total_norm",
     }
-    assert [s for s, _ in points(read_store(), exp.id, "grad/2.weight/norm")] == [0, 2]
+    assert [s for s, _ in points(read_store(), exp.id, "grad/2.weight/norm")] == [1, 3]
+
+
+def optimizer_hooks():
+    from torch.optim import optimizer
+
+    return len(optimizer._global_optimizer_pre_hooks) + len(optimizer._global_optimizer_post_hooks)
 
 
 def test_unwatch_removes_every_hook_and_track_gradients_off_installs_none(read_store):
-    model = tiny_model()
+    model, hooks = tiny_model(), optimizer_hooks()
     with tracelet.start_logging("unwatched") as exp:
         tracelet.watch(model, log_freq=1)
         tracelet.watch(model, log_freq=1)  # again: replaces, never stacks
         assert len([f for f in exp.frameworks if f.name == "watch"]) == 1
+        assert optimizer_hooks() == hooks + 2
         train(model, 2)
         tracelet.unwatch(model)
-        assert not model._forward_pre_hooks
-        assert all(not p._backward_hooks for p in model.parameters())
+        assert optimizer_hooks() == hooks
         train(model, 2)
     assert len(points(read_store(), exp.id, "grad/0.weight/norm")) == 2
     with tracelet.start_logging("off", config={"track_gradients": False}) as off:
         assert tracelet.watch(model) is None
-        assert all(not p._backward_hooks for p in model.parameters())
+        assert optimizer_hooks() == hooks
         train(model, 2)
     assert not [n for n in read_store().metric_names(off.id) if n.startswith("grad/")]
 
 
 def test_the_hooks_go_when_the_run_stops(read_store):
-    model = tiny_model()
+    hooks = optimizer_hooks()
     with tracelet.start_logging("stopped"):
-        tracelet.watch(model, log_freq=1)
-    assert not model._forward_pre_hooks
-    assert all(not p._backward_hooks for p in model.parameters())
+        tracelet.watch(tiny_model(), log_freq=1)
+    assert optimizer_hooks() == hooks
 
 
 @pytest.mark.parametrize(
@@ -134,12 +180,20 @@ def test_the_hooks_go_when_the_run_stops(read_store):
     [
         (lambda: tracelet.watch(object()), TypeError, "takes a torch.nn.Module, not object"),
         (lambda: tracelet.watch(tiny_model(), log_freq=0), ValueError, "whole number >= 1"),
+        (lambda: tracelet.watch(tiny_model(), log_freq=2.5), ValueError, "log_freq is 2.5"),
         (lambda: tracelet.watch(tiny_model(), log="all the things"), ValueError, "'gradients'"),
     ],
 )
 def test_bad_watch_arguments_name_the_fix(call, error, message):
     with tracelet.start_logging("bad"), pytest.raises(error, match=message):
         call()
+
+
+def test_a_zero_checkpoint_interval_is_named_when_it_is_the_default():
+    message = "the run's checkpoint_interval is 0; give log_freq"
+    config = {"checkpoint_interval": 0}
+    with tracelet.start_logging("zero", config=config), pytest.raises(ValueError, match=message):
+        tracelet.watch(tiny_model())
 
 
 def test_no_selected_layer_is_a_clear_error():
@@ -172,7 +226,7 @@ def test_nan_gradients_are_counted(read_store):
         tracelet.watch(model, log_freq=1, log="gradients")
         train(model, 2, scale=lambda step: math.nan if step == 1 else 1.0, grads=grads)
     store = read_store()
-    nans = float(grads[1]["0.weight"].isnan().sum())
+    nans = float(grads[1]["0.weight"].isnan().sum())  # (ReLU zeroes some)
     assert nans > 0
     assert points(store, exp.id, "grad/0.weight/nan_count") == [(0, 0.0), (1, nans)]
     assert math.isnan(points(store, exp.id, "grad/0.weight/norm")[1][1])

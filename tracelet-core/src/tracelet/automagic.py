@@ -148,7 +148,8 @@ def describe_model(model: Any, config: AutomagicConfig = DEFAULT) -> dict[str, P
     }
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
-        found.update(_parameter_counts(model, list(parameters())))
+        sized = [p for p in parameters() if not type(p).__name__.startswith("Uninitialized")]
+        found.update(_parameter_counts(model, sized))  # (a lazy module's are not sized yet)
     get_params = getattr(model, "get_params", None)
     if callable(get_params):
         params = get_params()
@@ -169,6 +170,7 @@ def _parameter_counts(model: Any, parameters: list[Any]) -> dict[str, ParamValue
     }
     buffers = getattr(model, "buffers", None)
     tensors = parameters + (list(buffers()) if callable(buffers) else [])
+    tensors = [t for t in tensors if not type(t).__name__.startswith("Uninitialized")]
     if all(hasattr(t, "element_size") for t in tensors):
         found["size_bytes"] = sum(t.numel() * t.element_size() for t in tensors)
     modules = getattr(model, "modules", None)

@@ -23,7 +23,8 @@ class TransformersCallback(TrainerCallback):
 
     With a run active when training starts, it logs there and leaves it running;
     otherwise it starts one with ``project``, ``run_name``, ``backend`` and ``config``
-    (as :func:`tracelet.start_logging`) and ends it when training ends.
+    (as :func:`tracelet.start_logging`) and ends it when training ends; an ``evaluate``
+    after ``train`` continues it.
     """
 
     def __init__(
@@ -35,10 +36,7 @@ class TransformersCallback(TrainerCallback):
         config: Mapping[str, Any] | None = None,
         watch: bool = True,
     ) -> None:
-        options = dict(config or {})
-        if checkpoint_interval is not None:
-            options["checkpoint_interval"] = checkpoint_interval
-        self._run = CallbackRun(project, run_name, backend, options)
+        self._run = CallbackRun(project, run_name, backend, config, checkpoint_interval)
         self.watch = watch
 
     @property
@@ -49,20 +47,27 @@ class TransformersCallback(TrainerCallback):
     def on_train_begin(
         self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
     ) -> None:
-        """Start (or find) the run; log the arguments and the model; watch it."""
+        """Start (or find, or continue) the run; describe the arguments and the model
+        once; watch the model."""
         if not state.is_world_process_zero:
             return
-        experiment = self._run.get()
-        experiment.log_params(
-            string_keys(args.to_dict())
-        )  # tokens are masked by to_dict and by Tracelet
-        if model is not None:
-            experiment.capture_model(model)
-            config = getattr(model, "config", None)
-            if config is not None and hasattr(config, "to_dict"):
-                experiment.log_params({"model_config": string_keys(config.to_dict())})
-            if self.watch:
-                experiment.watch(model)
+        experiment = self._run.get(resume=True)
+        if self._run.first_time():
+            # tokens: masked by to_dict(), and again by Tracelet's secret redaction
+            experiment.log_params(string_keys(args.to_dict()))
+            if model is not None:
+                experiment.capture_model(model)
+                config = getattr(model, "config", None)
+                if config is not None and hasattr(config, "to_dict"):
+                    experiment.log_params({"model_config": string_keys(config.to_dict())})
+        if model is not None and self.watch:
+            experiment.watch(model)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Bring the run's step to the step starting (``state.global_step + 1``, as the
+        Trainer numbers it in its logs); checkpoints as it passes an interval."""
+        if state.is_world_process_zero:
+            self._run.follow(state.global_step + 1)
 
     def on_log(
         self,
@@ -73,20 +78,11 @@ class TransformersCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Log the numbers of ``logs`` at ``state.global_step``."""
-        experiment = self._run.experiment
-        if not state.is_world_process_zero or experiment is None or not experiment.is_running:
+        if not state.is_world_process_zero:
             return
         values = {k: v for k, v in (logs or {}).items() if _number(v)}
         if values:
-            experiment.log_metrics(values, state.global_step)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Keep the run's step at ``state.global_step`` (checkpoints as it passes)."""
-        experiment = self._run.experiment
-        if not state.is_world_process_zero or experiment is None:
-            return
-        while experiment.is_running and experiment.iteration < state.global_step:
-            experiment.step()
+            self._run.get(resume=True).log_metrics(values, state.global_step)
 
     def on_train_end(
         self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from tracelet.plugins import report_once
+
 _lock = threading.RLock()
 _waiting: dict[str, list[Callable[[ModuleType], None]]] = {}
 
@@ -20,7 +22,7 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> Callable
     else right after its import. Returns a function that cancels a call not made yet."""
     module = sys.modules.get(name)
     if module is not None:
-        callback(module)
+        callback(module)  # (raising here raises to the caller, as any call does)
         return _nothing
     with _lock:
         _waiting.setdefault(name, []).append(callback)
@@ -75,7 +77,10 @@ class _NotifyingLoader(importlib.abc.Loader):
             if not _waiting and _FINDER in sys.meta_path:
                 sys.meta_path.remove(_FINDER)
         for callback in callbacks:
-            callback(module)
+            try:
+                callback(module)
+            except Exception as error:  # never break the user's import
+                report_once("tracelet torch", f"hook on import of {module.__name__}: {error!r}")
 
 
 _FINDER = _PostImportFinder()

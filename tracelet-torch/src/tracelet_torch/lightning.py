@@ -23,9 +23,18 @@ except ImportError:  # the standalone pytorch_lightning package
     from pytorch_lightning.utilities import rank_zero_only
 
 from tracelet_torch.runs import CallbackRun, string_keys
+from tracelet_torch.tensorboard import ignore_callers
 
 STATUSES = {"success": "finished", "failed": "failed"}
-"""Lightning's final status to Tracelet's (anything else, an interrupt: ``killed``)."""
+"""Lightning's final status to Tracelet's (anything else: ``killed``)."""
+LIGHTNING_LOGGERS = (
+    "lightning.fabric.loggers",
+    "lightning.pytorch.loggers",
+    "lightning_fabric.loggers",
+    "pytorch_lightning.loggers",
+)
+"""Lightning's own loggers: their TensorBoard calls are not captured beside a
+``TraceletLogger``, which receives the same values."""
 
 
 class TraceletLogger(Logger):
@@ -33,7 +42,8 @@ class TraceletLogger(Logger):
 
     With a run active when training starts, it logs there and leaves it running;
     otherwise it starts a run with ``project``, ``run_name``, ``backend`` and ``config``
-    (as :func:`tracelet.start_logging`) and ends it when Lightning finalizes.
+    (as :func:`tracelet.start_logging`) and ends it when Lightning finalizes. The run's
+    step follows Lightning's, writing a checkpoint every ``checkpoint_interval`` steps.
     """
 
     def __init__(
@@ -73,12 +83,17 @@ class TraceletLogger(Logger):
         """The Tracelet run (an :class:`~tracelet.Experiment`), started if need be."""
         return self._run.get()
 
+    def _logging_run(self) -> Any:
+        experiment = self._run.get(resume=True)
+        ignore_callers(experiment, LIGHTNING_LOGGERS)
+        return experiment
+
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log ``metrics`` at ``step``; the run's step follows Lightning's."""
-        experiment = self._run.get(resume=True)
-        if step is not None and step > experiment.iteration:
-            experiment.set_iteration(step)
+        experiment = self._logging_run()
+        if step is not None:
+            self._run.follow(step)
         experiment.log_metrics(dict(metrics), step)
 
     @rank_zero_only
@@ -88,7 +103,7 @@ class TraceletLogger(Logger):
         """Log hyperparameters (``save_hyperparameters``, a dict or a Namespace)."""
         values = vars(params) if isinstance(params, Namespace) else params
         if values:
-            self._run.get(resume=True).log_params(string_keys(values))
+            self._logging_run().log_params(string_keys(values))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -99,12 +114,13 @@ class TraceletLogger(Logger):
 class LightningCallback(Callback):
     """Tracer's Lightning callback: ``Trainer(callbacks=[LightningCallback(project=...)])``.
 
-    When training starts (on rank zero) it starts a run (or uses the active one), logs
-    the module's hyperparameters and a description of the model, watches its gradients
-    (``track_gradients``, every ``checkpoint_interval`` steps), keeps the run's step at
-    ``trainer.global_step`` so checkpoints are written every ``checkpoint_interval``
-    steps, and adds a :class:`TraceletLogger` on the same run so ``self.log`` values
-    arrive as Lightning logs them. It ends a run it started when training ends.
+    When a stage starts (on rank zero) it starts a run (or uses the active one, or
+    continues its own), logs the module's hyperparameters and a description of the model
+    once, watches its gradients while fitting (``watch``, every ``checkpoint_interval``
+    steps), keeps the run's step at ``trainer.global_step`` so checkpoints are written
+    every ``checkpoint_interval`` steps, and adds a :class:`TraceletLogger` on the same
+    run to the trainer's loggers (unless logging is off, ``logger=False``), so ``self.log``
+    values arrive as Lightning logs them. It ends a run it started when the stage ends.
     """
 
     def __init__(
@@ -116,10 +132,7 @@ class LightningCallback(Callback):
         config: Mapping[str, Any] | None = None,
         watch: bool = True,
     ) -> None:
-        options = dict(config or {})
-        if checkpoint_interval is not None:
-            options["checkpoint_interval"] = checkpoint_interval
-        self._run = CallbackRun(project, run_name, backend, options)
+        self._run = CallbackRun(project, run_name, backend, config, checkpoint_interval)
         self.watch = watch
 
     @property
@@ -128,26 +141,32 @@ class LightningCallback(Callback):
         return self._run.experiment
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Start (or find) the run, describe the model, watch it, add the logger."""
+        """Start (or find, or continue) the run; describe the model; watch it; add the
+        logger."""
         if not trainer.is_global_zero:
             return
-        experiment = self._run.get()
-        if not any(isinstance(logger, TraceletLogger) for logger in trainer.loggers):
-            trainer.loggers = [*trainer.loggers, TraceletLogger.sharing(self._run)]
-        hparams = getattr(pl_module, "hparams", None)
-        if hparams:
-            experiment.log_params(string_keys(hparams))
-        experiment.capture_model(pl_module)
+        experiment = self._run.get(resume=True)
+        loggers = trainer.loggers
+        if loggers and not any(isinstance(logger, TraceletLogger) for logger in loggers):
+            trainer.loggers = [*loggers, TraceletLogger.sharing(self._run)]
+        if self._run.first_time():
+            hparams = getattr(pl_module, "hparams", None)
+            if hparams:
+                experiment.log_params(string_keys(hparams))
+            experiment.capture_model(pl_module)
         if self.watch and stage == "fit":
             experiment.watch(pl_module)
 
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        """Keep the run's step at ``trainer.global_step`` (checkpoints as it passes)."""
-        if not trainer.is_global_zero or self._run.experiment is None:
-            return
-        experiment = self._run.experiment
-        while experiment.is_running and experiment.iteration < trainer.global_step:
-            experiment.step()
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+        """Bring the run's step to ``trainer.global_step``: the steps before it are done,
+        with their logged values (checkpoints as it passes an interval)."""
+        if trainer.is_global_zero:
+            self._run.follow(trainer.global_step)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Finish the last step (its checkpoint, when one is due)."""
+        if trainer.is_global_zero:
+            self._run.follow(trainer.global_step)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """End a run the callback started as failed (killed, on an interrupt)."""
@@ -157,9 +176,9 @@ class LightningCallback(Callback):
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Stop watching, and end the run if the callback started it."""
-        if not trainer.is_global_zero or self._run.experiment is None:
-            return
         experiment = self._run.experiment
+        if not trainer.is_global_zero or experiment is None:
+            return
         if experiment.is_running:
             experiment.unwatch(pl_module)
         self._run.end("finished")

@@ -11,6 +11,7 @@ An unchanged step costs a comparison per hyperparameter.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import weakref
 from collections.abc import Callable, Mapping
@@ -29,6 +30,8 @@ class OptimizerCapture(FrameworkPlugin):
         super().__init__()
         self.experiment: Any = None
         self._seen: weakref.WeakKeyDictionary[Any, _Tracked] = weakref.WeakKeyDictionary()
+        self._numbers = itertools.count(1)
+        """Optimizers in the order first seen: ``optimizer``, ``optimizer2`` ..."""
         self._handle: Any = None
         self._cancel: Callable[[], None] | None = None
 
@@ -54,7 +57,10 @@ class OptimizerCapture(FrameworkPlugin):
         try:
             tracked = self._seen.get(optimizer)
             if tracked is None:
-                tracked = self._seen[optimizer] = _Tracked(f"optimizer{len(self._seen) or ''}")
+                number = next(self._numbers)
+                tracked = self._seen[optimizer] = _Tracked(
+                    f"optimizer{number if number > 1 else ''}"
+                )
                 self.experiment.log_params(tracked.describe(optimizer))
             changed = tracked.changes(optimizer.param_groups)
             if changed:

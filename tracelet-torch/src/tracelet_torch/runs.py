@@ -1,9 +1,10 @@
-"""The run a framework callback logs to: the active one, or one the callback starts.
+"""The run a framework callback or logger writes to, and how it follows the trainer.
 
 A callback created while a run is active (``tracelet.start_logging`` before
 ``trainer.fit``) logs to that run and leaves it running. Otherwise it starts its own run
 when training starts, with the options it was given, and ends it when training ends;
-logging again later (``trainer.test`` after ``fit``) continues that same run.
+logging again later (``trainer.test`` after ``fit``, ``evaluate`` after ``train``)
+continues that same run.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ class CallbackRun:
 
     def __init__(
         self,
-        project: str | None,
-        run_name: str | None,
-        backend: str | list[str] | None,
-        config: Mapping[str, Any] | None,
+        project: str | None = None,
+        run_name: str | None = None,
+        backend: str | list[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        checkpoint_interval: int | None = None,
     ) -> None:
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a dict, not {type(config).__name__}")
@@ -30,14 +32,16 @@ class CallbackRun:
         self.run_name = run_name
         self.backend = backend
         self.config = dict(config or {})
+        if checkpoint_interval is not None:
+            self.config["checkpoint_interval"] = checkpoint_interval
         self.experiment: Any = None
         self.owned = False
         """Whether this callback started the run (and so ends it)."""
+        self._described: set[str] = set()
 
     def get(self, resume: bool = False) -> Any:
         """The run to log to, started if there is none yet. A run this callback ended is
-        returned as it is, or continued (same id) when ``resume``: logging again after
-        training ended goes on in the same run."""
+        returned as it is, or continued (same id) when ``resume``."""
         experiment = self.experiment
         if experiment is not None and (experiment.is_running or not resume):
             return experiment
@@ -53,6 +57,21 @@ class CallbackRun:
         )
         self.owned = True
         return self.experiment
+
+    def first_time(self) -> bool:
+        """True the first time it is asked about the current run (describe it once)."""
+        run_id = self.experiment.id
+        if run_id in self._described:
+            return False
+        self._described.add(run_id)
+        return True
+
+    def follow(self, step: int) -> None:
+        """Advance the run's step to the trainer's ``step`` one at a time, so that a
+        checkpoint is written each time it passes a ``checkpoint_interval``."""
+        experiment = self.experiment
+        while experiment is not None and experiment.is_running and experiment.iteration < step:
+            experiment.step()
 
     def end(self, status: str = "finished") -> None:
         """End the run if this callback started it (a run it found keeps running)."""

@@ -7,7 +7,8 @@ Tracelet with the same ``global_step``. A call without a step goes to step 0, wh
 writer itself records it. The classes are patched once, when the first run attaches (or
 when the library is first imported, if later), and restored when the last run detaches.
 A call the writer makes from inside another (``add_hparams`` writes scalars) is not
-captured twice.
+captured twice; nor are the calls of Lightning's own TensorBoard logger while a
+``TraceletLogger`` delivers the same values.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib
 import inspect
 import io
 import json
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -189,7 +191,7 @@ def _wrapped(writer_class: type, name: str, library: Library) -> Callable[..., A
 
     @functools.wraps(original)
     def method(writer: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_inside, "call", False) or not _captures:
+        if getattr(_inside, "call", False) or not _captures or _ignored():
             return original(writer, *args, **kwargs)
         log = _prepared(forward, name, signature, library, (writer, *args), kwargs)
         _inside.call = True
@@ -202,6 +204,15 @@ def _wrapped(writer_class: type, name: str, library: Library) -> Callable[..., A
         return result
 
     return method
+
+
+def _ignored() -> bool:
+    """Whether the latest capture ignores the module calling the writer."""
+    ignored = _captures[-1].ignored
+    if not ignored:
+        return False
+    caller = sys._getframe(2)  # _ignored <- the wrapped method <- the writer's caller
+    return caller.f_globals.get("__name__", "").startswith(ignored)
 
 
 def _prepared(
@@ -257,7 +268,14 @@ class TensorBoardCapture(FrameworkPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.experiment: Any = None
+        self.ignored: tuple[str, ...] = ()
+        """Modules whose writer calls are not captured (their values reach the run another
+        way: Lightning's TensorBoard logger beside a ``TraceletLogger``)."""
         self._cancels: list[Callable[[], None]] = []
+
+    def ignore_callers(self, modules: tuple[str, ...]) -> None:
+        """Stop capturing the writer calls made from ``modules`` (names or prefixes)."""
+        self.ignored = tuple(dict.fromkeys((*self.ignored, *modules)))
 
     def attach(self, experiment: Any) -> None:
         """Patch the writer classes now, or when their library is imported."""
@@ -285,3 +303,10 @@ def _safe_patch(library: Library, module: ModuleType) -> None:
         _patch(library, module)
     except Exception as error:  # never break the user's import
         report_once("tracelet tensorboard", f"{library.writer_module} not captured: {error!r}")
+
+
+def ignore_callers(experiment: Any, modules: tuple[str, ...]) -> None:
+    """Have ``experiment``'s TensorBoard capture (if attached) ignore ``modules``' calls."""
+    for framework in experiment.frameworks:
+        if isinstance(framework, TensorBoardCapture):
+            framework.ignore_callers(modules)

@@ -25,10 +25,11 @@ class CopiedScalar:
     __slots__ = ("_event", "_host")
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        torch = sys.modules["torch"]
+        cuda = sys.modules["torch"].cuda
+        stream = cuda.current_stream(tensor.device)  # the tensor's device, not the current
         self._host = tensor.detach().to("cpu", non_blocking=True)  # pinned, in stream order
-        self._event = torch.cuda.Event()
-        self._event.record()
+        self._event = cuda.Event()
+        self._event.record(stream)
 
     def result(self) -> float:
         """The value, once the copy has landed (called on the dispatcher thread)."""

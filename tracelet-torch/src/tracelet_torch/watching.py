@@ -1,16 +1,18 @@
 """``tracelet.watch(model)``: per-layer gradient and weight statistics, off the hot path.
 
-Every ``log_freq``-th backward pass, one multi-tensor hook computes the statistics of
-:mod:`tracelet_torch.stats` for every watched parameter on its device, stacks them, and
-logs them: at once on the CPU; on a GPU, through one non-blocking copy to the host that a
-worker thread waits for, so the training thread never does. What is logged:
+Statistics are taken when an optimizer (``torch.optim``) steps the watched parameters:
+once per training step, after gradient accumulation, after a ``GradScaler`` has unscaled
+the gradients and after a distributed all-reduce, so they describe the update actually
+made. A global step hook counts each optimizer's steps; on every ``log_freq``-th (the last
+step of each interval, the one a checkpoint covers) it computes the statistics of
+:mod:`tracelet_torch.stats` on the parameters' device and logs them: at once on the CPU;
+from a GPU through one non-blocking copy to the host that a worker thread waits for, so
+the training thread never does. What is logged:
 
 - ``grad/<parameter>/<stat>`` and ``grad/total_norm`` through ``log_gradient_stats`` (so
   they reach checkpoints and the live detector's explosion and vanishing rules);
-- ``param/<parameter>/<stat>``, and ``param/<parameter>/update_ratio``: how far the
-  optimizer step moved the weights (``|W' - W| / |W|``), measured at the next forward.
-
-Nothing on the training thread waits for a device or calls ``.item()``.
+- ``param/<parameter>/<stat>`` (the weights before the update), and
+  ``param/<parameter>/update_ratio``: ``|W' - W| / |W|``, how far that step moved them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from tracelet.plugins import (
     FrameworkPlugin,
@@ -37,13 +44,13 @@ from tracelet_torch.steps import current_step
 LOGS = ("gradients", "parameters", "all")
 """What ``watch(log=...)`` records."""
 MAX_WAITING = 64
-"""Samples waiting for the worker before new ones are skipped (a worker that fell behind)."""
+"""GPU samples waiting for the worker before new ones are skipped (it fell behind)."""
 STOP_WAIT = 10.0
-"""Seconds ``unwatch`` (and stop) wait for samples still being copied."""
+"""Seconds ``unwatch`` (and stop) wait for GPU samples still being copied."""
 
 
 class ModelWatcher(FrameworkPlugin):
-    """Hooks on one model, attached to one run (:func:`watch` builds it)."""
+    """The statistics of one model's parameters, in one run (:func:`watch` builds it)."""
 
     def __init__(self, model: torch.nn.Module, log_freq: int, log: str, update_ratio: bool) -> None:
         super().__init__()
@@ -52,41 +59,56 @@ class ModelWatcher(FrameworkPlugin):
         self.log_freq = log_freq
         self.log = log
         self.update_ratio = update_ratio and log != "gradients"
-        self.passes = 0
-        """Backward passes seen."""
+        self.steps = 0
+        """Optimizer steps seen that update watched parameters."""
         self._experiment: Any = None
         self._names: list[str] = []
         self._params: list[torch.nn.Parameter] = []
         self._handles: list[Any] = []
-        self._before: tuple[int, list[torch.Tensor]] | None = None
+        self._steps: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._owned: weakref.WeakKeyDictionary[Any, tuple[int, list[int]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lazy = False
+        """Whether some selected parameters were not materialized yet (a lazy module)."""
+        self._before: tuple[Any, int, list[int], list[torch.Tensor]] | None = None
         self._queue: queue.SimpleQueue[_Sample | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._work, name="tracelet-watch", daemon=True)
 
     def attach(self, experiment: Any) -> None:
-        """Select the parameters and register the hooks."""
-        layers = experiment.settings.gradient_layers
+        """Select the parameters and register the optimizer step hooks."""
+        self._experiment = experiment
+        if not self._select():
+            layers = list(experiment.settings.gradient_layers)
+            raise ValueError(
+                f"watch: no trainable parameter of {type(self.model).__name__} matches "
+                f"gradient_layers={layers}; name layers as model.named_parameters() "
+                "does (e.g. 'encoder.*')"
+            )
+        self._handles = [
+            register_optimizer_step_pre_hook(self._before_step),
+            register_optimizer_step_post_hook(self._after_step),
+        ]
+
+    def _select(self) -> bool:
+        """Select the trainable parameters ``gradient_layers`` names; a lazy module's are
+        taken once materialized. Whether any matched (materialized or not)."""
+        layers = self._experiment.settings.gradient_layers
         named = [
             (name, p)
             for name, p in self.model.named_parameters()
-            if p.requires_grad and p.numel() and p.layout is torch.strided
+            if p.requires_grad and layer_selected(name, layers)
         ]
-        named = [(name, p) for name, p in named if layer_selected(name, layers)]
-        if not named:
-            raise ValueError(
-                f"watch: no trainable parameter of {type(self.model).__name__} matches "
-                f"gradient_layers={list(layers)}; name layers as model.named_parameters() "
-                "does (e.g. 'encoder.*')"
-            )
-        self._experiment = experiment
+        lazy = [name for name, p in named if torch.nn.parameter.is_lazy(p)]
+        named = [(name, p) for name, p in named if name not in lazy and p.numel()]
         self._names = [name for name, _ in named]
         self._params = [p for _, p in named]
-        hook = torch.autograd.graph.register_multi_grad_hook(self._params, self._on_backward)
-        self._handles.append(hook)
-        if self.update_ratio:
-            self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
+        self._lazy = bool(lazy)
+        self._owned = weakref.WeakKeyDictionary()
+        return bool(named or lazy)
 
     def detach(self) -> None:
-        """Remove every hook; log what is still being copied (waiting at most
+        """Remove the hooks; log what is still being copied (waiting at most
         :data:`STOP_WAIT` seconds)."""
         for handle in self._handles:
             handle.remove()
@@ -96,42 +118,62 @@ class ModelWatcher(FrameworkPlugin):
             self._queue.put(None)
             self._worker.join(STOP_WAIT)
 
-    # -- on the training (or autograd) thread: launch, never wait -----------------------
+    # -- on the training thread: launch, never wait -------------------------------------
 
-    def _on_backward(self, grads: Sequence[torch.Tensor | None]) -> None:
-        self.passes += 1
-        if (self.passes - 1) % self.log_freq:
-            return
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
-            self._sample(grads)
-        except Exception as error:  # never into the user's backward pass
+            if self._lazy:
+                self._select()
+            watched = self._watched(optimizer)
+            if not watched:
+                return
+            count = self._steps.get(optimizer, 0)
+            self._steps[optimizer] = count + 1
+            self.steps += 1
+            if (count + 1) % self.log_freq == 0:
+                self._sample(optimizer, current_step(self._experiment, count), watched)
+        except Exception as error:  # never into the user's optimizer.step()
             report_once("tracelet watch", f"statistics skipped: {error!r}")
 
-    def _sample(self, grads: Sequence[torch.Tensor | None]) -> None:
+    def _watched(self, optimizer: Any) -> list[int]:
+        """Indices of the watched parameters ``optimizer`` updates (cached per optimizer
+        until its parameter groups change)."""
+        groups = optimizer.param_groups
+        size = sum(len(group["params"]) for group in groups)
+        cached = self._owned.get(optimizer)
+        if cached is None or cached[0] != size:
+            owned = {id(p) for group in groups for p in group["params"]}
+            cached = (size, [i for i, p in enumerate(self._params) if id(p) in owned])
+            self._owned[optimizer] = cached
+        return cached[1]
+
+    def _sample(self, optimizer: Any, step: int, watched: list[int]) -> None:
         if self._queue.qsize() >= MAX_WAITING:
             report_once("tracelet watch", "the statistics worker fell behind; samples skipped")
             return
-        step = current_step(self._experiment, self.passes - 1)
-        named = list(zip(self._names, self._params, strict=True))
+        names = [self._names[i] for i in watched]
+        params = [self._params[i].detach() for i in watched]
         with torch.no_grad():
             if self.log != "parameters":
-                present = [(n, g) for n, g in zip(self._names, grads, strict=True) if g is not None]
-                self._send("grad", step, present, tensor_stats)
+                grads = [(self._names[i], self._params[i].grad) for i in watched]
+                grads = [(n, g) for n, g in grads if g is not None and g.layout is torch.strided]
+                self._send("grad", step, grads, tensor_stats)
             if self.log != "gradients":
-                self._send("param", step, named, tensor_stats)
+                self._send("param", step, list(zip(names, params, strict=True)), tensor_stats)
             if self.update_ratio:
-                self._before = (step, torch._foreach_clone([p.detach() for p in self._params]))
+                self._before = (optimizer, step, watched, torch._foreach_clone(params))
 
-    def _on_forward(self, module: torch.nn.Module, args: Any) -> None:
-        if self._before is None:
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._before is None or self._before[0] is not optimizer:
             return
-        step, before = self._before
+        _, step, watched, before = self._before
         self._before = None
         try:
             with torch.no_grad():
-                after = [p.detach() for p in self._params]
+                after = [self._params[i].detach() for i in watched]
+                names = [self._names[i] for i in watched]
                 self._send(
-                    "update", step, list(zip(self._names, before, after, strict=True)), _ratios
+                    "update", step, list(zip(names, before, after, strict=True)), update_ratios
                 )
         except Exception as error:
             report_once("tracelet watch", f"update ratios skipped: {error!r}")
@@ -143,29 +185,33 @@ class ModelWatcher(FrameworkPlugin):
         named: Sequence[tuple[Any, ...]],
         compute: Callable[..., torch.Tensor],
     ) -> None:
-        """Compute on each device; log a CPU result now, hand a GPU one to the worker."""
-        for device, group in _by_device(named).items():
+        """Compute on each device; log now when all is on the CPU, else hand the copies
+        to the worker (one sample for all devices: one ``grad/total_norm``)."""
+        parts = []
+        for group in _by_device(named).values():
             columns = list(zip(*group, strict=True))
-            names, values = list(columns[0]), compute(*columns[1:])
-            if device.type != "cuda":  # nothing to wait for
-                self._log(kind, step, names, values.tolist())
-                continue
-            if not self._worker.is_alive():
-                self._worker.start()
-            self._queue.put(_Sample(kind, step, names, values))
+            parts.append((list(columns[0]), compute(*columns[1:])))
+        sample = _Sample(kind, step, parts)
+        if sample.ready:
+            self._log(sample)
+            return
+        if not self._worker.is_alive():
+            self._worker.start()
+        self._queue.put(sample)
 
     # -- on the worker thread: wait for the copies, then log -----------------------------
 
     def _work(self) -> None:
         while (sample := self._queue.get()) is not None:
             try:
-                self._log(sample.kind, sample.step, sample.names, sample.rows())
+                self._log(sample)
             except Exception as error:
                 report_once("tracelet watch", f"statistics not logged: {error!r}")
 
-    def _log(self, kind: str, step: int, names: list[str], rows: list[Any]) -> None:
-        experiment = self._experiment
-        if kind == "update":
+    def _log(self, sample: _Sample) -> None:
+        names, rows = sample.rows()
+        experiment, step = self._experiment, sample.step
+        if sample.kind == "update":
             ratios = zip(names, rows, strict=True)
             experiment.log_metrics({f"param/{n}/update_ratio": r for n, r in ratios}, step)
             return
@@ -174,7 +220,7 @@ class ModelWatcher(FrameworkPlugin):
             for name, row in zip(names, rows, strict=True)
             for stat, value in zip(STATS, row, strict=True)
         }
-        if kind == "param":
+        if sample.kind == "param":
             experiment.log_metrics({f"param/{k}": v for k, v in stats.items()}, step)
             return
         stats["total_norm"] = math.sqrt(sum(row[0] ** 2 for row in rows))
@@ -182,25 +228,35 @@ class ModelWatcher(FrameworkPlugin):
 
 
 class _Sample:
-    """Statistics of a CUDA device on their way to the host: a copy started without
-    blocking, behind an event the worker waits for."""
+    """Statistics of one step, per device; those on a GPU on their way to the host (a
+    copy started without blocking, behind an event on the device's stream)."""
 
-    __slots__ = ("_event", "_host", "kind", "names", "step")
+    __slots__ = ("kind", "parts", "ready", "step")
 
-    def __init__(self, kind: str, step: int, names: list[str], values: torch.Tensor) -> None:
-        self.kind, self.step, self.names = kind, step, names
-        self._host = values.to("cpu", non_blocking=True)
-        self._event = torch.cuda.Event()
-        self._event.record()
+    def __init__(self, kind: str, step: int, parts: list[tuple[list[str], torch.Tensor]]) -> None:
+        self.kind, self.step = kind, step
+        self.parts: list[tuple[list[str], torch.Tensor, Any]] = []
+        self.ready = True
+        for names, values in parts:
+            event = None
+            if values.is_cuda:
+                stream = torch.cuda.current_stream(values.device)
+                values = values.to("cpu", non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+                self.ready = False
+            self.parts.append((names, values, event))
 
-    def rows(self) -> list[Any]:
-        """The values, once copied (one row, or one number, per tensor)."""
-        self._event.synchronize()
-        return self._host.tolist()
-
-
-def _ratios(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> torch.Tensor:
-    return update_ratios(list(before), list(after))
+    def rows(self) -> tuple[list[str], list[Any]]:
+        """Every tensor's name and statistics, once copied."""
+        names: list[str] = []
+        rows: list[Any] = []
+        for part_names, values, event in self.parts:
+            if event is not None:
+                event.synchronize()
+            names += part_names
+            rows += values.tolist()
+        return names, rows
 
 
 def _by_device(named: Sequence[tuple[Any, ...]]) -> dict[torch.device, list[tuple[Any, ...]]]:
@@ -217,7 +273,7 @@ def watch(
     log: str = "all",
     update_ratio: bool = True,
 ) -> ModelWatcher | None:
-    """Watch ``model`` in ``experiment``: statistics every ``log_freq`` backward passes
+    """Watch ``model`` in ``experiment``: statistics every ``log_freq`` optimizer steps
     (default: the run's ``checkpoint_interval``). ``log``: "gradients", "parameters" or
     "all". Returns the watcher, or None when the run's ``track_gradients`` is off.
     Watching a model again replaces the earlier watch."""
@@ -227,11 +283,15 @@ def watch(
         raise ValueError(f"watch: log={log!r}; choose one of {', '.join(map(repr, LOGS))}")
     freq = experiment.settings.checkpoint_interval if log_freq is None else log_freq
     if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
-        raise ValueError(f"watch: log_freq must be a whole number >= 1, not {log_freq!r}")
+        given = "log_freq" if log_freq is not None else "the run's checkpoint_interval"
+        raise ValueError(f"watch: {given} is {freq!r}; give log_freq, a whole number >= 1")
     if not experiment.settings.track_gradients:
         return None
-    unwatch(experiment, model)
-    return experiment.attach_framework(ModelWatcher(model, freq, log, update_ratio))
+    earlier = [f for f in experiment.frameworks if isinstance(f, ModelWatcher) and f.model is model]
+    watcher = experiment.attach_framework(ModelWatcher(model, freq, log, update_ratio))
+    for framework in earlier:  # replaced only once the new one is in place
+        experiment.detach_framework(framework)
+    return watcher
 
 
 def unwatch(experiment: Any, model: torch.nn.Module | None = None) -> None:
