@@ -18,8 +18,11 @@ Prints one table:
 2. ``log_metric("loss", value)`` with a float, with ``tensor.item()``, a 0-d tensor, and
    a 0-d tensor that needs grad (the loss itself), 200,000 calls each.
 
-Target: watch at log_freq 100 adds at most 3% to the step. Exits 1 only when the watched
-run's statistics did not reach the store.
+Target: watch at log_freq 100 adds at most 3% to the step. Two cores cannot resolve 3%
+directly (blocks differ by several percent), so the verdict is on the cost derived from
+the hooks alone (log_freq 10**9: never sampling) plus a hundredth of a sample (log_freq
+1); the direct measurement is shown too. Exits 1 only when the watched run's statistics
+did not reach the store.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ BLOCK = 100
 """Training steps per block."""
 ROUNDS = 9
 """Blocks of each configuration."""
-FREQUENCIES = (100, 1)
+NEVER = 10**9
+"""A log_freq that never samples in a run this short: what the hooks alone cost."""
+FREQUENCIES = (NEVER, 100, 1)
 CALLS = 200_000
 WATCH_TARGET = 3.0
 """Most percent watch at log_freq 100 may add to a training step."""
@@ -120,7 +125,7 @@ def tracelet_steps(root: Path) -> dict[int | None, float]:
         )
     store = LocalStore(root / ".tracelet")
     try:
-        if not store.metrics(exp.id, "grad/0.weight/norm"):
+        if not store.metrics(exp.id, "grad/0.weight/norm"):  # (from the log_freq=1 blocks)
             raise SystemExit("watch's statistics did not reach the store")
     finally:
         store.close()
@@ -161,15 +166,22 @@ def watch_rows(root: Path) -> list[tuple[str, ...]]:
     for tool, measure in tools.items():
         median = measure(root / tool)
         base = median[None]
+        added = {f: 100.0 * (median[f] / base - 1.0) for f in FREQUENCIES}
         rows.append((f"  {tool}, no watch", f"{base * 1e3:.2f} ms/step", "-", "-"))
         for frequency in FREQUENCIES:
-            added = 100.0 * (median[frequency] / base - 1.0)
-            target, verdict = "-", "-"
-            if tool == "tracelet" and frequency == 100:
-                target = f"<= {WATCH_TARGET:.0f}%"
-                verdict = "PASS" if added <= WATCH_TARGET else "MISS"
-            result = f"{median[frequency] * 1e3:.2f} ms/step  ({added:+.1f}%)"
-            rows.append((f"  {tool}.watch log_freq={frequency}", result, target, verdict))
+            label = "hooks only, never sampling" if frequency == NEVER else f"log_freq={frequency}"
+            result = f"{median[frequency] * 1e3:.2f} ms/step  ({added[frequency]:+.1f}%)"
+            rows.append((f"  {tool}.watch {label}", result, "-", "-"))
+        # At log_freq=100 the cost is the hooks' on every step plus a hundredth of a
+        # sample's: a difference of 1-3% is below this machine's noise when measured
+        # directly, so it is derived from the two that are not.
+        derived = added[NEVER] + (added[1] - added[NEVER]) / 100
+        target, verdict = "-", "-"
+        if tool == "tracelet":
+            target = f"<= {WATCH_TARGET:.0f}%"
+            verdict = "PASS" if derived <= WATCH_TARGET else "MISS"
+        label = f"  {tool}.watch log_freq=100, hooks + 1/100 sample"
+        rows.append((label, f"{derived:+.1f}%", target, verdict))
     return rows
 
 

@@ -58,6 +58,4 @@ class TensorValues(FrameworkPlugin):
     def detach(self) -> None:
         """Nothing was installed."""
 
-    def metric_value(self, value: Any) -> float | PendingValue | None:
-        """See :func:`scalar_value`."""
-        return scalar_value(value)
+    metric_value = staticmethod(scalar_value)  # one call less on the training thread
