@@ -118,6 +118,16 @@ def test_std_is_exact_when_the_mean_dwarfs_the_spread(read_store):
     assert row[2] == pytest.approx(values.double().std().item(), rel=1e-3)
 
 
+def test_low_precision_tensors_are_measured_in_float32():
+    from tracelet_torch.stats import tensor_stats
+
+    half = torch.full((4,), 0.1, dtype=torch.bfloat16)
+    rows = tensor_stats([half, torch.arange(4.0, dtype=torch.float64)])
+    assert rows.dtype == torch.float32
+    assert rows[0, 1].item() == pytest.approx(half.float().mean().item())
+    assert rows[1].tolist()[:3] == pytest.approx([14**0.5, 1.5, 1.2909944])
+
+
 def test_a_lazy_module_is_watched_once_materialized(read_store):
     model = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     with tracelet.start_logging("lazy") as exp:

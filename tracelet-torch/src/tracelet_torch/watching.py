@@ -161,7 +161,7 @@ class ModelWatcher(FrameworkPlugin):
             if self.log != "gradients":
                 self._send("param", step, list(zip(names, params, strict=True)), tensor_stats)
             if self.update_ratio:
-                self._before = (optimizer, step, watched, torch._foreach_clone(params))
+                self._before = (optimizer, step, watched, [p.clone() for p in params])
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._before is None or self._before[0] is not optimizer:
