@@ -119,11 +119,11 @@ def test_the_spec_s_lightning_callback_example(tmp_path, read_store, mlflow_serv
     Lightning's default logger (TensorBoard): every value arrives once."""
     import pytorch_lightning as pl
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.optim import optimizer
 
     from tracelet.integrations import LightningCallback
+    from tracelet_torch import optim_hooks
 
-    hooks = len(optimizer._global_optimizer_pre_hooks)
+    hooks = optim_hooks.listeners()
     model = tiny_module(pl)
     config = {"backend": ["local", "mlflow"], "tracking_uri": mlflow_server.url}
     config["enable_automagic"] = True  # optimizer hyperparameters too
@@ -157,7 +157,7 @@ def test_the_spec_s_lightning_callback_example(tmp_path, read_store, mlflow_serv
     assert params["optimizer/class"] == "SGD"
     assert [s for s, _ in points(store, run.id, "grad/total_norm")] == [1, 3, 5]
     assert points(store, run.id, "param/net.0.weight/update_ratio")
-    assert len(optimizer._global_optimizer_pre_hooks) == hooks  # unwatched at the end
+    assert optim_hooks.listeners() == hooks  # unwatched at the end
     assert trainer.checkpoint_callback.dirpath.startswith(trainer.logger.log_dir)
 
 
@@ -179,6 +179,30 @@ def test_a_second_stage_continues_the_callback_s_run(tmp_path, read_store):
     (run,) = read_store().list_runs()
     assert [s for s, _ in points(read_store(), run.id, "val/loss")][-1] == 6
     assert sum(1 for k in read_store().params(run.id) if k == "lr") == 1
+
+
+def test_a_model_built_in_configure_model_is_watched(tmp_path, read_store):
+    import lightning.pytorch as pl
+
+    from tracelet.integrations import LightningCallback
+
+    class Late(pl.LightningModule):
+        def configure_model(self):
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, index):
+            return self.net(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    callback = LightningCallback(project="late", checkpoint_interval=2)
+    trainer = pl.Trainer(
+        callbacks=[callback], logger=pl.loggers.CSVLogger(tmp_path), **QUIET_TRAINER
+    )
+    trainer.fit(Late(), data())
+    run = callback.experiment
+    assert [s for s, _ in points(read_store(), run.id, "grad/net.weight/norm")] == [1, 3, 5]
 
 
 QUIET_TRAINER = {
@@ -328,14 +352,18 @@ def test_the_spec_s_transformers_callback_example(tmp_path, read_store, mlflow_s
     assert params["model_config/id2label/0"] == "LABEL_0"
     assert params["model/class"] == "BertForSequenceClassification"
     assert "hf_secret_token_value" not in repr(params)
-    assert [c["step"] for c in store.checkpoints(run.id)] == [1, 3, 5]
+    checkpoints = store.checkpoints(run.id)  # every 2 of the Trainer's steps, with their loss
+    assert [c["step"] for c in checkpoints] == [2, 4, 6]
+    assert [c["metrics"]["loss"] for c in checkpoints] == pytest.approx([v for _, v in losses])
     grad_norms = {s: logs["grad_norm"] for s, logs in logged if "grad_norm" in logs}
-    watched = dict(points(store, run.id, "grad/total_norm"))  # every 2 steps, HF's numbering
+    watched = dict(points(store, run.id, "grad/total_norm"))  # numbered as the Trainer does
     assert sorted(watched) == [2, 4, 6]
-    assert watched[2] == pytest.approx(grad_norms[2], rel=1e-4)
-    metrics = trainer.evaluate(Sentences())  # after train: the same run, continued
+    clip = training_args.max_grad_norm  # watch sees what the optimizer applies: clipped
+    assert watched[2] == pytest.approx(min(grad_norms[2], clip), rel=1e-4)
+    metrics = trainer.evaluate(Sentences())  # after train: the same run, continued, ended
     assert callback.experiment.id == run.id
-    callback.experiment.stop()
+    assert callback.experiment.status == tracelet.RunStatus.FINISHED
+    assert tracelet.get_active_experiment() is None
     assert points(read_store(), run.id, "eval_loss") == [(6, pytest.approx(metrics["eval_loss"]))]
 
 

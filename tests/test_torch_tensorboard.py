@@ -338,5 +338,5 @@ def test_watch_on_a_cuda_model_never_syncs_the_training_thread(read_store):
         finally:
             torch.cuda.set_sync_debug_mode(0)
     store = read_store()
-    assert [s for s, _ in points(store, exp.id, "grad/0.weight/norm")] == [0, 2, 4, 6]
+    assert [s for s, _ in points(store, exp.id, "grad/0.weight/norm")] == [1, 3, 5, 7]
     assert len(points(store, exp.id, "loss")) == 8

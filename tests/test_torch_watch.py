@@ -154,9 +154,9 @@ def test_watch_defaults_to_the_checkpoint_interval_and_gradient_layers_select(re
 
 
 def optimizer_hooks():
-    from torch.optim import optimizer
+    from tracelet_torch import optim_hooks
 
-    return len(optimizer._global_optimizer_pre_hooks) + len(optimizer._global_optimizer_post_hooks)
+    return optim_hooks.listeners()
 
 
 def test_unwatch_removes_every_hook_and_track_gradients_off_installs_none(read_store):
@@ -332,3 +332,95 @@ def test_torch_integrations_cost_nothing_until_torch_is_imported(tmp_path):
     attached, imported = done.stdout.strip().splitlines()
     assert {"tensorboard", "torch", "torch-tensors"} <= set(eval(attached))
     assert imported == "False True"
+
+
+def test_two_models_and_their_optimizers_keep_apart(read_store):
+    """A GAN's generator and discriminator: each its own names and total norm."""
+    generator, critic = tiny_model(), tiny_model()
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (generator, critic)]
+    with tracelet.start_logging("gan") as exp:
+        tracelet.watch(generator, log_freq=1, log="gradients")
+        tracelet.watch(critic, log_freq=1, log="gradients", prefix="critic")
+        for _ in range(3):
+            for model, optimizer in zip((generator, critic), optimizers, strict=True):
+                optimizer.zero_grad()
+                model(torch.randn(4, 4)).sum().backward()
+                optimizer.step()
+            tracelet.step()
+    store = read_store()
+    assert [s for s, _ in points(store, exp.id, "grad/0.weight/norm")] == [0, 1, 2]
+    assert [s for s, _ in points(store, exp.id, "grad/critic.0.weight/norm")] == [0, 1, 2]
+    assert [s for s, _ in points(store, exp.id, "grad/critic.total_norm")] == [0, 1, 2]
+    assert [s for s, _ in points(store, exp.id, "grad/total_norm")] == [0, 1, 2]
+
+
+def test_a_third_model_gets_a_prefix_of_its_own(read_store):
+    with tracelet.start_logging("three") as exp:
+        prefixes = [tracelet.watch(tiny_model()).prefix for _ in range(3)]
+    assert prefixes == ["", "model2.", "model3."]
+    assert exp.status is tracelet.RunStatus.FINISHED
+
+
+def test_stopping_the_run_inside_an_optimizer_step_raises_nothing(read_store):
+    """Hooks are never removed from torch's hook dict while it iterates over them."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    models = [tiny_model(), tiny_model()]
+    with tracelet.start_logging("stopped inside") as exp:
+        for model in models:
+            tracelet.watch(model, log_freq=1)
+
+    def stop_at_step_two(optimizer, args, kwargs):
+        if exp.iteration == 2:
+            exp.stop()
+
+    handle = register_optimizer_step_pre_hook(stop_at_step_two)
+    try:
+        exp = tracelet.start_logging("stopped inside")
+        for model in models:
+            tracelet.watch(model, log_freq=1)
+        train(models[0], 2)
+        optimizer = torch.optim.SGD(models[1].parameters(), lr=0.1)
+        models[1](torch.ones(2, 4)).sum().backward()
+        optimizer.step()  # the run stops inside this step
+    finally:
+        handle.remove()
+    assert exp.status is tracelet.RunStatus.FINISHED
+
+
+def test_a_fused_optimizer_under_a_grad_scaler_is_measured_unscaled(read_store):
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    applied = []
+    with tracelet.start_logging("fused") as exp:
+        tracelet.watch(model, log_freq=1, log="gradients")
+        for _ in range(2):
+            optimizer.zero_grad()
+            scaler.scale(model(torch.randn(8, 4)).pow(2).mean()).backward()
+            applied.append(model[0].weight.grad.norm().item() / scaler.get_scale())
+            scaler.step(optimizer)  # fused: the optimizer unscales, not the scaler
+            scaler.update()
+            tracelet.step()
+    got = [v for _, v in points(read_store(), exp.id, "grad/0.weight/norm")]
+    assert got == pytest.approx(applied, rel=1e-4)
+
+
+def test_a_step_with_a_closure_and_no_gradients_yet_logs_no_zero_norm(read_store):
+    model = tiny_model()
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=2)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(torch.ones(4, 4)).pow(2).mean()
+        loss.backward()
+        return loss
+
+    with tracelet.start_logging("closure") as exp:
+        tracelet.watch(model, log_freq=1, log="gradients")
+        optimizer.step(closure)  # no gradient exists before the closure runs
+        tracelet.step()
+        optimizer.step(closure)
+    norms = points(read_store(), exp.id, "grad/total_norm")
+    assert [s for s, _ in norms] == [1]
+    assert norms[0][1] > 0

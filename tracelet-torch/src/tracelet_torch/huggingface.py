@@ -38,6 +38,7 @@ class TransformersCallback(TrainerCallback):
     ) -> None:
         self._run = CallbackRun(project, run_name, backend, config, checkpoint_interval)
         self.watch = watch
+        self._training = False
 
     @property
     def experiment(self) -> Any:
@@ -51,6 +52,7 @@ class TransformersCallback(TrainerCallback):
         once; watch the model."""
         if not state.is_world_process_zero:
             return
+        self._training = True
         experiment = self._run.get(resume=True)
         if self._run.first_time():
             # tokens: masked by to_dict(), and again by Tracelet's secret redaction
@@ -61,13 +63,13 @@ class TransformersCallback(TrainerCallback):
                 if config is not None and hasattr(config, "to_dict"):
                     experiment.log_params({"model_config": string_keys(config.to_dict())})
         if model is not None and self.watch:
-            experiment.watch(model)
+            self._run.watch(model, first_step=1)  # the Trainer counts steps from 1
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Bring the run's step to the step starting (``state.global_step + 1``, as the
         Trainer numbers it in its logs); checkpoints as it passes an interval."""
         if state.is_world_process_zero:
-            self._run.follow(state.global_step + 1)
+            self._run.follow(state.global_step + 1, first=1)
 
     def on_log(
         self,
@@ -84,13 +86,24 @@ class TransformersCallback(TrainerCallback):
         if values:
             self._run.get(resume=True).log_metrics(values, state.global_step)
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """After an ``evaluate()`` outside training (its values are logged by then), end
+        the run again if the callback started it."""
+        if state.is_world_process_zero and not self._training:
+            self._run.end("finished")
+
+    on_predict = on_evaluate
+
     def on_train_end(
         self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
     ) -> None:
-        """Stop watching; end the run if the callback started it."""
+        """Finish the last step (its checkpoint, when due); stop watching; end the run if
+        the callback started it."""
         experiment = self._run.experiment
         if not state.is_world_process_zero or experiment is None:
             return
+        self._training = False
+        self._run.follow(state.global_step + 1, first=1)
         if experiment.is_running and model is not None:
             experiment.unwatch(model)
         self._run.end("finished")

@@ -4,7 +4,6 @@ importing it ourselves (importing torch or TensorBoard costs a second or more)."
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import sys
 import threading
 from collections.abc import Callable
@@ -52,11 +51,23 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname not in _waiting:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        spec = _found_by_others(self, fullname, path, target)
         if spec is None or spec.loader is None:
             return None
         spec.loader = _NotifyingLoader(spec.loader)
         return spec
+
+
+def _found_by_others(finder: Any, fullname: str, path: Any, target: Any) -> Any:
+    """The spec the other finders give (an editable install's own finder included)."""
+    for other in list(sys.meta_path):
+        find_spec = getattr(other, "find_spec", None)
+        if other is finder or find_spec is None:
+            continue
+        spec = find_spec(fullname, path, target)
+        if spec is not None:
+            return spec
+    return None
 
 
 class _NotifyingLoader(importlib.abc.Loader):

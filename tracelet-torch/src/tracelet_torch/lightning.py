@@ -23,7 +23,7 @@ except ImportError:  # the standalone pytorch_lightning package
     from pytorch_lightning.utilities import rank_zero_only
 
 from tracelet_torch.runs import CallbackRun, string_keys
-from tracelet_torch.tensorboard import ignore_callers
+from tracelet_torch.tensorboard import ignore_callers_while
 
 STATUSES = {"success": "finished", "failed": "failed"}
 """Lightning's final status to Tracelet's (anything else: ``killed``)."""
@@ -55,6 +55,7 @@ class TraceletLogger(Logger):
     ) -> None:
         super().__init__()
         self._run = CallbackRun(project, run_name, backend, config)
+        ignore_callers_while(self, LIGHTNING_LOGGERS)
 
     @classmethod
     def sharing(cls, run: CallbackRun) -> TraceletLogger:
@@ -83,15 +84,10 @@ class TraceletLogger(Logger):
         """The Tracelet run (an :class:`~tracelet.Experiment`), started if need be."""
         return self._run.get()
 
-    def _logging_run(self) -> Any:
-        experiment = self._run.get(resume=True)
-        ignore_callers(experiment, LIGHTNING_LOGGERS)
-        return experiment
-
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log ``metrics`` at ``step``; the run's step follows Lightning's."""
-        experiment = self._logging_run()
+        experiment = self._run.get(resume=True)
         if step is not None:
             self._run.follow(step)
         experiment.log_metrics(dict(metrics), step)
@@ -103,11 +99,15 @@ class TraceletLogger(Logger):
         """Log hyperparameters (``save_hyperparameters``, a dict or a Namespace)."""
         values = vars(params) if isinstance(params, Namespace) else params
         if values:
-            self._logging_run().log_params(string_keys(values))
+            self._run.get(resume=True).log_params(string_keys(values))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """End the run if this logger started it (``success``: finished)."""
+        """Finish the last step (its checkpoint, when one is due); end the run if this
+        logger started it (``success``: finished)."""
+        experiment = self._run.experiment
+        if experiment is not None:
+            self._run.follow(experiment.iteration + 1)
         self._run.end(STATUSES.get(status, "killed"))
 
 
@@ -141,32 +141,47 @@ class LightningCallback(Callback):
         return self._run.experiment
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Start (or find, or continue) the run; describe the model; watch it; add the
-        logger."""
+        """Start (or find, or continue) the run; add the logger."""
         if not trainer.is_global_zero:
             return
-        experiment = self._run.get(resume=True)
+        self._run.get(resume=True)
         loggers = trainer.loggers
         if loggers and not any(isinstance(logger, TraceletLogger) for logger in loggers):
             trainer.loggers = [*loggers, TraceletLogger.sharing(self._run)]
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Describe the model once and watch it (its layers exist now, even those made
+        in ``configure_model``)."""
+        if trainer.is_global_zero:
+            self._describe(pl_module)
+            if self.watch:
+                self._run.watch(pl_module)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        """Describe the model once (a ``validate`` or ``test`` without ``fit``)."""
+        if trainer.is_global_zero:
+            self._describe(pl_module)
+
+    on_test_start = on_validation_start
+
+    def _describe(self, pl_module: Any) -> None:
+        experiment = self._run.get(resume=True)
         if self._run.first_time():
             hparams = getattr(pl_module, "hparams", None)
             if hparams:
                 experiment.log_params(string_keys(hparams))
             experiment.capture_model(pl_module)
-        if self.watch and stage == "fit":
-            experiment.watch(pl_module)
 
     def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
-        """Bring the run's step to ``trainer.global_step``: the steps before it are done,
-        with their logged values (checkpoints as it passes an interval)."""
+        """Bring the run's step to the step Lightning's loggers get now: the steps before
+        it are done, with their logged values (checkpoints as it passes an interval)."""
         if trainer.is_global_zero:
-            self._run.follow(trainer.global_step)
+            self._run.follow(_logged_step(trainer))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Finish the last step (its checkpoint, when one is due)."""
         if trainer.is_global_zero:
-            self._run.follow(trainer.global_step)
+            self._run.follow(_logged_step(trainer))
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """End a run the callback started as failed (killed, on an interrupt)."""
@@ -182,3 +197,10 @@ class LightningCallback(Callback):
         if experiment.is_running:
             experiment.unwatch(pl_module)
         self._run.end("finished")
+
+
+def _logged_step(trainer: Any) -> int:
+    """The step Lightning gives its loggers: optimizer steps taken, once per batch under
+    manual optimization too (``trainer.global_step`` counts every optimizer's steps)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return getattr(loop, "_batches_that_stepped", trainer.global_step)

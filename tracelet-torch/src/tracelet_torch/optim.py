@@ -29,29 +29,33 @@ class OptimizerCapture(FrameworkPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.experiment: Any = None
+        self._cancel: Callable[[], None] = _nothing
         self._seen: weakref.WeakKeyDictionary[Any, _Tracked] = weakref.WeakKeyDictionary()
         self._numbers = itertools.count(1)
         """Optimizers in the order first seen: ``optimizer``, ``optimizer2`` ..."""
-        self._handle: Any = None
-        self._cancel: Callable[[], None] | None = None
+        self._listening = False
 
     def attach(self, experiment: Any) -> None:
         """With automagic on (``enable_automagic``), register the step hook now, or when
         ``torch.optim`` is imported."""
         self.experiment = experiment
         if self.config.get("enable_automagic"):
-            self._cancel = when_imported("torch.optim.optimizer", self._register)
+            self._cancel = when_imported("torch.optim.optimizer", self._listen)
 
-    def _register(self, module: ModuleType) -> None:
-        self._handle = module.register_optimizer_step_post_hook(self._after_step)
+    def _listen(self, module: ModuleType) -> None:
+        from tracelet_torch import optim_hooks
+
+        optim_hooks.listen(after=self._after_step)
+        self._listening = True
 
     def detach(self) -> None:
-        """Remove the hook."""
-        if self._cancel is not None:
-            self._cancel()
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Stop listening (safe from inside an optimizer step)."""
+        self._cancel()
+        if self._listening:
+            from tracelet_torch import optim_hooks
+
+            optim_hooks.stop_listening(after=self._after_step)
+            self._listening = False
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
@@ -112,3 +116,7 @@ def _kept(value: Any) -> bool:
     if _simple(value):
         return True
     return isinstance(value, tuple) and all(isinstance(v, numbers.Real) for v in value)
+
+
+def _nothing() -> None:
+    return None

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import tracelet
+from tracelet.plugins import report_once
 
 
 class CallbackRun:
@@ -66,12 +67,33 @@ class CallbackRun:
         self._described.add(run_id)
         return True
 
-    def follow(self, step: int) -> None:
-        """Advance the run's step to the trainer's ``step`` one at a time, so that a
-        checkpoint is written each time it passes a ``checkpoint_interval``."""
+    def follow(self, step: int, first: int = 0) -> None:
+        """Move the run's step on to the trainer's ``step`` (never back). The steps before
+        it are done: the last of them that ends a ``checkpoint_interval`` (counting the
+        trainer's steps from ``first``) gets its checkpoint, now that its values are in."""
         experiment = self.experiment
-        while experiment is not None and experiment.is_running and experiment.iteration < step:
-            experiment.step()
+        if experiment is None or not experiment.is_running or step <= experiment.iteration:
+            return
+        finished = experiment.iteration - 1  # the last step already past
+        experiment.set_iteration(step)
+        interval = experiment.settings.checkpoint_interval
+        if not interval or not experiment.settings.track_checkpoints:
+            return
+        due = step - 1 - (step - first) % interval  # the last step ending an interval
+        if due > finished and due >= first:
+            experiment.checkpoint(due)
+
+    def watch(self, model: Any, first_step: int = 0) -> None:
+        """Watch ``model`` in the run (a problem is reported, never raised into the
+        trainer); statistics on the steps that end an interval counted from
+        ``first_step``."""
+        try:
+            watcher = self.experiment.watch(model)
+        except Exception as error:
+            report_once("tracelet watch", f"{type(model).__name__} not watched: {error}")
+            return
+        if watcher is not None:
+            watcher.first_step = first_step
 
     def end(self, status: str = "finished") -> None:
         """End the run if this callback started it (a run it found keeps running)."""

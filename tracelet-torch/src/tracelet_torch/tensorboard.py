@@ -20,6 +20,7 @@ import io
 import json
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
@@ -207,12 +208,32 @@ def _wrapped(writer_class: type, name: str, library: Library) -> Callable[..., A
 
 
 def _ignored() -> bool:
-    """Whether the latest capture ignores the module calling the writer."""
-    ignored = _captures[-1].ignored
+    """Whether the module calling the writer is one whose calls are not captured."""
+    ignored = _ignored_modules
     if not ignored:
         return False
     caller = sys._getframe(2)  # _ignored <- the wrapped method <- the writer's caller
     return caller.f_globals.get("__name__", "").startswith(ignored)
+
+
+_covering: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_ignored_modules: tuple[str, ...] = ()
+
+
+def ignore_callers_while(owner: Any, modules: tuple[str, ...]) -> None:
+    """Capture no writer calls made from ``modules`` (names or prefixes) while ``owner``
+    lives: it delivers their values itself (a ``TraceletLogger`` beside Lightning's
+    TensorBoard logger)."""
+    with _lock:
+        _covering[owner] = modules
+        weakref.finalize(owner, _recount)
+        _recount()
+
+
+def _recount() -> None:
+    global _ignored_modules
+    with _lock:
+        _ignored_modules = tuple(dict.fromkeys(m for ms in _covering.values() for m in ms))
 
 
 def _prepared(
@@ -230,6 +251,8 @@ def _prepared(
     bound.apply_defaults()
     try:
         return forward(_captures[-1].experiment, Call(bound.arguments, library))
+    except IndexError:  # the last run stopped meanwhile, on another thread
+        return None
     except Exception as error:
         report_once("tracelet tensorboard", f"{name} not captured: {error!r}")
         return None
@@ -268,14 +291,7 @@ class TensorBoardCapture(FrameworkPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.experiment: Any = None
-        self.ignored: tuple[str, ...] = ()
-        """Modules whose writer calls are not captured (their values reach the run another
-        way: Lightning's TensorBoard logger beside a ``TraceletLogger``)."""
         self._cancels: list[Callable[[], None]] = []
-
-    def ignore_callers(self, modules: tuple[str, ...]) -> None:
-        """Stop capturing the writer calls made from ``modules`` (names or prefixes)."""
-        self.ignored = tuple(dict.fromkeys((*self.ignored, *modules)))
 
     def attach(self, experiment: Any) -> None:
         """Patch the writer classes now, or when their library is imported."""
@@ -303,10 +319,3 @@ def _safe_patch(library: Library, module: ModuleType) -> None:
         _patch(library, module)
     except Exception as error:  # never break the user's import
         report_once("tracelet tensorboard", f"{library.writer_module} not captured: {error!r}")
-
-
-def ignore_callers(experiment: Any, modules: tuple[str, ...]) -> None:
-    """Have ``experiment``'s TensorBoard capture (if attached) ignore ``modules``' calls."""
-    for framework in experiment.frameworks:
-        if isinstance(framework, TensorBoardCapture):
-            framework.ignore_callers(modules)

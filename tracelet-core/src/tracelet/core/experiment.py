@@ -470,7 +470,7 @@ class Experiment:
 
     def log_gradient_stats(self, stats: Mapping[str, Any], step: int | None = None) -> None:
         """Log gradient statistics (``{"total_norm": 1.3, "fc1.weight/norm": 0.2}``) as
-        ``grad/...`` metrics; the latest are kept with each checkpoint.
+        ``grad/...`` metrics; the latest of each name are kept with each checkpoint.
 
         Nothing is kept with ``track_gradients`` off; with ``gradient_layers``, per-layer
         statistics only of those layers (see :mod:`tracelet.gradients`)."""
@@ -482,7 +482,7 @@ class Experiment:
         layers = self.settings.gradient_layers
         values = {f"grad/{n}": checked[f"grad/{n}"] for n in selected_stats(stats, layers)}
         self.log_metrics(values, step)
-        self._gradients = values
+        self._gradients = {**self._gradients, **values}  # several models, several optimizers
 
     def log_text(self, name: str, text: str, step: int | None = None) -> None:
         """Log a piece of text at ``step`` (default: the current iteration)."""
