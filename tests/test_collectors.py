@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -34,6 +35,73 @@ def test_system_samples_are_metrics_on_the_interval(read_store):
     samples = [p for p in points if p[0] == "system/process_rss_gb"]
     assert len(samples) >= 3
     assert all(0 < p[1] < 1000 for p in samples)
+
+
+def test_a_system_sample_covers_cores_swap_io_rates_and_the_process(read_store, tmp_path):
+    exp = tracelet.Experiment(
+        "system",
+        settings=TraceletSettings.load({"track_env": False, "track_git": False}),
+        options={"metrics_interval": 0.1},
+    )
+    with exp:
+        (tmp_path / "written.bin").write_bytes(b"x" * 2_000_000)  # some disk traffic
+        time.sleep(0.35)
+    names = read_store().metric_names(exp.id)
+    import psutil
+
+    cores = {f"system/cpu{i}_percent" for i in range(psutil.cpu_count())}
+    expected = {
+        "system/swap_percent",
+        "system/swap_used_gb",
+        "system/process_threads",
+        "system/process_open_files",
+        "system/disk_read_mb_s",
+        "system/disk_write_mb_s",
+        "system/net_sent_mb_s",
+        "system/net_recv_mb_s",
+    }
+    if psutil.disk_io_counters() is None:  # a container without disk counters
+        expected -= {"system/disk_read_mb_s", "system/disk_write_mb_s"}
+    assert cores | expected <= set(names)
+    threads = [p[1] for p in read_store().metrics(exp.id, "system/process_threads")]
+    assert all(t >= 2 for t in threads)  # at least the training and the collector thread
+    rates = [p[1] for p in read_store().metrics(exp.id, "system/net_recv_mb_s")]
+    assert all(r >= 0 for r in rates)
+
+
+def test_system_metrics_reach_mlflow_under_the_same_names(read_store, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    config = {"metrics_interval": 0.1, "tracking_uri": mlflow_server.url}
+    settings = TraceletSettings.load({"track_env": False, "track_git": False})
+    exp = tracelet.Experiment(
+        "system", backend=["local", "mlflow"], settings=settings, options=config
+    )
+    with exp:
+        time.sleep(0.35)
+    local = {n for n in read_store().metric_names(exp.id) if n.startswith("system/")}
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`tracelet.run_id` = '{exp.id}'",
+    )
+    assert set(run.data.metrics) == local
+    history = client.get_metric_history(run.info.run_id, "system/process_threads")
+    stored = read_store().metrics(exp.id, "system/process_threads")
+    assert sorted((m.step, m.value) for m in history) == sorted((p[2], p[1]) for p in stored)
+
+
+def test_the_collector_thread_stops_at_once(read_store):
+    exp = tracelet.Experiment(
+        "slow samples",
+        settings=TraceletSettings.load({"track_env": False, "track_git": False}),
+        options={"metrics_interval": 3600.0},
+    )
+    exp.start()
+    time.sleep(0.2)  # the first sample is taken, the next due in an hour
+    exp.stop()
+    assert not [t for t in threading.enumerate() if t.name == "tracelet-collectors"]
+    assert read_store().metrics(exp.id, "system/cpu_percent")
 
 
 def test_environment_is_recorded_once_as_params_with_secrets_hidden(read_store, monkeypatch):

@@ -1,14 +1,19 @@
-"""The system collector: CPU, memory, this process, and NVIDIA GPUs when NVML is available."""
+"""The system collector: CPU (total and per core), memory and swap, disk and network I/O
+rates, this process (CPU, RSS, threads, open files), and NVIDIA GPUs when NVML is
+available. Every value is a number; the runner logs them as ``system/<key>``.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from tracelet.plugins import CollectorPlugin
 
 logger = logging.getLogger("tracelet")
 GB = 1e9
+MB = 1e6
 
 
 class SystemCollector(CollectorPlugin):
@@ -19,6 +24,8 @@ class SystemCollector(CollectorPlugin):
         self._process: Any = None
         self._gpus: list[Any] = []
         self._nvml: Any = None
+        self._io: tuple[float, Any, Any] | None = None
+        """When the I/O counters were last read, and what they said (for rates)."""
 
     def start(self) -> None:
         """Prime the CPU counters and find the GPUs."""
@@ -27,7 +34,9 @@ class SystemCollector(CollectorPlugin):
         self.interval = float(self.config.get("metrics_interval", self.interval))
         self._process = psutil.Process()
         psutil.cpu_percent(None)
+        psutil.cpu_percent(None, percpu=True)
         self._process.cpu_percent(None)
+        self._io = (time.monotonic(), _disk(psutil), _net(psutil))
         if self.config.get("track_gpu", True):
             self._gpus = self._find_gpus()
 
@@ -43,20 +52,58 @@ class SystemCollector(CollectorPlugin):
         return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
 
     def collect(self) -> dict[str, float]:
-        """One sample: ``cpu_percent``, ``memory_*``, ``process_*`` and ``gpu<i>_*``."""
+        """One sample: ``cpu_percent`` and ``cpu<i>_percent``, ``memory_*``, ``swap_*``,
+        ``disk_*_mb_s`` and ``net_*_mb_s`` (rates since the last sample), ``process_*``
+        and ``gpu<i>_*``."""
         import psutil
 
         memory = psutil.virtual_memory()
+        swap = psutil.swap_memory()
         sample = {
             "cpu_percent": psutil.cpu_percent(None),
             "memory_percent": memory.percent,
             "memory_used_gb": memory.used / GB,
-            "process_cpu_percent": self._process.cpu_percent(None),
-            "process_rss_gb": self._process.memory_info().rss / GB,
+            "swap_percent": swap.percent,
+            "swap_used_gb": swap.used / GB,
         }
+        cores = psutil.cpu_percent(None, percpu=True)
+        sample.update({f"cpu{i}_percent": value for i, value in enumerate(cores)})
+        sample.update(self._io_rates(psutil))
+        sample.update(self._process_sample())
         for index, handle in enumerate(self._gpus):
             sample.update(self._gpu_sample(index, handle))
         return sample
+
+    def _process_sample(self) -> dict[str, float]:
+        process = self._process
+        with process.oneshot():
+            sample = {
+                "process_cpu_percent": process.cpu_percent(None),
+                "process_rss_gb": process.memory_info().rss / GB,
+                "process_threads": float(process.num_threads()),
+            }
+            if hasattr(process, "num_fds"):  # POSIX: cheap, counts every open file
+                sample["process_open_files"] = float(process.num_fds())
+            else:
+                sample["process_open_files"] = float(len(process.open_files()))
+        return sample
+
+    def _io_rates(self, psutil: Any) -> dict[str, float]:
+        """Disk and network megabytes per second since the previous sample (none where
+        the system has no such counters, as in some containers)."""
+        now, disk, net = time.monotonic(), _disk(psutil), _net(psutil)
+        assert self._io is not None
+        then, last_disk, last_net = self._io
+        self._io = (now, disk, net)
+        seconds = max(now - then, 1e-6)
+        rates = {}
+        if disk is not None and last_disk is not None:
+            rates["disk_read_mb_s"] = (disk.read_bytes - last_disk.read_bytes) / MB / seconds
+            rates["disk_write_mb_s"] = (disk.write_bytes - last_disk.write_bytes) / MB / seconds
+        if net is not None and last_net is not None:
+            rates["net_sent_mb_s"] = (net.bytes_sent - last_net.bytes_sent) / MB / seconds
+            rates["net_recv_mb_s"] = (net.bytes_recv - last_net.bytes_recv) / MB / seconds
+        return {key: max(value, 0.0) for key, value in rates.items()}  # (counters reset)
 
     def _gpu_sample(self, index: int, handle: Any) -> dict[str, float]:
         nvml = self._nvml
@@ -80,3 +127,17 @@ class SystemCollector(CollectorPlugin):
         if self._nvml is not None:
             self._nvml.nvmlShutdown()
             self._nvml = None
+
+
+def _disk(psutil: Any) -> Any:
+    try:
+        return psutil.disk_io_counters()
+    except (RuntimeError, OSError):  # no disks to count
+        return None
+
+
+def _net(psutil: Any) -> Any:
+    try:
+        return psutil.net_io_counters()
+    except (RuntimeError, OSError):
+        return None
