@@ -211,3 +211,67 @@ def test_one_shot_collectors_run_even_in_a_very_short_run(read_store):
     with tracelet.start_logging("blink", config={"track_system": False, "track_git": False}) as e:
         pass
     assert "env/python" in read_store().params(e.id)
+
+
+SECRETS = {
+    "MY_API_KEY": "sk-planted-api-key",
+    "HF_TOKEN": "hf_planted_token",
+    "SERVICE_CREDENTIAL": "planted-credential",
+    "DATABASE_URL": "postgres://bob:planted-db-password@db.internal/app",
+    "WEBHOOK": "https://hooks.example/x?token=planted-query-token",
+}
+"""Environment variables planted with secrets (the value's secret part is the needle)."""
+NEEDLES = [
+    "sk-planted-api-key",
+    "hf_planted_token",
+    "planted-credential",
+    "planted-db-password",
+    "planted-query-token",
+    "planted-argv-secret",
+    "planted-git-password",
+    "planted-param-secret",
+]
+
+
+def files_containing(root, needles):
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [(str(path), n) for n in needles if n.encode() in data]
+    return found
+
+
+def test_planted_secrets_reach_neither_the_store_nor_mlflow(
+    tmp_path, read_store, mlflow_server, monkeypatch
+):
+    """Secrets in environment variables, the command line, a git remote and parameters:
+    the environment and git are recorded, the secrets are not, anywhere."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--api-key", "planted-argv-secret"])
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.txt").write_text("a")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    remote = "https://alice:planted-git-password@git.example/repo.git"
+    subprocess.run([*git, "remote", "add", "origin", remote], check=True)
+    options = {"tracking_uri": mlflow_server.url, "git_repo_path": str(repo)}
+    with tracelet.start_logging("secrets", backend=["local", "mlflow"], config=options) as exp:
+        exp.log_params({"db_password": "planted-param-secret", "lr": 0.1})
+    store = read_store()
+    params = store.params(exp.id)
+    assert params["git/remote"] == "https://***@git.example/repo.git"
+    assert "--api-key ***" in params["env/argv"]
+    variables = {t.name: t.text for t in store.texts(exp.id)}["env/variables"]
+    assert "MY_API_KEY=***" in variables
+    assert "DATABASE_URL=postgres://***@db.internal/app" in variables
+    assert "PATH=" in variables  # the rest of the environment is there
+    store.close()
+    for root in (read_store().path, mlflow_server.root):  # where each keeps everything
+        assert root.is_dir()
+        assert files_containing(root, ["MY_API_KEY=***"]), f"no environment in {root}"
+        assert files_containing(root, NEEDLES) == []

@@ -1,4 +1,5 @@
-"""The environment collector: Python, platform, command line and key package versions."""
+"""The environment collector: Python, platform, host, command line, installed packages and
+environment variables, with secrets redacted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from importlib import metadata
 
 from tracelet import __version__
 from tracelet.plugins import CollectorPlugin
-from tracelet.redaction import redact_argv
+from tracelet.redaction import REDACTED, is_secret_key, redact_argv, redact_uri
+
+SECRET_NAMES = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+"""An environment variable whose name contains one of these is never recorded."""
 
 PACKAGES = (
     "torch",
@@ -34,7 +38,9 @@ class EnvironmentCollector(CollectorPlugin):
     interval = None
 
     def collect(self) -> dict[str, str | int]:
-        """Python, platform, host, command line (secrets redacted) and package versions."""
+        """Python, platform, host, command line, key package versions (parameters), every
+        installed package and the environment variables (texts when long), secrets
+        redacted."""
         found: dict[str, str | int] = {
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
@@ -51,4 +57,29 @@ class EnvironmentCollector(CollectorPlugin):
                 found[f"packages/{package}"] = metadata.version(package)
             except metadata.PackageNotFoundError:
                 continue
+        found["installed"] = installed_packages()
+        found["variables"] = environment_variables()
         return found
+
+
+def installed_packages() -> str:
+    """Every installed distribution, one ``name==version`` a line, sorted."""
+    names = {(d.metadata["Name"] or "?", d.version) for d in metadata.distributions()}
+    return "\n".join(f"{name}=={version}" for name, version in sorted(names, key=_folded))
+
+
+def _folded(pair: tuple[str, str]) -> str:
+    return pair[0].lower()
+
+
+def environment_variables() -> str:
+    """The environment, ``NAME=value`` a line, sorted. A variable named like a secret
+    (containing KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL, or as Tracelet's parameter
+    redaction reads names) shows ``***``; every value loses the credentials of its URIs."""
+    lines = []
+    for name, value in sorted(os.environ.items()):
+        upper = name.upper()
+        if is_secret_key(name) or any(word in upper for word in SECRET_NAMES):
+            value = REDACTED
+        lines.append(f"{name}={redact_uri(value)}")
+    return "\n".join(lines)
