@@ -10,8 +10,14 @@ import pytest
 import tracelet
 from tracelet.storage import LocalStore
 
-QUIET = {"TRACELET_TRACK_SYSTEM": "0", "TRACELET_TRACK_ENV": "0", "TRACELET_TRACK_GIT": "0"}
-"""Collectors add samples and parameters to every run; tests that want them say so."""
+QUIET = {
+    "TRACELET_TRACK_SYSTEM": "0",
+    "TRACELET_TRACK_ENV": "0",
+    "TRACELET_TRACK_GIT": "0",
+    "TRACELET_TRACK_STDOUT": "0",
+}
+"""Collectors (and output capture) add samples, parameters and texts to every run; tests
+that want them say so."""
 
 
 @pytest.fixture(autouse=True)

@@ -170,7 +170,7 @@ def test_automagic_artifacts_only_takes_ml_files_with_their_type(tmp_path, fast_
 def test_automagic_frameworks_selects_integrations(frameworks):
     with tracelet.start_logging("only others", config={"automagic_frameworks": ["other"]}) as exp:
         assert frameworks == []
-        always = {"artifact-watch", "torch-tensors"}  # not selectable: always attached
+        always = {"artifact-watch", "output-capture", "torch-tensors"}  # not selectable
         assert {f.name for f in exp.frameworks} == always
     with tracelet.start_logging("chosen", config={"automagic_frameworks": ["recorder"]}):
         assert frameworks == [("attach", "chosen")]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +276,61 @@ def test_planted_secrets_reach_neither_the_store_nor_mlflow(
         assert root.is_dir()
         assert files_containing(root, ["MY_API_KEY=***"]), f"no environment in {root}"
         assert files_containing(root, NEEDLES) == []
+
+
+def test_printed_output_is_kept_as_the_run_s_texts_and_reaches_mlflow(
+    read_store, mlflow_server, capsys
+):
+    """What the terminal gets is unchanged (colours, a progress bar's carriage returns);
+    the run keeps it as a terminal shows it."""
+    from mlflow.tracking import MlflowClient
+
+    settings = TraceletSettings.load({"track_env": False, "track_git": False})
+    config = {"tracking_uri": mlflow_server.url, "track_system": False}
+    exp = tracelet.Experiment(
+        "printed", backend=["local", "mlflow"], settings=settings, options=config
+    )
+    with exp:
+        print("epoch 1: \x1b[32mgood\x1b[0m")
+        for percent in (10, 50, 100):
+            print(f"\rtraining {percent}%", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        print("done")
+    shown = capsys.readouterr()
+    # unchanged (MLflow itself prints a link to the run when it ends, after the capture)
+    assert shown.out.startswith("epoch 1: \x1b[32mgood\x1b[0m\ndone\n")
+    assert shown.err == "\rtraining 10%\rtraining 50%\rtraining 100%\n"
+    texts = {t.name: t.text for t in read_store().texts(exp.id)}
+    assert texts == {"stdout": "epoch 1: good\ndone\n", "stderr": "training 100%\n"}
+    client = MlflowClient(mlflow_server.url)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`tracelet.run_id` = '{exp.id}'",
+    )
+    import mlflow
+
+    folder = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id,
+        artifact_path="tracelet/texts/stdout",
+        tracking_uri=mlflow_server.url,
+    )
+    (only,) = Path(folder).iterdir()
+    assert only.read_text() == texts["stdout"]
+    assert type(sys.stdout).__name__ != "TeeStream"  # unwrapped
+
+
+@pytest.mark.parametrize(
+    "off",
+    [{"track_stdout": False}, ExperimentConfig(track_stdout=False)],
+    ids=["setting", "experiment config"],
+)
+def test_track_stdout_off_keeps_nothing(off, read_store, capsys):
+    settings = TraceletSettings.load({"track_env": False, "track_git": False})
+    if isinstance(off, ExperimentConfig):
+        exp = tracelet.Experiment("quiet", settings=settings, config=off)
+    else:
+        exp = tracelet.Experiment("quiet", settings=settings, options=off)
+    with exp:
+        print("not kept")
+    assert capsys.readouterr().out == "not kept\n"
+    assert read_store().texts(exp.id) == []

@@ -36,9 +36,8 @@ def test_each_field_is_the_per_run_synonym_of_a_setting(field, value):
 
 
 def test_every_field_is_mapped_or_has_its_own_effect():
-    own = {"track_stdout"}
     fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    assert fields == set(EXPERIMENT_CONFIG_SETTINGS) | own
+    assert fields == set(EXPERIMENT_CONFIG_SETTINGS)
 
 
 def test_a_field_at_its_default_leaves_the_environment_alone(monkeypatch):

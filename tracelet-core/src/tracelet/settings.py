@@ -83,6 +83,9 @@ class TraceletSettings:
         True, Bool(), "Record metrics (off: metric calls are checked, then dropped)."
     )
     track_args: bool = setting(True, Bool(), "Record the command line (secrets redacted).")
+    track_stdout: bool = setting(
+        True, Bool(), "Keep what the program prints (stdout, stderr) as texts of the run."
+    )
     track_checkpoints: bool = setting(
         True, Bool(), "Write checkpoints every `checkpoint_interval` steps."
     )
@@ -159,7 +162,6 @@ class ExperimentConfig:
         """The settings this configuration changes: every field not at its default.
 
         Each field is the per-run synonym of a setting (:data:`EXPERIMENT_CONFIG_SETTINGS`).
-        ``track_stdout`` has no setting yet: output is not captured.
         """
         return {
             EXPERIMENT_CONFIG_SETTINGS[field.name]: getattr(self, field.name)
@@ -173,6 +175,7 @@ EXPERIMENT_CONFIG_SETTINGS = {
     "track_metrics": "track_metrics",
     "track_environment": "track_env",
     "track_args": "track_args",
+    "track_stdout": "track_stdout",
     "track_checkpoints": "track_checkpoints",
     "track_system_metrics": "track_system",
     "track_git": "track_git",

@@ -47,6 +47,7 @@ BUILT_IN_PLUGINS = {
     "local": "tracelet.storage.backend",
     "collectors": "tracelet.collectors",
     "artifact_watch": "tracelet.artifact_watch",
+    "output_capture": "tracelet.output_capture",
 }
 """Plugin name to module, registered before any entry point (and disabled the same way)."""
 
