@@ -18,6 +18,7 @@ CHANGED = {
     "track_checkpoints": False,
     "track_environment": False,
     "track_args": False,
+    "track_stdout": False,
     "track_system_metrics": False,
     "track_git": False,
     "enable_automagic": True,
