@@ -334,3 +334,95 @@ def test_track_stdout_off_keeps_nothing(off, read_store, capsys):
         print("not kept")
     assert capsys.readouterr().out == "not kept\n"
     assert read_store().texts(exp.id) == []
+
+
+def mlflow_run_of(url, run_id):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`tracelet.run_id` = '{run_id}'",
+    )
+    return client, run
+
+
+def dirty_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
+    git(repo, *identity, "commit", "-q", "--allow-empty", "-m", "one")
+    (repo / "train.py").write_text("print('x')\n")
+    git(repo, "add", "train.py")
+    return repo
+
+
+OPTION_CASES = {
+    # option: (value, what the run shows then), each also checked in MLflow
+    "track_system": (False, {"system": False}),
+    "collect_system_metrics": (False, {"system": False}),
+    "track_system_metrics": (False, {"system": False}),
+    "metrics_interval": (0.1, {"samples": 3}),
+    "system_metrics_interval": (0.1, {"samples": 3}),
+    "track_git": (False, {"git": False}),
+    "track_git_info": (False, {"git": False}),
+    "track_env": (False, {"env": False}),
+    "track_environment": (False, {"env": False}),
+    "track_args": (False, {"argv": False, "env": True}),
+    "include_uncommitted_changes": (True, {"diff": True, "git": True}),
+    "collect_gpu_metrics": (False, {"gpu": False, "system": True}),
+    "track_stdout": (False, {"stdout": False}),
+}
+ENVIRONMENT_FORMS = ("track_system", "metrics_interval", "track_git", "track_env", "track_args")
+"""The options the spec also names as ``TRACELET_*`` variables."""
+
+
+def shown_in(metrics, params, texts):
+    return {
+        "system": any(m.startswith("system/") for m in metrics),
+        "gpu": any(m.startswith("system/gpu") for m in metrics),
+        "git": any(p.startswith("git/") for p in params),
+        "env": any(p.startswith("env/") for p in params),
+        "argv": "env/argv" in params,
+        "diff": "git/diff" in params or "git/diff" in texts,
+        "stdout": "stdout" in texts,
+    }
+
+
+@pytest.mark.slow  # (the module's collectors mark: every collector on, as a user gets them)
+@pytest.mark.parametrize(
+    ("option", "form"),
+    [(o, "config") for o in OPTION_CASES] + [(o, "environment") for o in ENVIRONMENT_FORMS],
+)
+def test_each_tracking_option_reads_back_from_the_store_and_mlflow(
+    option, form, tmp_path, read_store, mlflow_server, monkeypatch
+):
+    value, expected = OPTION_CASES[option]
+    config = {"tracking_uri": mlflow_server.url, "git_repo_path": str(dirty_repo(tmp_path))}
+    if form == "environment":
+        monkeypatch.setenv(f"TRACELET_{option.upper()}", str(value).lower())
+    else:
+        config[option] = value
+    with tracelet.start_logging("option", backend=["local", "mlflow"], config=config) as exp:
+        print("printed while the run is active")
+        time.sleep(0.7)  # (the one-shot collectors take about 0.15 s first)
+    store = read_store()
+    client, run = mlflow_run_of(mlflow_server.url, exp.id)
+    mlflow_texts = {
+        a.path.split("/")[2] for a in client.list_artifacts(run.info.run_id, "tracelet/texts")
+    }
+    texts = {t.name for t in store.texts(exp.id)}
+    views = {
+        "local": shown_in(set(store.metric_names(exp.id)), set(store.params(exp.id)), texts),
+        "mlflow": shown_in(set(run.data.metrics), set(run.data.params), mlflow_texts),
+    }
+    for where, shown in views.items():
+        for key, wanted in expected.items():
+            if key != "samples":
+                assert shown[key] is wanted, (where, key)
+    if "samples" in expected:
+        samples = store.metrics(exp.id, "system/cpu_percent")
+        assert len(samples) >= expected["samples"]
+        history = client.get_metric_history(run.info.run_id, "system/cpu_percent")
+        assert len(history) == len(samples)
