@@ -148,8 +148,7 @@ def describe_model(model: Any, config: AutomagicConfig = DEFAULT) -> dict[str, P
     }
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
-        sized = [p for p in parameters() if not type(p).__name__.startswith("Uninitialized")]
-        found.update(_parameter_counts(model, sized))  # (a lazy module's are not sized yet)
+        found.update(_parameter_counts(model, list(parameters())))
     get_params = getattr(model, "get_params", None)
     if callable(get_params):
         params = get_params()
@@ -161,7 +160,9 @@ def describe_model(model: Any, config: AutomagicConfig = DEFAULT) -> dict[str, P
 
 def _parameter_counts(model: Any, parameters: list[Any]) -> dict[str, ParamValue]:
     """Counts and bytes of a PyTorch-style model's parameters (and buffers), and its
-    layers: how many leaf modules, and of which kinds (``Linear x2, ReLU x1``)."""
+    layers: how many leaf modules, and of which kinds (``Linear x2, ReLU x1``). A lazy
+    module's parameters and buffers are left out until they are sized."""
+    parameters = [p for p in parameters if _sized(p)]
     found: dict[str, ParamValue] = {
         "parameters": sum(p.numel() for p in parameters),
         "trainable_parameters": sum(
@@ -169,8 +170,7 @@ def _parameter_counts(model: Any, parameters: list[Any]) -> dict[str, ParamValue
         ),
     }
     buffers = getattr(model, "buffers", None)
-    tensors = parameters + (list(buffers()) if callable(buffers) else [])
-    tensors = [t for t in tensors if not type(t).__name__.startswith("Uninitialized")]
+    tensors = parameters + [b for b in (buffers() if callable(buffers) else ()) if _sized(b)]
     if all(hasattr(t, "element_size") for t in tensors):
         found["size_bytes"] = sum(t.numel() * t.element_size() for t in tensors)
     modules = getattr(model, "modules", None)
@@ -180,6 +180,11 @@ def _parameter_counts(model: Any, parameters: list[Any]) -> dict[str, ParamValue
         found["layers"] = len(leaves)
         found["layer_types"] = ", ".join(f"{kind} x{count}" for kind, count in kinds.items())
     return found
+
+
+def _sized(tensor: Any) -> bool:
+    """Whether a tensor has its size (not a lazy module's ``Uninitialized...`` one)."""
+    return not type(tensor).__name__.startswith("Uninitialized")
 
 
 def describe_dataset(dataset: Any) -> dict[str, ParamValue]:

@@ -15,35 +15,21 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tracelet_torch.runs import CallbackRun, string_keys
+from tracelet_torch.runs import TracerCallback, string_keys
 
 
-class TransformersCallback(TrainerCallback):
+class TransformersCallback(TracerCallback, TrainerCallback):
     """Tracer's Transformers callback (see the module's description).
 
     With a run active when training starts, it logs there and leaves it running;
     otherwise it starts one with ``project``, ``run_name``, ``backend`` and ``config``
     (as :func:`tracelet.start_logging`) and ends it when training ends; an ``evaluate``
-    after ``train`` continues it.
+    after ``train`` continues it. ``TransformersCallback(project=None,
+    checkpoint_interval=None, run_name=None, backend=None, config=None, watch=True)``.
     """
 
-    def __init__(
-        self,
-        project: str | None = None,
-        checkpoint_interval: int | None = None,
-        run_name: str | None = None,
-        backend: str | list[str] | None = None,
-        config: Mapping[str, Any] | None = None,
-        watch: bool = True,
-    ) -> None:
-        self._run = CallbackRun(project, run_name, backend, config, checkpoint_interval)
-        self.watch = watch
-        self._training = False
-
-    @property
-    def experiment(self) -> Any:
-        """The run the callback logs to (None before training starts)."""
-        return self._run.experiment
+    _training = False
+    """Whether ``train()`` is under way (an ``evaluate()`` outside it ends the run again)."""
 
     def on_train_begin(
         self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any

@@ -22,7 +22,7 @@ except ImportError:  # the standalone pytorch_lightning package
     from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
     from pytorch_lightning.utilities import rank_zero_only
 
-from tracelet_torch.runs import CallbackRun, string_keys
+from tracelet_torch.runs import CallbackRun, TracerCallback, string_keys
 from tracelet_torch.tensorboard import ignore_callers_while
 
 STATUSES = {"success": "finished", "failed": "failed"}
@@ -111,7 +111,7 @@ class TraceletLogger(Logger):
         self._run.end(STATUSES.get(status, "killed"))
 
 
-class LightningCallback(Callback):
+class LightningCallback(TracerCallback, Callback):
     """Tracer's Lightning callback: ``Trainer(callbacks=[LightningCallback(project=...)])``.
 
     When a stage starts (on rank zero) it starts a run (or uses the active one, or
@@ -121,24 +121,9 @@ class LightningCallback(Callback):
     every ``checkpoint_interval`` steps, and adds a :class:`TraceletLogger` on the same
     run to the trainer's loggers (unless logging is off, ``logger=False``), so ``self.log``
     values arrive as Lightning logs them. It ends a run it started when the stage ends.
+    ``LightningCallback(project=None, checkpoint_interval=None, run_name=None,
+    backend=None, config=None, watch=True)``.
     """
-
-    def __init__(
-        self,
-        project: str | None = None,
-        checkpoint_interval: int | None = None,
-        run_name: str | None = None,
-        backend: str | list[str] | None = None,
-        config: Mapping[str, Any] | None = None,
-        watch: bool = True,
-    ) -> None:
-        self._run = CallbackRun(project, run_name, backend, config, checkpoint_interval)
-        self.watch = watch
-
-    @property
-    def experiment(self) -> Any:
-        """The run the callback logs to (None before training starts)."""
-        return self._run.experiment
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """Start (or find, or continue) the run; add the logger."""

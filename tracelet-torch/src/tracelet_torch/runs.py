@@ -101,6 +101,29 @@ class CallbackRun:
             self.experiment.stop(status)
 
 
+class TracerCallback:
+    """What Tracer's two callbacks share (``LightningCallback``, ``TransformersCallback``):
+    their options, their run, and whether they watch the model. Mixed in before the
+    framework's own callback class."""
+
+    def __init__(
+        self,
+        project: str | None = None,
+        checkpoint_interval: int | None = None,
+        run_name: str | None = None,
+        backend: str | list[str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        watch: bool = True,
+    ) -> None:
+        self._run = CallbackRun(project, run_name, backend, config, checkpoint_interval)
+        self.watch = watch
+
+    @property
+    def experiment(self) -> Any:
+        """The run the callback logs to (None before training starts)."""
+        return self._run.experiment
+
+
 def string_keys(params: Mapping[Any, Any]) -> dict[str, Any]:
     """``params`` with every key (nested ones too) as a string: a framework's own dicts
     (a model config's ``id2label``) may use numbers as keys, which Tracelet refuses."""

@@ -1,6 +1,6 @@
 """Which step a hook's records belong to.
 
-A hook (a backward pass, an optimizer step) does not know the loop's step. The run's
+A hook (an optimizer step) does not know the loop's step. The run's
 current step is used when the loop keeps it (``tracelet.step()``, ``set_iteration``, the
 Lightning and Transformers integrations); a loop that never advances it gets the hook's
 own count instead, so its records still form a curve rather than piling up at step 0.

@@ -14,7 +14,7 @@ from tracelet.plugins import CollectorPlugin
 from tracelet.redaction import REDACTED, is_secret_key, redact_argv, redact_uri
 
 SECRET_NAMES = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
-"""An environment variable whose name contains one of these is never recorded."""
+"""An environment variable whose name contains one of these is recorded as ``***``."""
 
 PACKAGES = (
     "torch",

@@ -294,7 +294,7 @@ class Experiment:
 
     def watch(self, model: Any, **options: Any) -> Any:
         """Track ``model``'s per-layer gradient and weight statistics every ``log_freq``
-        backward passes (needs ``tracelet-torch``; see ``docs/integrations/watch.md``)."""
+        optimizer steps (needs ``tracelet-torch``; see ``docs/integrations/watch.md``)."""
         return _torch_integration("watch").watch(self, model, **options)
 
     def unwatch(self, model: Any = None) -> None:
