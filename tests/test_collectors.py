@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -70,26 +71,57 @@ def test_a_system_sample_covers_cores_swap_io_rates_and_the_process(read_store, 
     assert all(r >= 0 for r in rates)
 
 
-def test_system_metrics_reach_mlflow_under_the_same_names(read_store, mlflow_server):
-    from mlflow.tracking import MlflowClient
+def tools_under_test(tmp_path, store_path, mlflow_url, wandb_dir, clearml_dir):
+    """Every backend's options and its reader, as the conformance kit reads them back."""
+    from tracelet.testing.local import LocalReadBack
+    from tracelet_aim.testing import AimReadBack
+    from tracelet_clearml.testing import ClearmlReadBack
+    from tracelet_mlflow.testing import MlflowReadBack
+    from tracelet_wandb.testing import WandbReadBack
 
-    config = {"metrics_interval": 0.1, "tracking_uri": mlflow_server.url}
-    settings = TraceletSettings.load({"track_env": False, "track_git": False})
-    exp = tracelet.Experiment(
-        "system", backend=["local", "mlflow"], settings=settings, options=config
+    aim_repo = tmp_path / "aim-repo"
+    options = {
+        "mlflow": {"tracking_uri": mlflow_url},
+        "wandb": {"dir": str(wandb_dir)},
+        "clearml": {"offline": True},
+        "aim": {"repo_path": str(aim_repo)},
+    }
+    readers = {
+        "local": LocalReadBack(store_path),
+        "mlflow": MlflowReadBack(mlflow_url),
+        "wandb": WandbReadBack(wandb_dir / "wandb"),
+        "clearml": ClearmlReadBack(clearml_dir),
+        "aim": AimReadBack(aim_repo),
+    }
+    return options, readers
+
+
+@pytest.mark.slow
+def test_what_the_collectors_gather_reaches_every_backend_under_the_same_names(
+    tmp_path, store_path, mlflow_server, wandb_offline, clearml_offline
+):
+    options, readers = tools_under_test(
+        tmp_path, store_path, mlflow_server.url, wandb_offline, clearml_offline
     )
-    with exp:
-        time.sleep(0.35)
-    local = {n for n in read_store().metric_names(exp.id) if n.startswith("system/")}
-    client = MlflowClient(mlflow_server.url)
-    (run,) = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`tracelet.run_id` = '{exp.id}'",
-    )
-    assert set(run.data.metrics) == local
-    history = client.get_metric_history(run.info.run_id, "system/process_threads")
-    stored = read_store().metrics(exp.id, "system/process_threads")
-    assert sorted((m.step, m.value) for m in history) == sorted((p[2], p[1]) for p in stored)
+    settings = {"metrics_interval": 0.1, "git_repo_path": str(dirty_repo(tmp_path))}
+    settings["include_uncommitted_changes"] = True
+    with tracelet.Experiment(
+        "collected", backend=list(readers), options=settings, backend_options=options
+    ) as exp:
+        time.sleep(0.6)
+    local = readers.pop("local")
+    system = sorted((p[0], p[2]) for p in local.metrics(exp.id) if p[0].startswith("system/"))
+    assert {"system/cpu_percent", "system/process_rss_gb", "system/disk_read_mb_s"} <= {
+        name for name, _ in system
+    }
+    collected = {n for n in local.params(exp.id) if n.startswith(("env/", "git/"))}
+    assert {"env/python", "env/hostname", "git/commit", "git/dirty"} <= collected
+    diff = local.artifacts(exp.id)["git/uncommitted.diff"]
+    for name, tool in readers.items():
+        points = tool.metrics(exp.id)
+        assert sorted((p[0], p[2]) for p in points if p[0].startswith("system/")) == system, name
+        assert collected <= set(tool.params(exp.id)), name
+        assert tool.artifacts(exp.id)["git/uncommitted.diff"] == diff, name
 
 
 def test_the_collector_thread_stops_at_once(read_store):
@@ -144,7 +176,30 @@ def test_git_state_and_diff_are_recorded(tmp_path, read_store):
     assert params["git/branch"] == "main"
     assert params["git/dirty"] is True
     assert params["git/remote"] == "https://***@example.invalid/repo.git"
-    assert "train.py" in params["git/diff"]
+    assert "git/diff" not in params
+    (diff,) = store.artifacts(exp.id)
+    assert diff.artifact_path == "git/uncommitted.diff"
+    assert "+print('x')" in Path(diff.path).read_text()
+
+
+def test_a_clean_tree_with_the_store_inside_is_clean_and_has_no_diff(tmp_path, read_store):
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(
+        tmp_path,
+        "-c",
+        "user.email=t@t",
+        "-c",
+        "user.name=t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "1",
+    )
+    settings = {"track_system": False, "track_env": False, "include_uncommitted_changes": True}
+    exp = run_with(settings)
+    assert read_store().params(exp.id)["git/dirty"] is False
+    assert read_store().artifacts(exp.id) == []
 
 
 def test_outside_a_repository_git_records_nothing(tmp_path, read_store):
@@ -336,17 +391,6 @@ def test_track_stdout_off_keeps_nothing(off, read_store, capsys):
     assert read_store().texts(exp.id) == []
 
 
-def mlflow_run_of(url, run_id):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(url)
-    (run,) = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`tracelet.run_id` = '{run_id}'",
-    )
-    return client, run
-
-
 def dirty_repo(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -359,7 +403,7 @@ def dirty_repo(tmp_path):
 
 
 OPTION_CASES = {
-    # option: (value, what the run shows then), each also checked in MLflow
+    # option: (value, what the run shows then), in the store and in MLflow
     "track_system": (False, {"system": False}),
     "collect_system_metrics": (False, {"system": False}),
     "track_system_metrics": (False, {"system": False}),
@@ -373,56 +417,82 @@ OPTION_CASES = {
     "include_uncommitted_changes": (True, {"diff": True, "git": True}),
     "collect_gpu_metrics": (False, {"gpu": False, "system": True}),
     "track_stdout": (False, {"stdout": False}),
+    "track_metrics": (False, {"loss": False, "git": True}),
+    "track_checkpoints": (False, {"checkpoints": False, "loss": True}),
 }
 ENVIRONMENT_FORMS = ("track_system", "metrics_interval", "track_git", "track_env", "track_args")
 """The options the spec also names as ``TRACELET_*`` variables."""
+CONFIG_FIELDS = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name in OPTION_CASES]
+"""The ``track_*`` fields of :class:`ExperimentConfig`, given as one."""
+FORMS = (
+    [(o, "config") for o in OPTION_CASES]
+    + [(o, "environment") for o in ENVIRONMENT_FORMS]
+    + [(o, "ExperimentConfig") for o in CONFIG_FIELDS]
+)
 
 
-def shown_in(metrics, params, texts):
+def shown_in(tool, run_id):
+    metrics = {name for name, *_ in tool.metrics(run_id)}
+    params = tool.params(run_id)
     return {
         "system": any(m.startswith("system/") for m in metrics),
         "gpu": any(m.startswith("system/gpu") for m in metrics),
+        "loss": "loss" in metrics,
         "git": any(p.startswith("git/") for p in params),
         "env": any(p.startswith("env/") for p in params),
         "argv": "env/argv" in params,
-        "diff": "git/diff" in params or "git/diff" in texts,
-        "stdout": "stdout" in texts,
+        "diff": "git/uncommitted.diff" in tool.artifacts(run_id),
+        "stdout": any(name == "stdout" for name, *_ in tool.texts(run_id)),
     }
+
+
+def run_with_option(option, value, form, mlflow_url, repo, monkeypatch):
+    """A run to the store and MLflow with ``option`` given in ``form``, as a user runs."""
+    settings = {"git_repo_path": str(repo), "checkpoint_interval": 2}
+    config = None
+    if form == "environment":
+        monkeypatch.setenv(f"TRACELET_{option.upper()}", str(value).lower())
+    elif form == "config":
+        settings[option] = value
+    else:
+        config = ExperimentConfig(**{option: value})
+    with tracelet.Experiment(
+        "option",
+        backend=["local", "mlflow"],
+        config=config,
+        options=settings,
+        backend_options={"mlflow": {"tracking_uri": mlflow_url}},
+    ) as exp:
+        print("printed while the run is active")
+        for step in range(4):
+            exp.log_metric("loss", 1.0 / (step + 1))
+            exp.step()
+        time.sleep(0.7)  # (the one-shot collectors take about 0.15 s first)
+    return exp
 
 
 @pytest.mark.slow  # (the module's collectors mark: every collector on, as a user gets them)
-@pytest.mark.parametrize(
-    ("option", "form"),
-    [(o, "config") for o in OPTION_CASES] + [(o, "environment") for o in ENVIRONMENT_FORMS],
-)
+@pytest.mark.parametrize(("option", "form"), FORMS)
 def test_each_tracking_option_reads_back_from_the_store_and_mlflow(
-    option, form, tmp_path, read_store, mlflow_server, monkeypatch
+    option, form, tmp_path, store_path, read_store, mlflow_server, monkeypatch
 ):
+    from tracelet.testing.local import LocalReadBack
+    from tracelet_mlflow.testing import MlflowReadBack
+
     value, expected = OPTION_CASES[option]
-    config = {"tracking_uri": mlflow_server.url, "git_repo_path": str(dirty_repo(tmp_path))}
-    if form == "environment":
-        monkeypatch.setenv(f"TRACELET_{option.upper()}", str(value).lower())
-    else:
-        config[option] = value
-    with tracelet.start_logging("option", backend=["local", "mlflow"], config=config) as exp:
-        print("printed while the run is active")
-        time.sleep(0.7)  # (the one-shot collectors take about 0.15 s first)
-    store = read_store()
-    client, run = mlflow_run_of(mlflow_server.url, exp.id)
-    mlflow_texts = {
-        a.path.split("/")[2] for a in client.list_artifacts(run.info.run_id, "tracelet/texts")
-    }
-    texts = {t.name for t in store.texts(exp.id)}
-    views = {
-        "local": shown_in(set(store.metric_names(exp.id)), set(store.params(exp.id)), texts),
-        "mlflow": shown_in(set(run.data.metrics), set(run.data.params), mlflow_texts),
-    }
-    for where, shown in views.items():
+    exp = run_with_option(option, value, form, mlflow_server.url, dirty_repo(tmp_path), monkeypatch)
+    tools = {"local": LocalReadBack(store_path), "mlflow": MlflowReadBack(mlflow_server.url)}
+    for where, tool in tools.items():
+        shown = shown_in(tool, exp.id)
         for key, wanted in expected.items():
-            if key != "samples":
+            if key in shown:
                 assert shown[key] is wanted, (where, key)
+    if "checkpoints" in expected:  # (checkpoints are the local store's own)
+        assert bool(read_store().checkpoints(exp.id)) is expected["checkpoints"]
     if "samples" in expected:
-        samples = store.metrics(exp.id, "system/cpu_percent")
-        assert len(samples) >= expected["samples"]
-        history = client.get_metric_history(run.info.run_id, "system/cpu_percent")
-        assert len(history) == len(samples)
+        local, mlflow = (
+            sorted(p[1:3] for p in tool.metrics(exp.id) if p[0] == "system/cpu_percent")
+            for tool in tools.values()
+        )
+        assert len(local) >= expected["samples"]
+        assert mlflow == local

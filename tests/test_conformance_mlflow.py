@@ -3,95 +3,13 @@ against a plain SQLite tracking URI."""
 
 from __future__ import annotations
 
-import json
-import re
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from tracelet.testing import BackendConformance, BackendUnderTest
 
 mlflow = pytest.importorskip("mlflow")
-from mlflow import MlflowClient  # noqa: E402
-
 from tracelet_mlflow.names import TRUNCATION_MARKER, legal_name  # noqa: E402
-
-
-class MlflowReadBack:
-    """Reads a Tracelet run back from MLflow (the run tagged ``tracelet.run_id``)."""
-
-    def __init__(self, uri: str) -> None:
-        self.client = MlflowClient(uri)
-
-    def _runs(self, run_id: str) -> list:
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
-        return self.client.search_runs(
-            experiments, filter_string=f"tags.`tracelet.run_id` = '{run_id}'"
-        )
-
-    def _run(self, run_id: str):
-        (run,) = self._runs(run_id)
-        return run
-
-    def run_count(self, run_id: str) -> int:
-        return len(self._runs(run_id))
-
-    def metrics(self, run_id: str) -> list[tuple[str, float, int, float]]:
-        run = self._run(run_id)
-        return [
-            (key, m.value, m.step, m.timestamp / 1000)
-            for key in run.data.metrics
-            for m in self.client.get_metric_history(run.info.run_id, key)
-        ]
-
-    def params(self, run_id: str) -> dict[str, str]:
-        return self._run(run_id).data.params
-
-    def tags(self, run_id: str) -> dict[str, str]:
-        return self._run(run_id).data.tags
-
-    def status(self, run_id: str) -> str:
-        return self._run(run_id).info.status.lower()
-
-    def _files(self, run_id: str, prefix: str | None = None) -> dict[str, bytes]:
-        mlflow_run_id = self._run(run_id).info.run_id
-        found, folders = {}, [prefix]
-        while folders:
-            for entry in self.client.list_artifacts(mlflow_run_id, folders.pop()):
-                if entry.is_dir:
-                    folders.append(entry.path)
-                    continue
-                with tempfile.TemporaryDirectory() as folder:
-                    local = self.client.download_artifacts(mlflow_run_id, entry.path, folder)
-                    found[entry.path] = Path(local).read_bytes()
-        return found
-
-    def texts(self, run_id: str) -> list[tuple[str, int, str]]:
-        return [
-            (match[1], int(match[2]), data.decode())
-            for path, data in self._files(run_id, "tracelet/texts").items()
-            if (match := re.fullmatch(r"tracelet/texts/(.*)/step_(\d+)\.txt", path))
-        ]
-
-    def images(self, run_id: str) -> list[tuple[str, int, bytes]]:
-        return [
-            (match[1], int(match[2]), data)
-            for path, data in self._files(run_id, "tracelet/images").items()
-            if (match := re.fullmatch(r"tracelet/images/(.*)/step_(\d+)\.png", path))
-        ]
-
-    def histograms(self, run_id: str) -> list[tuple[str, int, list, list]]:
-        found = []
-        for path, data in self._files(run_id, "tracelet/histograms").items():
-            match = re.fullmatch(r"tracelet/histograms/(.*)/step_(\d+)\.json", path)
-            if match:
-                bins = json.loads(data)
-                found.append((match[1], int(match[2]), bins["counts"], bins["edges"]))
-        return found
-
-    def artifacts(self, run_id: str) -> dict[str, bytes]:
-        return {p: d for p, d in self._files(run_id).items() if not p.startswith("tracelet/")}
+from tracelet_mlflow.testing import MlflowReadBack  # noqa: E402
 
 
 def mlflow_under_test(uri: str) -> BackendUnderTest:

@@ -132,9 +132,8 @@ def test_sync_against_a_server_that_is_down_ends_within_its_timeout(capsys):
 
 
 def test_a_local_run_is_published_to_mlflow_later_exactly_once(server, tmp_path, capsys):
-    from test_conformance_mlflow import MlflowReadBack
-
     from tracelet.testing.harness import png
+    from tracelet_mlflow.testing import MlflowReadBack
 
     (tmp_path / "model.pt").write_bytes(b"weights" * 1000)
     points = [("loss", 1.0 / (s + 1), s) for s in range(3000)] + [("acc", 0.5, 0)]

@@ -42,7 +42,9 @@ class TraceletSettings:
     track_env: bool = setting(True, Bool(), "Record Python, platform and packages.")
     metrics_interval: float = setting(10.0, Number(float, 0.1), "Seconds between samples.")
     git_repo_path: str = setting(".", Str(), "Repository whose state is recorded.")
-    include_uncommitted_changes: bool = setting(False, Bool(), "Record the git diff too.")
+    include_uncommitted_changes: bool = setting(
+        False, Bool(), "Log `git diff HEAD` as the text artifact `git/uncommitted.diff`."
+    )
     enable_automagic: bool = setting(False, Bool(), "Capture hyperparameters automatically.")
     automagic_frameworks: set[str] = setting(set(), Names(unique=True), "Frameworks to hook.")
     enable_artifacts: bool = setting(False, Bool(), "Enable the artifact system.")

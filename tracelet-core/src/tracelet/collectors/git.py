@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tracelet.plugins import CollectorPlugin
+from tracelet.plugins import CollectorPlugin, TextFile
 from tracelet.redaction import redact_uri
+
+DIFF_FILE = "uncommitted.diff"
 
 
 class GitCollector(CollectorPlugin):
-    """Records git state once, at start, as ``git/...`` parameters (``git/diff`` as text).
+    """Records git state once, at start, as ``git/...`` parameters.
 
     Reads the repository at ``git_repo_path`` (or a parent of it); outside a repository it
-    records nothing. The diff is recorded only with ``include_uncommitted_changes``.
+    records nothing. The run's own store (``store_path``) does not make the tree dirty.
+    With ``include_uncommitted_changes`` the changes since the last commit
+    (``git diff HEAD``), if any, become the text artifact ``git/uncommitted.diff``.
     """
 
     interval = None
@@ -29,10 +34,19 @@ class GitCollector(CollectorPlugin):
             found: dict[str, Any] = {
                 "commit": repo.head.commit.hexsha if repo.head.is_valid() else "",
                 "branch": "detached" if repo.head.is_detached else repo.active_branch.name,
-                "dirty": repo.is_dirty(untracked_files=True),
+                "dirty": repo.is_dirty() or bool(self._untracked(repo)),
             }
             if repo.remotes:
                 found["remote"] = redact_uri(repo.remotes[0].url)
             if self.config.get("include_uncommitted_changes"):
-                found["diff"] = repo.git.diff("HEAD") if repo.head.is_valid() else ""
+                diff = repo.git.diff("HEAD") if repo.head.is_valid() else ""
+                if diff:
+                    found["diff"] = TextFile(DIFF_FILE, diff)
         return found
+
+    def _untracked(self, repo: Any) -> list[str]:
+        """Untracked files, less those of Tracelet's store inside the working tree."""
+        root = Path(repo.working_tree_dir).resolve()
+        store = Path(self.config.get("store_path", ".tracelet")).resolve()
+        inside = store.relative_to(root).as_posix() + "/" if store.is_relative_to(root) else None
+        return [f for f in repo.untracked_files if inside is None or not f.startswith(inside)]

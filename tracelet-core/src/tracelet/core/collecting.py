@@ -1,20 +1,23 @@
 """Runs the enabled collectors on one background thread, each on its own interval.
 
-A one-shot collector (``interval = None``) runs once at start, however short the run; its
-values become parameters ``<name>/<key>`` (long strings become texts). A periodic
-collector's values become metrics ``<name>/<key>`` at the run's current step. A failure is
-reported once (a periodic collector is tried again at its next turn); it never reaches the
-training thread.
+A one-shot collector (``interval = None``) runs once at start, however short the run: its
+values become parameters ``<name>/<key>`` (long strings become texts, a ``TextFile`` a text
+artifact). A periodic collector's values become metrics ``<name>/<key>`` at the run's
+current step, from start on; a run that ends before its first sample gets one at stop. A
+failure is reported once (a periodic collector is tried again at its next turn); it never
+reaches the training thread.
 """
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracelet.plugins import CollectorPlugin, CollectorRegistration
+from tracelet.plugins import CollectorPlugin, CollectorRegistration, TextFile
 from tracelet.reporting import report_once
 
 if TYPE_CHECKING:
@@ -72,12 +75,16 @@ class CollectorRunner:
                 self._sample(name, collector)
             else:
                 due[name] = time.monotonic()
+        unsampled = set(due)
         while due and not self._stop.is_set():
             name = min(due, key=due.__getitem__)
             if self._stop.wait(max(0.0, due[name] - time.monotonic())):
                 break
             self._sample(name, started[name])
+            unsampled.discard(name)
             due[name] = time.monotonic() + (started[name].interval or 0.0)
+        for name in unsampled:  # a run shorter than its one-shot collectors
+            self._sample(name, started[name])
         for name, collector in started.items():
             self._call(name, collector.stop)
 
@@ -91,11 +98,20 @@ class CollectorRunner:
             if self._call(name, lambda: experiment.log_metrics(sample)):
                 experiment.latest_system = {**experiment.latest_system, **sample}
             return
+        files = {k: v for k, v in values.items() if isinstance(v, TextFile)}
         long = {k: v for k, v in values.items() if isinstance(v, str) and len(v) > LONG_TEXT}
-        params = {f"{name}/{k}": v for k, v in values.items() if k not in long}
+        params = {f"{name}/{k}": v for k, v in values.items() if k not in long | files}
         self._call(name, lambda: experiment.log_params(params) if params else None)
         for key, text in long.items():
             self._call(name, lambda key=key, text=text: experiment.log_text(f"{name}/{key}", text))
+        for file in files.values():
+            self._call(name, lambda file=file: self._log_text_file(name, file))
+
+    def _log_text_file(self, name: str, file: TextFile) -> None:
+        with tempfile.TemporaryDirectory(prefix="tracelet-") as folder:
+            path = Path(folder) / file.filename
+            path.write_text(file.text, encoding="utf-8")
+            self.experiment.log_artifact(path, f"{name}/{file.filename}")  # copied in the call
 
     def _call(self, name: str, action: Any) -> bool:
         try:

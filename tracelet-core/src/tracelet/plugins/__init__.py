@@ -34,6 +34,7 @@ from tracelet.plugins.interfaces import (
     PluginInterface,
     PluginMetadata,
     PluginType,
+    TextFile,
 )
 from tracelet.plugins.names import NameMap, versioned_name, with_suffix
 from tracelet.plugins.options import Option
@@ -81,6 +82,7 @@ __all__ = [
     "RunInfo",
     "RunStatus",
     "Text",
+    "TextFile",
     "hookimpl",
     "layer_selected",
     "report_once",

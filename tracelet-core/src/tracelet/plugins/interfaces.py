@@ -155,7 +155,8 @@ class CollectorPlugin(PluginInterface):
 
     With ``interval`` in seconds, each sample's values are logged as metrics
     ``<name>/<key>``; with ``interval = None`` it runs once at start and its values become
-    parameters ``<name>/<key>``. ``initialize`` receives the run's settings as a dict.
+    parameters ``<name>/<key>`` (a :class:`TextFile` value becomes a text artifact).
+    ``initialize`` receives the run's settings as a dict.
     """
 
     kind = PluginType.COLLECTOR
@@ -164,6 +165,15 @@ class CollectorPlugin(PluginInterface):
     @abc.abstractmethod
     def collect(self) -> Mapping[str, Any]:
         """Take one sample: name to value (numbers for a periodic collector)."""
+
+
+@attrs.frozen
+class TextFile:
+    """A one-shot collector's value kept as a text file artifact ``<name>/<filename>``
+    (the uncommitted git diff), where a parameter would be the wrong place."""
+
+    filename: str
+    text: str
 
 
 @runtime_checkable
