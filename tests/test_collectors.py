@@ -71,6 +71,56 @@ def test_a_system_sample_covers_cores_swap_io_rates_and_the_process(read_store, 
     assert all(r >= 0 for r in rates)
 
 
+def nvidia_gpus() -> int:
+    """How many GPUs NVML (the real ``nvidia-ml-py`` bindings) finds here; 0 without a driver."""
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return 0
+    try:
+        return pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_without_an_nvidia_driver_gpu_metrics_are_absent_and_nothing_is_reported(
+    read_store, caplog
+):
+    if nvidia_gpus():
+        pytest.skip("this machine has an NVIDIA GPU")
+    exp = run_with({"track_env": False, "track_git": False, "metrics_interval": 0.1})
+    names = read_store().metric_names(exp.id)
+    assert "system/cpu_percent" in names
+    assert not [n for n in names if n.startswith("system/gpu")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+GPU_METRICS = ("utilization_percent", "memory_used_gb", "memory_total_gb", "memory_percent")
+
+
+def test_each_gpu_is_sampled_into_the_store_and_mlflow(read_store, store_path, mlflow_server):
+    count = nvidia_gpus()
+    if not count:
+        pytest.skip("no NVIDIA GPU and driver here (run on the GPU machine)")
+    from tracelet_mlflow.testing import MlflowReadBack
+
+    config = {"metrics_interval": 0.1, "tracking_uri": mlflow_server.url, "track_env": False}
+    with tracelet.start_logging("gpu", backend=["local", "mlflow"], config=config) as exp:
+        time.sleep(0.5)
+    local = read_store().metrics(exp.id)
+    for index in range(count):
+        for key in GPU_METRICS:
+            values = [p[1] for p in local if p[0] == f"system/gpu{index}_{key}"]
+            assert values, (index, key)
+            assert all(v >= 0 for v in values), (index, key)
+    total = [p[1] for p in local if p[0] == "system/gpu0_memory_total_gb"]
+    assert total[0] > 1  # (a real board: more than a gigabyte)
+    mlflow = MlflowReadBack(mlflow_server.url).metrics(exp.id)
+    gpu = sorted(p[:3] for p in local if p[0].startswith("system/gpu"))
+    assert sorted(p[:3] for p in mlflow if p[0].startswith("system/gpu")) == gpu
+
+
 def tools_under_test(tmp_path, store_path, mlflow_url, wandb_dir, clearml_dir):
     """Every backend's options and its reader, as the conformance kit reads them back."""
     from tracelet.testing.local import LocalReadBack

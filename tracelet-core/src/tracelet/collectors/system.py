@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Any
 
-from tracelet.plugins import CollectorPlugin
+from tracelet.plugins import CollectorPlugin, report_once
 
 logger = logging.getLogger("tracelet")
 GB = 1e9
@@ -49,7 +49,12 @@ class SystemCollector(CollectorPlugin):
             logger.debug("tracelet: no NVIDIA GPU sampling (%r)", error)
             return []
         self._nvml = pynvml
-        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            return [pynvml.nvmlDeviceGetHandleByIndex(index) for index in range(count)]
+        except pynvml.NVMLError as error:
+            report_once("tracelet collector 'system'", f"cannot list the GPUs ({error!r})")
+            return []
 
     def collect(self) -> dict[str, float]:
         """One sample: ``cpu_percent`` and ``cpu<i>_percent``, ``memory_*``, ``swap_*``,
@@ -71,7 +76,10 @@ class SystemCollector(CollectorPlugin):
         sample.update(self._io_rates(psutil))
         sample.update(self._process_sample())
         for index, handle in enumerate(self._gpus):
-            sample.update(self._gpu_sample(index, handle))
+            try:
+                sample.update(self._gpu_sample(index, handle))
+            except self._nvml.NVMLError as error:  # the rest of the sample still counts
+                report_once("tracelet collector 'system'", f"GPU {index} unreadable ({error!r})")
         return sample
 
     def _process_sample(self) -> dict[str, float]:
