@@ -100,3 +100,30 @@ def clearml_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
     monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml-cache"))
     return tmp_path / "clearml-cache" / "offline"
+
+
+@pytest.fixture
+def every_backend(tmp_path, store_path, mlflow_server, wandb_offline, clearml_offline):
+    """Every backend at once: ``(backend_options, readers)``, the readers being each tool's
+    read-back adapter (local store, MLflow server, W&B and ClearML offline, an Aim repo)."""
+    from tracelet.testing.local import LocalReadBack
+    from tracelet_aim.testing import AimReadBack
+    from tracelet_clearml.testing import ClearmlReadBack
+    from tracelet_mlflow.testing import MlflowReadBack
+    from tracelet_wandb.testing import WandbReadBack
+
+    aim_repo = tmp_path / "aim-repo"
+    options = {
+        "mlflow": {"tracking_uri": mlflow_server.url},
+        "wandb": {"dir": str(wandb_offline)},
+        "clearml": {"offline": True},
+        "aim": {"repo_path": str(aim_repo)},
+    }
+    readers = {
+        "local": LocalReadBack(store_path),
+        "mlflow": MlflowReadBack(mlflow_server.url),
+        "wandb": WandbReadBack(wandb_offline / "wandb"),
+        "clearml": ClearmlReadBack(clearml_offline),
+        "aim": AimReadBack(aim_repo),
+    }
+    return options, readers

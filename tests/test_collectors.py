@@ -121,38 +121,11 @@ def test_each_gpu_is_sampled_into_the_store_and_mlflow(read_store, store_path, m
     assert sorted(p[:3] for p in mlflow if p[0].startswith("system/gpu")) == gpu
 
 
-def tools_under_test(tmp_path, store_path, mlflow_url, wandb_dir, clearml_dir):
-    """Every backend's options and its reader, as the conformance kit reads them back."""
-    from tracelet.testing.local import LocalReadBack
-    from tracelet_aim.testing import AimReadBack
-    from tracelet_clearml.testing import ClearmlReadBack
-    from tracelet_mlflow.testing import MlflowReadBack
-    from tracelet_wandb.testing import WandbReadBack
-
-    aim_repo = tmp_path / "aim-repo"
-    options = {
-        "mlflow": {"tracking_uri": mlflow_url},
-        "wandb": {"dir": str(wandb_dir)},
-        "clearml": {"offline": True},
-        "aim": {"repo_path": str(aim_repo)},
-    }
-    readers = {
-        "local": LocalReadBack(store_path),
-        "mlflow": MlflowReadBack(mlflow_url),
-        "wandb": WandbReadBack(wandb_dir / "wandb"),
-        "clearml": ClearmlReadBack(clearml_dir),
-        "aim": AimReadBack(aim_repo),
-    }
-    return options, readers
-
-
 @pytest.mark.slow
 def test_what_the_collectors_gather_reaches_every_backend_under_the_same_names(
-    tmp_path, store_path, mlflow_server, wandb_offline, clearml_offline
+    tmp_path, every_backend
 ):
-    options, readers = tools_under_test(
-        tmp_path, store_path, mlflow_server.url, wandb_offline, clearml_offline
-    )
+    options, readers = every_backend
     settings = {"metrics_interval": 0.1, "git_repo_path": str(dirty_repo(tmp_path))}
     settings["include_uncommitted_changes"] = True
     with tracelet.Experiment(

@@ -34,6 +34,9 @@ def start_logging(
     backend: str | list[str] | None = None,
     config: Mapping[str, Any] | None = None,
     settings: TraceletSettings | None = None,
+    *,
+    run_id: str | None = None,
+    resume: str | None = None,
 ) -> Experiment:
     """Start tracking a run and make it the active experiment; return it.
 
@@ -44,6 +47,11 @@ def start_logging(
     the core settings that would be read from the environment and ``tracelet.yaml``; the
     file's backend sections (``mlflow:`` ...) still apply, below ``config``. A run already
     active is stopped first. The experiment is a context manager that stops on exit.
+
+    ``run_id`` (else ``TRACELET_RUN_ID``) continues that run after a restart, in the store
+    and in every backend, steps going on from its last one. ``resume`` (else
+    ``TRACELET_RESUME``): ``"allow"`` (the default) continues it or starts it; ``"must"``
+    raises ``ConfigurationError`` unless the store has it; ``"never"`` unless it does not.
     """
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"config must be a dict, not {type(config).__name__}")
@@ -51,7 +59,13 @@ def start_logging(
     if backend is None and "backend" in options:
         backend = options.pop("backend")
     experiment = Experiment(
-        exp_name, project=project, backend=backend, options=options, settings=settings
+        exp_name,
+        project=project,
+        backend=backend,
+        options=options,
+        settings=settings,
+        run_id=run_id,
+        resume=resume,
     )
     with _guard:
         stop_logging()

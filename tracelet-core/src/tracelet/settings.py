@@ -85,6 +85,11 @@ class TraceletSettings:
         True, Bool(), "Record metrics (off: metric calls are checked, then dropped)."
     )
     track_args: bool = setting(True, Bool(), "Record the command line (secrets redacted).")
+    log_all_ranks: bool = setting(
+        False,
+        Bool(),
+        "In distributed training, each rank logs its own run (off: rank zero only).",
+    )
     track_stdout: bool = setting(
         True, Bool(), "Keep what the program prints (stdout, stderr) as texts of the run."
     )
@@ -279,7 +284,9 @@ def read_config_file(
     return ConfigFile(path, normalise_keys(flat, source=str(path)), sections)
 
 
-RUN_KEYS = frozenset({"tags", "run_name", "run_id", "notes", "on_anomaly", "anomaly_config"})
+RUN_KEYS = frozenset(
+    {"tags", "run_name", "run_id", "resume", "notes", "on_anomaly", "anomaly_config"}
+)
 """Keys of ``config=`` that describe the run itself; backends that declare them get them too."""
 
 
@@ -401,3 +408,28 @@ def stored_backend_options(
     section = read_config_file().sections.get(backend, {})
     options = {k: v for k, v in stored.items() if k not in withheld} | dict(section)
     return options, withheld - set(section)
+
+
+RESUME_MODES = ("allow", "must", "never")
+"""What a run id that may already be in the store means: continue it or start it (allow),
+continue it or fail (must), start it or fail (never)."""
+
+
+def run_identity(
+    run_id: str | None, resume: str | None, environ: Mapping[str, str] | None = None
+) -> tuple[str | None, str]:
+    """The run id and resume mode: the arguments, else ``TRACELET_RUN_ID`` and
+    ``TRACELET_RESUME``, else a new run (``"allow"``). Checked; ``must`` needs an id."""
+    environ = os.environ if environ is None else environ
+    run_id = run_id if run_id is not None else environ.get("TRACELET_RUN_ID") or None
+    resume = resume if resume is not None else environ.get("TRACELET_RESUME") or "allow"
+    if resume not in RESUME_MODES:
+        raise ConfigurationError(
+            f"resume={resume!r} is not a resume mode; choose one of "
+            f"{', '.join(map(repr, RESUME_MODES))}"
+        )
+    if resume == "must" and run_id is None:
+        raise ConfigurationError(
+            "resume='must' continues a run: give its run_id (or set TRACELET_RUN_ID)"
+        )
+    return run_id, resume

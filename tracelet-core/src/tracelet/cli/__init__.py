@@ -9,9 +9,10 @@
     tracelet sync [RUN] [--backend NAME ...] [--to NAME] [--option KEY=VALUE ...] [--timeout S]
     tracelet gc [--older-than DAYS] [--dry-run]
 
-``--store PATH`` (before the command) picks the store; the default is the ``store_path``
-setting (``./.tracelet``). A mistake (unknown run or metric, empty store, a store from a
-newer Tracelet) prints one line and exits 1; it never shows a traceback.
+``--store PATH`` (before or after the command) picks the store; the default is the
+``store_path`` setting (``./.tracelet``). A store copied from another machine (an offline
+compute node) is read, and synced, where it lies. A mistake (unknown run or metric, empty
+store, a store from a newer Tracelet) prints one line and exits 1; never a traceback.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tracelet.exceptions import TraceletException
 from tracelet.sync import DEFAULT_TIMEOUT as DEFAULT_SYNC_TIMEOUT
+
+STORE_HELP = "the store folder (default: the store_path setting)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="tracelet", description="Ask about past runs.")
-    parser.add_argument("--store", help="the store folder (default: the store_path setting)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--store", help=STORE_HELP)
+    store = argparse.ArgumentParser(add_help=False)  # also after the command
+    store.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    commands.parents = [store]
 
     listing = commands.add_parser("list", help="list runs")
     listing.add_argument("--project")
@@ -86,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only say what would go")
     gc.add_argument("--force", action="store_true", help="also runs a backend still lacks")
     return parser
+
+
+class _Commands:
+    """``add_parser`` of the subcommands, each also taking the shared ``parents``."""
+
+    def __init__(self, subparsers: Any) -> None:
+        self.subparsers = subparsers
+        self.parents: list[argparse.ArgumentParser] = []
+
+    def add_parser(self, name: str, **options: Any) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, parents=self.parents, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 """The system collector: CPU (total and per core), memory and swap, disk and network I/O
 rates, this process (CPU, RSS, threads, open files), and NVIDIA GPUs when NVML is
-available. Every value is a number; the runner logs them as ``system/<key>``.
+available. Every value is a number; the runner logs them as ``system/<key>``. On rank
+zero of a distributed job, each sample also carries the other ranks' latest ones, as
+``system/rank<r>/<key>`` (see :mod:`tracelet.distributed`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from tracelet.distributed import RankGatherer, current_rank
 from tracelet.plugins import CollectorPlugin, report_once
 
 logger = logging.getLogger("tracelet")
@@ -26,6 +29,7 @@ class SystemCollector(CollectorPlugin):
         self._nvml: Any = None
         self._io: tuple[float, Any, Any] | None = None
         """When the I/O counters were last read, and what they said (for rates)."""
+        self._other_ranks: RankGatherer | None = None
 
     def start(self) -> None:
         """Prime the CPU counters and find the GPUs."""
@@ -39,6 +43,9 @@ class SystemCollector(CollectorPlugin):
         self._io = (time.monotonic(), _disk(psutil), _net(psutil))
         if self.config.get("track_gpu", True):
             self._gpus = self._find_gpus()
+        rank = current_rank()
+        if rank.distributed and rank.is_zero and not self.config.get("log_all_ranks"):
+            self._other_ranks = RankGatherer(rank)
 
     def _find_gpus(self) -> list[Any]:
         try:
@@ -80,6 +87,8 @@ class SystemCollector(CollectorPlugin):
                 sample.update(self._gpu_sample(index, handle))
             except self._nvml.NVMLError as error:  # the rest of the sample still counts
                 report_once("tracelet collector 'system'", f"GPU {index} unreadable ({error!r})")
+        if self._other_ranks is not None:
+            sample.update(self._other_ranks.gather())
         return sample
 
     def _process_sample(self) -> dict[str, float]:

@@ -26,13 +26,17 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from tracelet.automagic import AutomagicConfig
 from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
+from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, registry_for
 from tracelet.core.session import RunSession
+from tracelet.distributed import RankInfo, SamplePublisher, current_rank
 from tracelet.gradients import selected_stats
 from tracelet.histograms import bin_values, check_bins_given
 from tracelet.media import PendingImage
@@ -52,7 +56,7 @@ from tracelet.records import (
 )
 from tracelet.redaction import redact_params
 from tracelet.reporting import report_once
-from tracelet.settings import ExperimentConfig, TraceletSettings, resolve_run
+from tracelet.settings import ExperimentConfig, TraceletSettings, resolve_run, run_identity
 from tracelet.storage import LocalStore
 from tracelet.values import (
     MAX_STEP,
@@ -79,7 +83,10 @@ class Experiment:
     ``config`` (an :class:`ExperimentConfig`), ``automagic``, ``artifacts`` and
     ``automagic_artifacts`` are per-run synonyms of settings; ``options`` takes what
     ``start_logging``'s ``config=`` takes (settings, run keys, backend options in any form),
-    ``backend_options`` the nested form only. ``automagic_config`` (an
+    ``backend_options`` the nested form only. ``run_id`` names the run: a run the store
+    already holds is continued, its steps going on from its last one, as ``resume`` allows
+    (``"allow"``, ``"must"``, ``"never"``; see :func:`tracelet.start_logging`).
+    ``automagic_config`` (an
     :class:`~tracelet.automagic.AutomagicConfig`, or a dict of its fields) says what
     automagic capture looks at.
     """
@@ -100,6 +107,7 @@ class Experiment:
         options: Mapping[str, Any] | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
         run_id: str | None = None,
+        resume: str | None = None,
         registry: PluginRegistry | None = None,
         on_anomaly: Callable[[dict[str, Any]], object] | None = None,
         anomaly_config: Any = None,
@@ -138,8 +146,12 @@ class Experiment:
         self._anomaly_config = anomaly_config or keys.get("anomaly_config")
         self._tags: list[str] = []
         self._run_tags: dict[str, str] = {}
-        run_id = keys.get("run_id") if run_id is None else run_id
+        run_id, self._resume = run_identity(
+            keys.get("run_id") if run_id is None else run_id,
+            keys.get("resume") if resume is None else resume,
+        )
         self._id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
+        self._id_given = run_id is not None
         self._created_at = _time()
         self._iteration = 0
         self._status: RunStatus | None = None
@@ -148,6 +160,11 @@ class Experiment:
         self._artifacts: ArtifactLogger | None = None
         self._reader: LocalStore | None = None
         self._forked = False
+        self._rank: RankInfo | None = None
+        self._silent = False
+        """On a rank other than zero (without ``log_all_ranks``): every call is a no-op."""
+        self._publisher: CollectorRunner | None = None
+        """On a silent rank: the system collector, its samples sent to rank zero."""
         self._stop_lock = threading.Lock()
         self._on_stop: list[Callable[[Experiment], object]] = []
         self._append: Callable[[Any], None] = self._not_running
@@ -178,7 +195,12 @@ class Experiment:
         if self._status is not None:
             raise RuntimeError(f"experiment {self._name!r} was already started")
         assert self._registry is not None
-        session = RunSession(self._registry, self._run)
+        rank = self._rank = current_rank()
+        if rank.distributed and self.settings.log_all_ranks:
+            self._join_rank_group(rank)
+        elif not rank.is_zero:
+            return self._start_silent(rank)
+        session = RunSession(self._registry, self._run, self._resume)
         info = RunInfo(self._id, self._name, self.settings.project, self._created_at)
         info, resumed = session.open(info, self._live_detector())
         self._session, self._info = session, info
@@ -216,6 +238,31 @@ class Experiment:
                 self.log_params(found)
         return self
 
+    def _join_rank_group(self, rank: RankInfo) -> None:
+        """With ``log_all_ranks``: this rank's own run, named and tagged by its rank, in
+        the group of the job's runs (``tracelet.group``: the run's name)."""
+        group = self._name
+        if not rank.is_zero and self._id_given:  # (each rank resumes its own run)
+            self._id = check_run_id(f"{self._id}-rank{rank.rank}")
+        self._name = f"{group}-rank{rank.rank}"
+        self.add_tags({"tracelet.group": group, "tracelet.rank": str(rank.rank)})
+
+    def _start_silent(self, rank: RankInfo) -> Experiment:
+        """A rank other than zero: no run, no store; logging calls are cheap no-ops, and
+        only system samples are taken, for rank zero's run."""
+        self._silent = True
+        self._info = RunInfo(self._id, self._name, self.settings.project, self._created_at)
+        self._append = self._append_metric = _dropped
+        self._capacity = sys.maxsize
+        self._status = RunStatus.RUNNING
+        assert self._registry is not None
+        system = {k: v for k, v in self._registry.collectors().items() if k == "system"}
+        publisher = SamplePublisher(rank)
+        self._publisher = CollectorRunner.build(publisher, system, attrs.asdict(self.settings))
+        self._publisher.start()
+        process.running.add(self)
+        return self
+
     def _live_detector(self) -> Any:
         if not self.settings.detect_anomalies:
             return None
@@ -233,6 +280,9 @@ class Experiment:
         status = RunStatus.parse(status)
         with self._stop_lock:
             if self._status is not RunStatus.RUNNING or self._forked:
+                return
+            if self._silent:
+                self._stop_silent(status)
                 return
             assert self._session is not None
             assert self._registry is not None
@@ -262,6 +312,15 @@ class Experiment:
             callback(self)
         process.terminate_if_signalled()
 
+    def _stop_silent(self, status: RunStatus) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+        self._append = self._append_metric = self._not_running
+        self._status = status
+        process.running.discard(self)
+        for callback in self._on_stop:
+            callback(self)
+
     def end(self) -> None:
         """Alias of :meth:`stop`."""
         self.stop()
@@ -279,6 +338,8 @@ class Experiment:
                 f"attach_framework takes a tracelet.plugins.FrameworkPlugin, not "
                 f"{type(framework).__name__}"
             )
+        if self._silent and self.is_running:
+            return framework  # (a rank that does not log: nothing to route)
         if self._status is not RunStatus.RUNNING or self._session is None:
             self._not_running(framework)
         assert self._session is not None
@@ -361,6 +422,8 @@ class Experiment:
     def _metric_value(self, name: Any, value: Any) -> float | PendingValue:
         """A value that is not a plain float: a number, else what an attached framework
         makes of it (a tensor), else a TypeError naming the metric."""
+        if self._silent:  # a rank that does not log: no conversion, no device sync
+            return 0.0
         if value.__class__ is not int and value.__class__ is not bool:
             for convert in self._value_converters:
                 converted = convert(value)
@@ -506,6 +569,8 @@ class Experiment:
         edges are kept. Or give the bins yourself: ``counts`` and ``edges`` (one more
         edge than counts), as ``numpy.histogram`` returns them."""
         check_name(name, "histogram")
+        if self._silent and self.is_running:
+            return
         if (values is None) == (counts is None and edges is None):
             raise TypeError(f"histogram {name!r}: give either values or counts and edges")
         if values is not None:
@@ -521,6 +586,8 @@ class Experiment:
         a path. The pixels are copied now and encoded off the training thread; while the
         images waiting to be encoded hold ``media_buffer_mb`` or more, the call waits."""
         check_name(name, "image")
+        if self._silent and self.is_running:
+            return
         pending = PendingImage.snapshot(name, image, self._step(step), _time())
         self._append(pending)  # refuses it when the run is not running
 
@@ -551,6 +618,8 @@ class Experiment:
         after is safe), hashed and journaled off the training thread, then delivered to
         every backend. Returns, per backend, where the artifact will be found.
         """
+        if self._silent and self.is_running:
+            return {}
         if not self.is_running or self._artifacts is None:
             self._not_running(artifact)
         assert self._artifacts is not None
@@ -731,6 +800,12 @@ class Experiment:
         if self._info is None:
             raise RuntimeError(f"experiment {self._name!r} has not been started")
         return self._info
+
+    @property
+    def rank(self) -> RankInfo | None:
+        """This process's rank in a distributed job, decided at ``start`` (None before).
+        Only rank zero logs, unless ``log_all_ranks`` is on."""
+        return self._rank
 
     @property
     def status(self) -> RunStatus | None:

@@ -14,7 +14,7 @@ import attrs
 from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.registry import PluginRegistry
-from tracelet.exceptions import StoreError
+from tracelet.exceptions import ConfigurationError, StoreError
 from tracelet.plugins import BackendPlugin, FrameworkPlugin
 from tracelet.records import DeliveryState, RunInfo, RunStatus
 from tracelet.redaction import redact
@@ -41,8 +41,10 @@ class Resumed:
 class RunSession:
     """Opens a run (store, lock, backends, orchestrator) and closes it again, once."""
 
-    def __init__(self, registry: PluginRegistry, run: RunSettings) -> None:
+    def __init__(self, registry: PluginRegistry, run: RunSettings, resume: str = "allow") -> None:
         self.registry = registry
+        self.resume = resume
+        """Whether the run may, must or must not be in the store already."""
         self.settings = run.settings
         self.backend_options = run.backend_options
         self._registrations = registry.select_backends(self.settings.backend)
@@ -114,6 +116,7 @@ class RunSession:
 
     def _create_run(self, store: LocalStore, info: RunInfo) -> tuple[RunInfo, Resumed]:
         stored = store.get_run(info.id)
+        self._check_resume(store, info.id, stored is not None)
         if stored is not None:
             info = attrs.evolve(
                 info, name=stored.name, project=stored.project, created_at=stored.created_at
@@ -128,7 +131,20 @@ class RunSession:
             path = artifact.artifact_path
             key = artifact.name if path.startswith(f"{artifact.name}/") else path
             versions[key] = max(versions.get(key, 0), artifact.version)
-        return info, Resumed(store.last_step(info.id), versions, frozenset(store.cursors(info.id)))
+        steps = store.last_step(info.id) + 1 if store.metric_names(info.id) else 0
+        return info, Resumed(steps, versions, frozenset(store.cursors(info.id)))
+
+    def _check_resume(self, store: LocalStore, run_id: str, stored: bool) -> None:
+        if self.resume == "must" and not stored:
+            raise ConfigurationError(
+                f"resume='must': the store at {store.path} has no run {run_id!r} to continue; "
+                "check the run id (`tracelet list`) and store_path, or use resume='allow'"
+            )
+        if self.resume == "never" and stored:
+            raise ConfigurationError(
+                f"resume='never': the store at {store.path} already has a run {run_id!r}; "
+                "give a new run id, or use resume='allow' to continue it"
+            )
 
     def _options(self) -> dict[str, dict[str, Any]]:
         """The backend options as the journal keeps them (secrets masked)."""
