@@ -1,5 +1,6 @@
-"""A real ``mlflow server`` on 127.0.0.1 for tests and benchmarks: SQLite store, local
-artifact root. ``MlflowServer(folder).start()`` ... ``.stop()``; ``.url`` is the tracking URI.
+"""A real ``mlflow server`` on 127.0.0.1 for tests and benchmarks: a SQLite store (or any
+backend-store URI, such as a PostgreSQL database), local artifact root.
+``MlflowServer(folder).start()`` ... ``.stop()``; ``.url`` is the tracking URI.
 :class:`MlflowReadBack` reads a Tracelet run back from any tracking URI.
 
 It runs in its own process group (it spawns uvicorn and a job runner), so stopping it
@@ -26,15 +27,17 @@ class MlflowServer(ServerProcess):
 
     name = "mlflow server"
 
-    def __init__(self, root: Path, workers: int = 1) -> None:
+    def __init__(self, root: Path, workers: int = 1, backend_store_uri: str | None = None) -> None:
         super().__init__(root)
         self.workers = workers
         """Server worker processes (1 for tests; ``mlflow server`` itself starts 4)."""
         self.url = f"http://127.0.0.1:{self.port}"
-        self.database = f"sqlite:///{self.root / 'mlflow.db'}"
+        self.database = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+        """The backend store: ``backend_store_uri`` (e.g.
+        ``postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow``), else ``root/mlflow.db``."""
 
     def command(self) -> list[str]:
-        """``mlflow server`` on the SQLite database and the local artifact root."""
+        """``mlflow server`` on the backend store and the local artifact root."""
         return [
             sys.executable,
             "-m",
