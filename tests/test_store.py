@@ -101,7 +101,7 @@ def test_resume_continues_the_same_run(read_store):
     first.stop(status="failed")
     second = tracelet.Experiment("ignored name", settings=settings, run_id=first.id).start()
     assert second.name == "resumable"
-    assert second.iteration == 1, "the step continues where the run left off"
+    assert second.iteration == 2, "the step after the last one logged"
     second.log_metric("loss", 0.25, 2)
     second.stop()
     store = read_store()

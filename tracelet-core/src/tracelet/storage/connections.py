@@ -15,6 +15,7 @@ from pathlib import Path
 from tracelet.exceptions import StoreError
 from tracelet.storage.forking import GATE, GatedConnection, track
 from tracelet.storage.schema import migrate
+from tracelet.storage.sql import BUSY_TIMEOUT, use_wal
 
 DB_NAME = "tracelet.db"
 
@@ -43,18 +44,27 @@ class StoreFile:
         return con
 
     def _connect(self) -> sqlite3.Connection:
-        """A new connection; on a read-only disk a read-only one (no WAL files to make)."""
+        """A new connection; on a read-only disk a read-only one (no WAL files to make).
+
+        Every connection waits up to :data:`BUSY_TIMEOUT` for another process's lock.
+        """
         if self.read_only:
             uri = f"{self.db_path.as_uri()}?mode=ro&immutable=1"
-            return sqlite3.connect(uri, uri=True, check_same_thread=False, factory=GatedConnection)
+            return sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=BUSY_TIMEOUT,
+                check_same_thread=False,
+                factory=GatedConnection,
+            )
         con = sqlite3.connect(
             self.db_path,
             isolation_level=None,
-            timeout=60.0,
+            timeout=BUSY_TIMEOUT,
             check_same_thread=False,
             factory=GatedConnection,
         )
-        con.execute("PRAGMA journal_mode=WAL")
+        use_wal(con)
         con.execute("PRAGMA synchronous=NORMAL")
         return con
 

@@ -54,6 +54,8 @@ _EVENT_SQL = {
     "histograms": "SELECT batch, name, step, ts, counts, edges, nonfinite FROM histograms",
 }
 _EVENT_WHERE = "WHERE run = ? AND batch BETWEEN ? AND ?"
+_FILE_COLUMN = {"images": 3, "artifacts": 2}
+"""Where each kind's row (less its batch) holds a stored file's path."""
 
 
 def _histogram(name: str, step: int, ts: float, counts: str, edges: str, nonfinite: int) -> Any:
@@ -130,7 +132,7 @@ class LocalStore(StoreFile, RunReader, CursorTable):
 
     def lock_run(self, run_id: str) -> RunLock:
         """Take the run's lock for this process; raise if a live process writes the run."""
-        lock = RunLock(self.path / "locks" / f"{check_run_id(run_id)}.lock")
+        lock = RunLock(self._lock_path(check_run_id(run_id)))
         if not lock.acquire():
             raise StoreError(
                 f"run {run_id} is being written by another live process; "
@@ -244,37 +246,48 @@ class LocalStore(StoreFile, RunReader, CursorTable):
         ]
 
     def recover_crashed(self) -> list[str]:
-        """Mark this host's running runs whose process died as crashed; return their ids."""
+        """Mark this host's running runs whose process died as crashed; return their ids.
+
+        A run is dead when no process holds its lock. The runs are probed again inside the
+        write transaction that marks them: a process that takes a run's lock and resumes it
+        meanwhile records it as running only after that transaction, so a live run is never
+        left marked crashed. With no dead run (the usual case) nothing is written.
+        """
+        if not self._unlocked_running_runs():
+            return []
         con = self.connection()
-        candidates = con.execute(
-            "SELECT id FROM runs WHERE status = 'running' AND host = ?", (socket.gethostname(),)
-        ).fetchall()
-        crashed = [
-            run_id
-            for (run_id,) in candidates
-            if not is_locked(self.path / "locks" / f"{run_id}.lock")
-        ]
-        for run_id in crashed:
-            pk = self._pk(run_id)
-            last = con.execute("SELECT max(created_at) FROM batches WHERE run = ?", (pk,))
-            ended = last.fetchone()[0]
-            con.execute(
-                "UPDATE runs SET status = 'crashed', ended_at = ?"
-                " WHERE pk = ? AND status = 'running'",
-                (ended, pk),
-            )
+        with transaction(con):
+            crashed = self._unlocked_running_runs()
+            for run_id in crashed:
+                pk = self._pk(run_id)
+                last = con.execute("SELECT max(created_at) FROM batches WHERE run = ?", (pk,))
+                con.execute(
+                    "UPDATE runs SET status = 'crashed', ended_at = ? WHERE pk = ?",
+                    (last.fetchone()[0], pk),
+                )
         return crashed
+
+    def _unlocked_running_runs(self) -> list[str]:
+        """This host's runs recorded as running whose lock no live process holds."""
+        rows = self.connection().execute(
+            "SELECT id FROM runs WHERE status = 'running' AND host = ?", (socket.gethostname(),)
+        )
+        return [run_id for (run_id,) in rows if not is_locked(self._lock_path(run_id))]
+
+    def _lock_path(self, run_id: str) -> Path:
+        return self.path / "locks" / f"{run_id}.lock"
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run, everything journaled for it, and its stored files.
 
-        Refused (StoreError) while a live process writes the run.
+        Refused (StoreError) while a live process writes the run (checked inside the
+        transaction, so a process resuming the run meanwhile waits for it).
         """
-        if is_locked(self.path / "locks" / f"{run_id}.lock"):
-            raise StoreError(f"run {run_id} is being written by a live process; not removed")
         pk = self._pk(run_id)
         con = self.connection()
         with transaction(con):
+            if is_locked(self._lock_path(run_id)):
+                raise StoreError(f"run {run_id} is being written by a live process; not removed")
             con.execute(
                 "DELETE FROM metrics WHERE id IN (SELECT m.id FROM batches b JOIN metrics m"
                 " ON m.id BETWEEN b.first_metric AND b.last_metric WHERE b.run = ?)",
@@ -341,6 +354,14 @@ class LocalStore(StoreFile, RunReader, CursorTable):
             self._write_events(con, pk, batch)
         return True
 
+    def _inside(self, path: str) -> str:
+        """A stored file's path as kept: relative to the store when inside it, so that a
+        store copied elsewhere (from an offline node) still finds its files."""
+        try:
+            return Path(path).resolve().relative_to(self.path).as_posix()
+        except ValueError:  # a file outside the store (an older store's, or a test's)
+            return path
+
     def _write_events(self, con: sqlite3.Connection, pk: int, batch: Batch) -> None:
         seq = batch.seq
         con.executemany(
@@ -357,7 +378,7 @@ class LocalStore(StoreFile, RunReader, CursorTable):
         )
         con.executemany(
             "INSERT INTO images(run, batch, name, step, ts, path) VALUES (?, ?, ?, ?, ?, ?)",
-            [(pk, seq, i.name, i.step, i.timestamp, i.path) for i in batch.images],
+            [(pk, seq, i.name, i.step, i.timestamp, self._inside(i.path)) for i in batch.images],
         )
         con.executemany(
             "INSERT INTO artifacts(run, batch, name, artifact_path, path, size_bytes, sha256,"
@@ -368,7 +389,7 @@ class LocalStore(StoreFile, RunReader, CursorTable):
                     seq,
                     a.name,
                     a.artifact_path,
-                    a.path,
+                    self._inside(a.path),
                     a.size_bytes,
                     a.sha256,
                     a.kind,
@@ -446,7 +467,10 @@ class LocalStore(StoreFile, RunReader, CursorTable):
             order = " ORDER BY id" if record else ""
             rows = con.execute(f"{_EVENT_SQL[kind]} {_EVENT_WHERE}{order}", (pk, low, high))
             by_batch: dict[int, Any] = {}
+            where = _FILE_COLUMN.get(kind)
             for seq, *row in rows:
+                if where is not None:
+                    row[where] = str(self.path / row[where])  # (an absolute path stays)
                 if record is not None:
                     by_batch.setdefault(seq, []).append(record(*row))
                 else:
