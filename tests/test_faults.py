@@ -412,3 +412,36 @@ def test_a_read_only_store_is_readable_and_refuses_new_runs_clearly(small_disk, 
             tracelet.start_logging("after", config={"store_path": str(view / "store")})
     finally:
         subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+EXITS_AT_ONCE = """
+    import sys, tracelet
+    exp = tracelet.start_logging("quick", backend=["local", "mlflow"],
+                                 config={"tracking_uri": sys.argv[1]})
+    exp.log_metric("loss", 0.5, 0)
+"""
+
+
+@pytest.mark.slow
+def test_a_program_that_ends_at_once_exits_promptly_and_sync_delivers_later(tmp_path):
+    """Python refuses new threads at exit, so a backend not started by then cannot be:
+    the program must not wait the flush timeout for it, and its batch stays for sync."""
+    import time
+
+    from python_script import run_script
+
+    from tracelet_mlflow.testing import MlflowReadBack
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    began = time.monotonic()
+    done = run_script(EXITS_AT_ONCE, timeout=120, cwd=tmp_path, args=(uri,))
+    took = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    assert took < 20, f"waited {took:.0f} s: the 30 s flush timeout for a backend that cannot start"
+    assert "could not run while Python was exiting" in done.stderr
+    assert "tracelet sync" in done.stderr
+    assert cli(["--store", str(tmp_path / ".tracelet"), "sync"]) == 0
+    (point,) = MlflowReadBack(uri).metrics(
+        tracelet.storage.LocalStore(tmp_path / ".tracelet").list_runs()[0].id
+    )
+    assert point[:3] == ("loss", 0.5, 0)

@@ -11,6 +11,7 @@ becomes unreachable, one line when it has caught up again.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -303,6 +304,8 @@ class Delivery:
             except (PermanentBackendError, ConfigurationError) as error:
                 return self._fail_for_good(f"{what}: {describe_error(error)}")
             except Exception as error:
+                if refused_at_exit(error):
+                    return self._left_for_sync(what, error)
                 self._retrying(what, error)
                 if self.deadline <= time.monotonic():
                     return False
@@ -347,6 +350,21 @@ class Delivery:
                 self.state.pending,
             )
         self._update(phase=DeliveryPhase.RETRYING, error=message)
+
+    def _left_for_sync(self, what: str, error: Exception) -> bool:
+        """Python is exiting and the tool cannot start a thread now: no retry can succeed
+        in this process, so stop at once and leave the batches to ``tracelet sync``."""
+        logger.warning(
+            "tracelet backend %r could not run while Python was exiting (%s: %s); %d "
+            "batch(es) stay in the local store: `tracelet sync` delivers them (stop the run "
+            "before the program ends to deliver it at once)",
+            self.name,
+            what,
+            describe_error(error),
+            self.state.pending,
+        )
+        self._update(phase=DeliveryPhase.FAILED, error=describe_error(error))  # in this run
+        return False
 
     def _fail_for_good(self, reason: str) -> bool:
         self._update(phase=DeliveryPhase.FAILED, error=reason)
@@ -408,6 +426,14 @@ class Delivery:
 
     def _read(self, upto: int) -> list[Batch]:
         return self.journal.read_batches(self.run.id, self.delivered, upto, limit=READ_AHEAD)
+
+
+def refused_at_exit(error: BaseException) -> bool:
+    """Whether ``error`` is a library refusing new threads or futures because Python is
+    shutting down (``can't register atexit after shutdown``, ``cannot schedule new futures
+    after interpreter shutdown``): nothing can succeed in this process any more."""
+    exiting = getattr(threading, "_SHUTTING_DOWN", False) or sys.is_finalizing()
+    return exiting and isinstance(error, RuntimeError) and "shutdown" in str(error)
 
 
 def describe_error(error: BaseException) -> str:
