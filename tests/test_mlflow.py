@@ -240,6 +240,65 @@ def test_artifact_results_name_the_mlflow_run(sqlite_uri, tmp_path):
     assert results["mlflow"].uri == f"runs:/{run.info.run_id}/f.bin"
 
 
+@pytest.fixture(params=["sqlite", "server"])
+def any_tracking_uri(request, sqlite_uri) -> str:
+    """A SQLite tracking database, then a real ``mlflow server``."""
+    if request.param == "sqlite":
+        return sqlite_uri
+    return request.getfixturevalue("mlflow_server").url
+
+
+def download(uri: str, tracking_uri: str, folder: Path) -> bytes:
+    """The artifact at ``uri``, fetched by MLflow itself."""
+    from mlflow.artifacts import download_artifacts
+
+    local = download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=tracking_uri)
+    return Path(local).read_bytes()
+
+
+def test_an_artifact_uri_is_one_mlflow_downloads(any_tracking_uri, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    options = {"tracking_uri": any_tracking_uri, "experiment_name": f"download-{tmp_path.name}"}
+    with tracelet.start_logging("dl", backend="mlflow", config={"mlflow": options, **QUIET}) as e:
+        e.log_metric("m", 1.0, 0)
+        assert e.flush(timeout=30)  # the MLflow run exists
+        uri = e.log_artifact("model.pt", "checkpoints/model.pt")["mlflow"].uri
+    _, run = mlflow_run(any_tracking_uri, e.id)
+    assert uri == f"runs:/{run.info.run_id}/checkpoints/model.pt"
+    assert download(uri, any_tracking_uri, tmp_path / "d") == b"weights"
+
+
+def test_an_artifact_logged_before_the_mlflow_run_exists_resolves_later(
+    sqlite_uri, tmp_path, monkeypatch
+):
+    from tracelet_mlflow.backend import MlflowBackend
+    from tracelet_mlflow.uris import resolve_artifact_uri
+
+    gate = threading.Event()
+    start_run = MlflowBackend.start_run
+
+    def slow_start_run(self, run, resumed):
+        assert gate.wait(30)
+        return start_run(self, run, resumed)
+
+    monkeypatch.setattr(MlflowBackend, "start_run", slow_start_run)
+    (tmp_path / "f.bin").write_bytes(b"early")
+    config = {"mlflow": {"tracking_uri": sqlite_uri, "experiment_name": "exp/with slashes"}}
+    with tracelet.start_logging("early", backend="mlflow", config={**config, **QUIET}) as e:
+        uri = e.log_artifact("f.bin")["mlflow"].uri
+        assert uri == f"tracelet-mlflow:/exp%2Fwith%20slashes/{e.id}/f.bin"
+        with pytest.raises(LookupError, match=f"MLflow has no run for Tracelet run {e.id}"):
+            resolve_artifact_uri(uri, sqlite_uri)
+        gate.set()
+    _, run = mlflow_run(sqlite_uri, e.id)
+    resolved = resolve_artifact_uri(uri, sqlite_uri)
+    assert resolved == f"runs:/{run.info.run_id}/f.bin"
+    assert resolve_artifact_uri(resolved, sqlite_uri) == resolved
+    with pytest.raises(ValueError, match="not an artifact URI of Tracelet's MLflow backend"):
+        resolve_artifact_uri("tracelet-mlflow:/exp/it's/f.bin", sqlite_uri)
+    assert download(resolved, sqlite_uri, tmp_path / "d") == b"early"
+
+
 def test_every_name_becomes_a_distinct_legal_mlflow_name():
     from mlflow.utils.validation import _validate_metric_name, _validate_param_name
 

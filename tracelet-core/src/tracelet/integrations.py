@@ -27,9 +27,11 @@ def __getattr__(name: str) -> Any:
     try:
         importlib.import_module("tracelet_torch")
     except ImportError:
+        from tracelet.core.registry import how_to_install
+
         raise ImportError(
-            f"tracelet.integrations.{name} is part of the torch integration: "
-            'pip install tracelet-torch (or "tracelet-core[torch]")'
+            f"tracelet.integrations.{name} is part of the torch integration; install "
+            f"tracelet-torch {how_to_install('tracelet-torch')}"
         ) from None
     try:
         value = getattr(importlib.import_module(module), name)

@@ -13,6 +13,9 @@
   params before them, tags after.
 - The tag ``tracelet.seq`` holds the last batch delivered, so a batch delivered again is
   skipped: replays never duplicate.
+- ``log_artifact`` returns MLflow's address of the artifact, ``runs:/<MLflow run id>/<path>``;
+  before the MLflow run exists, a placeholder that
+  :func:`tracelet_mlflow.uris.resolve_artifact_uri` resolves later (see that module).
 - Texts, images, histograms and files land as artifacts:
   ``tracelet/texts/<name>/step_<step>.txt``, ``tracelet/images/<name>/step_<step>.png``,
   ``tracelet/histograms/<name>/step_<step>.json`` (``counts``, ``edges``, ``nonfinite``;
@@ -56,10 +59,11 @@ from tracelet_mlflow.names import (
     name_tags,
     param_text,
 )
+from tracelet_mlflow.stores import check_tracking_uri
+from tracelet_mlflow.uris import RUN_ID_TAG, pending_artifact_uri
 
 logger = logging.getLogger("tracelet")
 
-RUN_ID_TAG = "tracelet.run_id"
 SEQ_TAG = "tracelet.seq"
 METRICS_PER_CALL = 1000
 PARAMS_OR_TAGS_PER_CALL = 100
@@ -110,6 +114,12 @@ class MlflowBackend(BackendPlugin):
         self._run: RunInfo | None = None
         self._warned_params: set[str] = set()
 
+    def initialize(self, config: Mapping[str, Any]) -> None:
+        """Take the checked options; a tracking URI the installed MLflow cannot serve (a
+        database without the full MLflow, say) is a ConfigurationError naming the fix."""
+        super().initialize(config)
+        check_tracking_uri(self.config.get("tracking_uri"))
+
     def start(self) -> None:
         """Create the client (imports MLflow)."""
         from mlflow import MlflowClient
@@ -146,12 +156,15 @@ class MlflowBackend(BackendPlugin):
         )
         self.run_id = created.info.run_id
 
-    def _experiment_id(self, run: RunInfo) -> str:
-        name = (
+    def _experiment_name(self, run: RunInfo) -> str:
+        return (
             self.config.get("experiment_name")
             or os.environ.get("MLFLOW_EXPERIMENT_NAME")
             or run.project
         )
+
+    def _experiment_id(self, run: RunInfo) -> str:
+        name = self._experiment_name(run)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise PermanentBackendError(
@@ -302,9 +315,10 @@ class MlflowBackend(BackendPlugin):
         self.client = None
 
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
-        """``runs:/<mlflow run id>/<artifact path>`` once the MLflow run exists."""
+        """``runs:/<MLflow run id>/<artifact path>`` once the MLflow run exists, else the
+        placeholder :func:`~tracelet_mlflow.uris.resolve_artifact_uri` resolves later."""
         if self.run_id is None:
-            return super().artifact_uri(run, artifact_path, version)
+            return pending_artifact_uri(self._experiment_name(run), run.id, artifact_path)
         return f"runs:/{self.run_id}/{artifact_path}"
 
 

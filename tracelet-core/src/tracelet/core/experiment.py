@@ -34,7 +34,7 @@ from tracelet.core.artifact_logging import ArtifactLogger
 from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.process import status_for
-from tracelet.core.registry import PluginRegistry, registry_for
+from tracelet.core.registry import PluginRegistry, how_to_install, registry_for
 from tracelet.core.session import RunSession
 from tracelet.distributed import RankInfo, SamplePublisher, current_rank
 from tracelet.gradients import selected_stats
@@ -850,8 +850,8 @@ def _torch_integration(caller: str) -> Any:
         import tracelet_torch
     except ImportError:
         raise ImportError(
-            f"tracelet.{caller} needs the torch integration: pip install tracelet-torch "
-            '(or "tracelet-core[torch]")'
+            f"tracelet.{caller} needs the torch integration; install tracelet-torch "
+            f"{how_to_install('tracelet-torch')}"
         ) from None
     return tracelet_torch
 

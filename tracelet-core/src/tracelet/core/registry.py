@@ -291,6 +291,14 @@ def _unknown_hook(plugin: object) -> str:
     )
 
 
+def how_to_install(package: str) -> str:
+    """Where a Tracelet distribution comes from, as commands that work as written."""
+    return (
+        f"from a Tracelet checkout: pip install ./{package} (or, with the wheels built into "
+        f"dist/: pip install {package} --find-links dist)"
+    )
+
+
 def unknown_backend(
     name: str, available: Iterable[str], disabled: Iterable[str] = ()
 ) -> ConfigurationError:
@@ -301,7 +309,7 @@ def unknown_backend(
     if name in disabled:
         fix = f"its plugin is disabled: remove {name!r} from disable_plugins"
     elif package:
-        fix = f"install it with: pip install {package}"
+        fix = f"install it {how_to_install(package)}"
     else:
         fix = f"check the spelling{did_you_mean(name, available)}, or install its plugin"
     return ConfigurationError(f"unknown backend {name!r} (installed: {installed}); {fix}")
