@@ -236,8 +236,10 @@ for name, context, _ in aim_run.iter_sequence_info_by_type("float"):
     aim_points += [(name, v, s) for s, v in zip(steps, values)]
 found["aim"] = sorted(aim_points)
 
+offline = Path(os.environ["CLEARML_CACHE_DIR"]) / "offline"
+sessions = {str(f.relative_to(offline)): f.stat().st_size for f in offline.glob("*/*")}
 for backend, points in found.items():
-    assert points == expected, f"{backend}: {points}"
+    assert points == expected, f"{backend}: {points} (ClearML's sessions: {sessions})"
 print(json.dumps({"run": exp.id, "backends": sorted(found)}))
 '''
 

@@ -10,6 +10,7 @@ delivered whole) and ``tracelet_status``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,27 @@ def session_tasks(offline_dir: str | Path, run_id: str) -> list[tuple[Path, dict
     its ``task.json``, read once."""
     found = []
     for task_file in Path(offline_dir).glob("*/task.json"):
-        try:
-            task = json.loads(task_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a session being written, or not ClearML's
+        task = read_task(task_file)
+        if task is None:
+            continue  # not ClearML's
         values = properties(task)
         if values.get(RUN_ID) == run_id:
             found.append((int(values.get(SESSION) or 0), task_file.parent, task))
     return [(folder, task) for _, folder, task in sorted(found, key=lambda f: f[:2])]
+
+
+def read_task(task_file: Path, patience: float = 2.0) -> dict[str, Any] | None:
+    """A session's ``task.json``, or None if it is not one. ClearML rewrites the file in
+    place, from its own threads even after ``close`` returns: a read that catches it
+    half-written is tried again, for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return json.loads(task_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
 
 _CAST = {"int": int, "float": float, "bool": lambda v: v == "True"}
