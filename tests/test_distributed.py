@@ -188,3 +188,40 @@ def test_on_another_rank_every_call_is_a_no_op_that_never_raises(monkeypatch, tm
     tracelet.stop_logging()
     assert tracelet.get_active_experiment() is None
     assert not store_path.exists(), "a rank that does not log writes no store"
+
+
+class FailingOnce:
+    """A store whose next ``set`` fails (fault injection); everything else is the real one."""
+
+    def __init__(self, store):
+        self.store, self.fail = store, False
+
+    def set(self, key, value):
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("the store's server did not answer")
+        self.store.set(key, value)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_the_rank_channel_carries_each_rank_s_latest_sample_and_never_grows():
+    from torch.distributed import HashStore, PrefixStore
+
+    from tracelet.distributed import RankChannel
+
+    shared = PrefixStore("tracelet/system", HashStore())  # (c10d's in-process store)
+    zero = RankChannel(shared, RankInfo(0, 0, 3, "RANK"))
+    one = RankChannel(FailingOnce(shared), RankInfo(1, 1, 3, "RANK"))
+    assert zero.receive() == {}
+    one.send({"cpu_percent": 10.0})
+    one.send({"cpu_percent": 20.0})
+    assert zero.receive() == {1: {"cpu_percent": 20.0}}
+    assert zero.receive() == {}, "nothing new"
+    one.store.fail = True
+    with pytest.raises(RuntimeError):
+        one.send({"cpu_percent": 30.0})  # (SamplePublisher drops it)
+    one.send({"cpu_percent": 40.0})
+    assert zero.receive() == {1: {"cpu_percent": 40.0}}, "a failed send leaves no hole"
+    assert shared.num_keys() <= 2

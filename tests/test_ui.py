@@ -993,3 +993,31 @@ def test_a_run_page_and_the_compare_view(page, server, ui_store, screenshots):
     assert "batch_size" in params
     assert page.locator("#compare-metrics tbody tr").count() == 3
     snap(page, screenshots, "ui-compare")
+
+
+def test_a_file_row_naming_a_path_outside_the_store_is_not_served(tmp_path):
+    """A copied store could name any file; the dashboard serves only the store's own."""
+    import sqlite3
+
+    from starlette.testclient import TestClient
+
+    from tracelet.ui.app import create_app
+
+    store = tmp_path / ".tracelet"
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    with tracelet.start_logging("copied", config={"store_path": str(store), **QUIET}) as exp:
+        exp.log_artifact(tmp_path / "model.pt")
+    with sqlite3.connect(store / "tracelet.db") as con:
+        con.execute("UPDATE artifacts SET path = '../../../../../../../../etc/passwd'")
+    with TestClient(create_app(store)) as api:
+        response = api.get(f"/api/runs/{exp.id}/artifacts/0")
+    assert response.status_code == 404
+    assert "is not in the store" in response.json()["error"]
+
+
+@pytest.mark.parametrize("query", ["points=0", "points=-5", "start=inf", "after=nan", "start=x"])
+def test_a_bad_number_in_a_query_is_a_400_that_names_it(client, demo_store, query):
+    _, ids = demo_store
+    response = client.get(f"/api/runs/{ids['baseline']}/metrics/loss?{query}")
+    assert response.status_code == 400
+    assert query.split("=")[0] in response.json()["error"]

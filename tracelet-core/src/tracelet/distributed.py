@@ -87,18 +87,20 @@ def _initialised_torch_distributed() -> Any:
 
 
 class RankChannel:
-    """Carries system samples from every other rank to rank zero, losslessly and in order.
+    """Carries system samples from every other rank to rank zero.
 
-    Rank ``r`` numbers its samples with the store's atomic counter ``<r>/count`` and sets
-    each under ``<r>/<n>``; rank zero reads the new ones and deletes what it read. All
-    under the ``tracelet/system`` prefix of ``torch.distributed``'s default store.
+    Each rank keeps one key, ``<r>``, under the ``tracelet/system`` prefix of
+    ``torch.distributed``'s default store, and overwrites it with its latest sample and
+    that sample's number; rank zero reads each key and keeps a sample it has not seen. One
+    key per rank: the store never grows, and a send that fails leaves nothing behind.
     """
 
     def __init__(self, store: Any, rank: RankInfo) -> None:
         self.store = store
         self.rank = rank
-        self._read: dict[int, int] = {}
-        """Per other rank, the number of its last sample read (on rank zero)."""
+        self._sent = 0
+        self._seen: dict[int, int] = {}
+        """Per other rank, the number of its latest sample read (on rank zero)."""
 
     @classmethod
     def connect(cls, rank: RankInfo) -> RankChannel | None:
@@ -113,33 +115,26 @@ class RankChannel:
         except Exception as error:  # a backend without a store: no channel
             logger.debug("tracelet: no channel between ranks (%r)", error)
             return None
-        channel = cls(store, rank)
-        if rank.is_zero:  # samples sent before this run started belong to an earlier one
-            channel._read = {r: channel._count(r) for r in range(1, rank.world_size)}
-        return channel
+        return cls(store, rank)
 
     def send(self, sample: Mapping[str, float]) -> None:
-        """Send one of this rank's samples to rank zero."""
-        number = self.store.add(f"{self.rank.rank}/count", 1)
-        self.store.set(f"{self.rank.rank}/{number}", json.dumps(dict(sample)))
+        """Send this rank's latest sample to rank zero (replacing the one before)."""
+        self._sent += 1
+        message = {"number": self._sent, "sample": dict(sample)}
+        self.store.set(str(self.rank.rank), json.dumps(message))
 
-    def receive(self) -> dict[int, list[dict[str, float]]]:
-        """On rank zero: every other rank's samples that arrived since the last call."""
-        received: dict[int, list[dict[str, float]]] = {}
+    def receive(self) -> dict[int, dict[str, float]]:
+        """On rank zero: each other rank's latest sample, if new since the last call."""
+        received = {}
         for rank in range(1, self.rank.world_size):
-            samples = received[rank] = []
-            last = self._read.get(rank, 0)
-            for number in range(last + 1, self._count(rank) + 1):
-                key = f"{rank}/{number}"
-                if not self.store.check([key]):  # counted, not set yet: next time
-                    break
-                samples.append(json.loads(self.store.get(key)))
-                self.store.delete_key(key)
-                self._read[rank] = number
+            key = str(rank)
+            if not self.store.check([key]):
+                continue
+            message = json.loads(self.store.get(key))
+            if message["number"] != self._seen.get(rank):
+                self._seen[rank] = message["number"]
+                received[rank] = message["sample"]
         return received
-
-    def _count(self, rank: int) -> int:
-        return int(self.store.add(f"{rank}/count", 0))
 
 
 class SamplePublisher:
@@ -170,7 +165,7 @@ class RankGatherer:
         self._channel: RankChannel | None = None
 
     def gather(self) -> dict[str, float]:
-        """What arrived since the last call, the latest sample of each rank."""
+        """The latest sample of each rank that sent one since the last call."""
         self._channel = self._channel or RankChannel.connect(self.rank)
         if self._channel is None:
             return {}
@@ -181,7 +176,6 @@ class RankGatherer:
             return {}
         return {
             f"rank{rank}/{key}": value
-            for rank, samples in received.items()
-            if samples
-            for key, value in samples[-1].items()
+            for rank, sample in received.items()
+            for key, value in sample.items()
         }

@@ -76,7 +76,7 @@ def check_tracking_uri(configured: str | None) -> None:
                 f'pip install "{LOCAL_EXTRA}"; or set tracking_uri to a tracking server '
                 "(http://host:5000)"
             )
-    elif scheme in FILE_SCHEMES and not _file_store_allowed():
+    elif scheme in FILE_SCHEMES and not _file_store_allowed(uri):
         raise ConfigurationError(
             f"mlflow tracking URI {shown!r} is MLflow's file store, which this MLflow refuses "
             "unless MLFLOW_ALLOW_FILE_STORE=true; set tracking_uri to a database "
@@ -97,9 +97,13 @@ def without_credentials(uri: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, query, ""))
 
 
-def _file_store_allowed() -> bool:
+def _file_store_allowed(uri: str) -> bool:
     """Whether MLflow opens its file store: always before MLflow 3's opt-in variable
-    ``MLFLOW_ALLOW_FILE_STORE``, and with it only when that variable is true."""
+    ``MLFLOW_ALLOW_FILE_STORE``, and with it only when that variable is true (read without
+    importing MLflow when it says so plainly)."""
+    plain = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower()
+    if plain in ("true", "1"):
+        return True
     from mlflow import environment_variables
 
     allow = getattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)

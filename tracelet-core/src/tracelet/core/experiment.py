@@ -55,7 +55,7 @@ from tracelet.records import (
     Text,
 )
 from tracelet.redaction import redact_params
-from tracelet.reporting import report_once
+from tracelet.reporting import logger, report_once
 from tracelet.settings import ExperimentConfig, TraceletSettings, resolve_run, run_identity
 from tracelet.storage import LocalStore
 from tracelet.values import (
@@ -198,7 +198,7 @@ class Experiment:
         rank = self._rank = current_rank()
         if rank.distributed and self.settings.log_all_ranks:
             self._join_rank_group(rank)
-        elif not rank.is_zero:
+        elif rank.distributed and not rank.is_zero:
             return self._start_silent(rank)
         session = RunSession(self._registry, self._run, self._resume)
         info = RunInfo(self._id, self._name, self.settings.project, self._created_at)
@@ -251,6 +251,13 @@ class Experiment:
         """A rank other than zero: no run, no store; logging calls are cheap no-ops, and
         only system samples are taken, for rank zero's run."""
         self._silent = True
+        logger.info(
+            "tracelet: rank %d of %d (from %s) records nothing; rank 0 logs the run "
+            "(log_all_ranks=True gives each rank a run of its own)",
+            rank.rank,
+            rank.world_size,
+            rank.source,
+        )
         self._info = RunInfo(self._id, self._name, self.settings.project, self._created_at)
         self._append = self._append_metric = _dropped
         self._capacity = sys.maxsize
@@ -539,6 +546,8 @@ class Experiment:
         statistics only of those layers (see :mod:`tracelet.gradients`)."""
         if not isinstance(stats, Mapping):
             raise TypeError(f"stats must be a dict of name to value, not {type(stats).__name__}")
+        if self._silent and self.is_running:  # (no tensor is read off its device)
+            return
         checked = {check_name(f"grad/{n}"): to_metric_value(n, v) for n, v in stats.items()}
         if not self.settings.track_gradients:
             return

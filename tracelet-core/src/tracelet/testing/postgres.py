@@ -12,6 +12,9 @@ does both.
 ``initdb`` and ``pg_ctl`` refuse to run as root: as root, they run as the ``postgres``
 system user (which the Debian package creates) through ``runuser``, and the folder is
 handed to that user.
+
+It is a test server: trust authentication lets any local user connect as the superuser,
+so run it only on a machine of your own.
 """
 
 from __future__ import annotations
@@ -251,7 +254,11 @@ class PostgresServer(ServerProcess):
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # (a server started before a later step failed)
+            self.close()
+            raise
         return self
 
     def __exit__(

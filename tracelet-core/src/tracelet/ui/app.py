@@ -125,7 +125,7 @@ class Endpoints:
     def series(self, request: Request) -> Response:
         """``GET /api/runs/{run}/metrics/{name}?start=&end=&after=&points=``."""
         steps = StepRange.of(_int(request, "start"), _int(request, "end"), _int(request, "after"))
-        points = _int(request, "points") or DEFAULT_POINTS
+        points = _positive(request, "points") or DEFAULT_POINTS
         params = request.path_params
         return Json(self.dashboard.series(params["run"], params["name"], steps, points))
 
@@ -137,12 +137,12 @@ class Endpoints:
 
     def checkpoints(self, request: Request) -> Response:
         """``GET /api/runs/{run}/checkpoints?limit=``: the last ones, in step order."""
-        limit = _int(request, "limit") or DEFAULT_LIMIT
+        limit = _positive(request, "limit") or DEFAULT_LIMIT
         return Json(self.dashboard.checkpoints(request.path_params["run"], limit))
 
     def texts(self, request: Request) -> Response:
         """``GET /api/runs/{run}/texts?limit=``: the last ones, in logged order."""
-        limit = _int(request, "limit") or DEFAULT_LIMIT
+        limit = _positive(request, "limit") or DEFAULT_LIMIT
         return Json(self.dashboard.texts(request.path_params["run"], limit))
 
     def files(self, request: Request) -> Response:
@@ -154,9 +154,14 @@ class Endpoints:
         """``GET /api/runs/{run}/images/{i}`` and ``.../artifacts/{i}``: the stored file."""
         params = request.path_params
         path = self.dashboard.file(params["run"], params["kind"], params["index"])
-        if params["kind"] == "images":
-            return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0])
-        return FileResponse(path, filename=path.name)
+        media_type = mimetypes.guess_type(path.name)[0]
+        if params["kind"] == "images" and media_type in IMAGE_TYPES:
+            return FileResponse(path, media_type=media_type)
+        return FileResponse(path, filename=path.name)  # a download, never rendered here
+
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Images served inline; any other file (an SVG could carry script) is a download."""
 
 
 def _int(request: Request, name: str) -> int | None:
@@ -165,8 +170,15 @@ def _int(request: Request, name: str) -> int | None:
         return None
     try:
         return int(float(text))
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
+    except (ValueError, OverflowError):  # (OverflowError: inf)
+        raise ValueError(f"{name} must be a finite number, got {text!r}") from None
+
+
+def _positive(request: Request, name: str) -> int | None:
+    value = _int(request, name)
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be 1 or more, got {value}")
+    return value
 
 
 def _asset(request: Request, path: Path) -> Response:

@@ -208,7 +208,9 @@ class Dashboard:
         records = self._records(run, kind)
         if not 0 <= index < len(records):
             raise NotFoundError(f"run {run.id[:12]} has no {kind[:-1]} #{index}")
-        path = Path(records[index].path)
+        path = Path(records[index].path).resolve()
+        if not path.is_relative_to(self.store.path / "files"):  # a row naming another file
+            raise NotFoundError(f"run {run.id[:12]}'s {kind[:-1]} #{index} is not in the store")
         if not path.is_file():
             raise NotFoundError(f"the stored file {path} is gone")
         return path
