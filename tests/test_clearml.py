@@ -253,3 +253,24 @@ def test_sync_publishes_a_local_run_into_clearml(clearml_offline):
     back = ClearmlReadBack(clearml_offline)
     assert [v for _, v, _, _ in back.metrics(exp.id)] == [float(s) for s in range(100)]
     assert back.status(exp.id) == "finished"
+
+
+CHILD_RUN = """
+    import tracelet
+    with tracelet.start_logging("child", backend=["clearml"], config={"offline": True}) as exp:
+        exp.log_metric("loss", 0.5, 0)
+    print(exp.id)
+"""
+
+
+@pytest.mark.parametrize("variable", ["CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID"])
+def test_a_run_in_a_process_started_by_a_clearml_process_is_stored(
+    clearml_offline, tmp_path, variable
+):
+    """ClearML marks the environment of a process that ran a task; a child inheriting the
+    mark was taken for that task's subprocess and given a stub that stored nothing."""
+    env = {**os.environ, variable: f"{os.getppid()}:"}  # (a parent that ran a task)
+    done = run_script(CHILD_RUN, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip().splitlines()[-1]
+    assert [p[:3] for p in ClearmlReadBack(clearml_offline).metrics(run_id)] == [("loss", 0.5, 0)]

@@ -55,12 +55,15 @@ def version_of(distribution: str) -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without what would point Python at the checkout or the dev venv."""
+    """This environment without what would point Python at the checkout or the dev venv,
+    or at a tool's state from this test process. (ClearML leaves ``CLEARML_PROC_MASTER_ID``
+    and ``TRAINS_PROC_MASTER_ID`` in the environment of a process that ran a task; a child
+    that inherits them takes itself for that task's subprocess and writes no session.)"""
+    tools = ("WANDB_", "CLEARML_", "TRAINS_", "MLFLOW_", "TRACELET_")
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("PYTHON", "VIRTUAL_ENV", "WANDB_", "CLEARML_", "MLFLOW_"))
-        and not key.startswith("TRACELET_")
+        if not key.startswith(("PYTHON", "VIRTUAL_ENV", *tools))
     }
     return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
 

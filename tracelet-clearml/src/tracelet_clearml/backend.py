@@ -31,6 +31,7 @@ from tracelet.plugins import (
     BackendError,
     BackendPlugin,
     Batch,
+    PermanentBackendError,
     RunInfo,
     RunStatus,
     versioned_name,
@@ -132,6 +133,7 @@ class ClearmlBackend(BackendPlugin):
         """``Task.init`` with the options; online, continuing the run's earlier task."""
         auto = self.config["auto_connect"]
         earlier = False if offline else self._online_task(run)
+        _own_process()
         task = self.clearml.Task.init(
             project_name=self.config.get("project_name") or run.project,
             task_name=self.config.get("task_name") or run.name,
@@ -145,6 +147,11 @@ class ClearmlBackend(BackendPlugin):
             auto_connect_streams=auto,
             auto_resource_monitoring=auto,
         )
+        if type(task).__name__ == "_TaskStub":  # (it would take every call, store nothing)
+            raise PermanentBackendError(
+                "ClearML returned a stub task that stores nothing (it took this process for a "
+                "subprocess of another task)"
+            )
         if earlier and task.id != earlier:
             logger.warning(
                 "tracelet clearml: task %s of run %s could not be continued; ClearML "
@@ -302,3 +309,18 @@ class ClearmlBackend(BackendPlugin):
         project = self.config.get("project_name") or run.project
         task = self.config.get("task_name") or run.name
         return f"clearml://{project}/{task}/{versioned_name(artifact_path, version)}"
+
+
+MASTER_VARIABLES = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
+"""Where ClearML notes the process whose task this process's tasks belong to."""
+
+
+def _own_process() -> None:
+    """Make this process ClearML's master process again when it inherited another's mark
+    (a parent that ran a task started it): ClearML would take it for that task's
+    subprocess and return a stub that stores nothing, whereas each Tracelet run is a task
+    of its own."""
+    for variable in MASTER_VARIABLES:
+        master = os.environ.get(variable, "")
+        if master and master.partition(":")[0] != str(os.getpid()):
+            os.environ[variable] = f"{os.getpid()}:"
