@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,8 @@ from kernel import (
 )
 
 import tracelet
+from tracelet.testing.browser import CHROMIUM, CHROMIUM_FLAGS
+from tracelet.testing.servers import free_port
 
 CALLS = PACED_RATE * 5
 WARMUP = 100
@@ -63,17 +64,6 @@ WARMUP = 100
 POLL_SECONDS = 1.0
 CHART_POINTS = 1200
 """Buckets the page asks for (about its chart's width in pixels)."""
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAYS = {
     "none": "no dashboard",
     "http": "tracelet ui + a client polling every 1 s",
@@ -139,12 +129,6 @@ def client_main(way: str, base: str, run_id: str) -> int:
 
 
 # -- the dashboard beside a paced run ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

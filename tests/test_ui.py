@@ -33,21 +33,13 @@ pytest.importorskip("plotly")
 import tracelet
 from tracelet.records import Batch, RunInfo, RunStatus
 from tracelet.storage import LocalStore
+from tracelet.testing.browser import CHROMIUM, CHROMIUM_FLAGS, chromium_path
+from tracelet.testing.debian import can_install
+from tracelet.testing.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_IMAGES = ROOT / "docs" / "images"
 UPDATE_SCREENSHOTS = os.environ.get("UPDATE_UI_SCREENSHOTS") == "1"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 QUIET = {"track_system": False, "track_env": False, "track_git": False, "track_stdout": False}
 LONG_POINTS = 1_000_000
 MOST_POINTS_DRAWN = 4000
@@ -606,12 +598,6 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
 # -- a real server -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def fetch(url: str, timeout: float = 10.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
@@ -673,29 +659,12 @@ class ui_server:
 # -- the page, in headless Chromium ------------------------------------------------------------
 
 
-def install_chromium() -> None:
-    """``apt-get install chromium``, fetching the package lists first when the machine has
-    none yet (CI starts on a fresh Debian machine, as root)."""
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip(f"no {CHROMIUM}, and no apt-get as root to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0 or not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"could not install chromium:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium (installed now if missing)."""
-    if not Path(CHROMIUM).exists():
-        install_chromium()
-    return CHROMIUM
+    if not Path(CHROMIUM).exists() and not can_install():
+        pytest.skip(f"no {CHROMIUM}, and no apt-get as root to install it")
+    return chromium_path()
 
 
 @pytest.fixture(scope="module")

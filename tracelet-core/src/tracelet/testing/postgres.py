@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tracelet.testing.debian import apt_install, can_install
 from tracelet.testing.servers import ServerProcess
 
 __all__ = ["PostgresServer", "postgres_binaries"]
@@ -42,9 +43,6 @@ SERVER_TOOLS = ("initdb", "pg_ctl", "postgres", "createdb")
 
 SYSTEM_USER = "postgres"
 """The system user that runs the server when this process is root."""
-
-INSTALL_TIMEOUT = 900.0
-"""Seconds ``apt-get`` may take to install PostgreSQL on a fresh machine."""
 
 
 def _binary_folder() -> Path | None:
@@ -62,34 +60,15 @@ def _binary_folder() -> Path | None:
     return None
 
 
-def _apt_get(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(
-        ["apt-get", "-qq", "-o", "DPkg::Lock::Timeout=300", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT,
-    )
-
-
 def _install() -> None:
     """Install Debian's ``postgresql`` package (refreshing the package lists if needed)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if not can_install():
         raise RuntimeError(
             "PostgreSQL's server programs (initdb, pg_ctl, postgres) are not installed, and "
             "this process cannot install them (it needs root and apt-get). Install them "
             "with: sudo apt-get install --no-install-recommends postgresql"
         )
-    install = ("install", "-y", "--no-install-recommends", "postgresql")
-    result = _apt_get(*install)
-    if result.returncode != 0:  # a fresh machine may have no package lists yet
-        update = _apt_get("update")
-        result = _apt_get(*install)
-        if result.returncode != 0:
-            output = update.stdout + update.stderr + result.stdout + result.stderr
-            raise RuntimeError(f"apt-get install postgresql failed:\n{output[-3000:]}")
+    apt_install("postgresql")
 
 
 def postgres_binaries(install: bool = True) -> Path:
