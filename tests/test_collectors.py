@@ -174,10 +174,11 @@ def git(cwd, *args):
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def test_git_state_and_diff_are_recorded(tmp_path, read_store):
-    git(tmp_path, "init", "-q", "-b", "main")
+def committed_repo(folder):
+    """A repository in ``folder`` on branch ``main`` with one (empty) commit."""
+    git(folder, "init", "-q", "-b", "main")
     git(
-        tmp_path,
+        folder,
         "-c",
         "user.email=t@t",
         "-c",
@@ -186,8 +187,13 @@ def test_git_state_and_diff_are_recorded(tmp_path, read_store):
         "-q",
         "--allow-empty",
         "-m",
-        "first",
+        "1",
     )
+    return folder
+
+
+def test_git_state_and_diff_are_recorded(tmp_path, read_store):
+    committed_repo(tmp_path)
     git(tmp_path, "remote", "add", "origin", "https://bot:hunter2@example.invalid/repo.git")
     (tmp_path / "train.py").write_text("print('x')\n")
     git(tmp_path, "add", "train.py")
@@ -206,19 +212,7 @@ def test_git_state_and_diff_are_recorded(tmp_path, read_store):
 
 
 def test_a_clean_tree_with_the_store_inside_is_clean_and_has_no_diff(tmp_path, read_store):
-    git(tmp_path, "init", "-q", "-b", "main")
-    git(
-        tmp_path,
-        "-c",
-        "user.email=t@t",
-        "-c",
-        "user.name=t",
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "1",
-    )
+    committed_repo(tmp_path)
     settings = {"track_system": False, "track_env": False, "include_uncommitted_changes": True}
     exp = run_with(settings)
     assert read_store().params(exp.id)["git/dirty"] is False
@@ -417,9 +411,7 @@ def test_track_stdout_off_keeps_nothing(off, read_store, capsys):
 def dirty_repo(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    identity = ["-c", "user.email=t@t", "-c", "user.name=t"]
-    git(repo, *identity, "commit", "-q", "--allow-empty", "-m", "one")
+    committed_repo(repo)
     (repo / "train.py").write_text("print('x')\n")
     git(repo, "add", "train.py")
     return repo
