@@ -49,14 +49,7 @@ class StoreFile:
         Every connection waits up to :data:`BUSY_TIMEOUT` for another process's lock.
         """
         if self.read_only:
-            uri = f"{self.db_path.as_uri()}?mode=ro&immutable=1"
-            return sqlite3.connect(
-                uri,
-                uri=True,
-                timeout=BUSY_TIMEOUT,
-                check_same_thread=False,
-                factory=GatedConnection,
-            )
+            return read_only_connection(self.db_path, immutable=True)
         con = sqlite3.connect(
             self.db_path,
             isolation_level=None,
@@ -107,3 +100,18 @@ class StoreFile:
                 con.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def read_only_connection(db_path: Path, immutable: bool) -> sqlite3.Connection:
+    """A connection that cannot write the database at ``db_path`` (``mode=ro``; with
+    ``immutable``, for a read-only disk, no ``-shm`` file either), waiting up to
+    :data:`BUSY_TIMEOUT` for another process's lock."""
+    uri = f"{db_path.as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(
+        uri,
+        uri=True,
+        isolation_level=None,
+        timeout=BUSY_TIMEOUT,
+        check_same_thread=False,
+        factory=GatedConnection,
+    )

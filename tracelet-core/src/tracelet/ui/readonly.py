@@ -16,8 +16,7 @@ from pathlib import Path
 
 from tracelet.exceptions import NotFoundError, StoreError
 from tracelet.records import RunStatus
-from tracelet.storage.connections import DB_NAME
-from tracelet.storage.forking import GatedConnection
+from tracelet.storage.connections import DB_NAME, read_only_connection
 from tracelet.storage.locks import is_locked
 from tracelet.storage.schema import SCHEMA_VERSION
 from tracelet.storage.sql import BUSY_TIMEOUT
@@ -42,17 +41,8 @@ class ReadOnlyStore(LocalStore):
         super().__init__(path, recover=False)
 
     def _connect(self) -> sqlite3.Connection:
-        uri = f"{self.db_path.as_uri()}?mode=ro"
-        if self.read_only:  # a read-only disk: no -shm file can be made, nothing changes
-            uri += "&immutable=1"
-        con = sqlite3.connect(
-            uri,
-            uri=True,
-            isolation_level=None,
-            timeout=BUSY_TIMEOUT,
-            check_same_thread=False,
-            factory=GatedConnection,
-        )
+        # (a read-only disk: no -shm file can be made, nothing changes)
+        con = read_only_connection(self.db_path, immutable=self.read_only)
         con.execute("PRAGMA query_only = ON")
         con.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         con.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
