@@ -266,6 +266,34 @@ def test_a_failing_collector_is_reported_once_and_the_run_goes_on(read_store, ca
     assert sum("sensor unplugged" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_a_collector_still_busy_at_stop_is_left_behind_without_a_report(read_store, caplog):
+    from tracelet.core.collecting import CollectorRunner
+
+    sampling, release = threading.Event(), threading.Event()
+
+    class Slow(CollectorPlugin):
+        interval = 60.0
+
+        def collect(self):
+            sampling.set()
+            release.wait(5)
+            return {"value": 1.0}
+
+    exp = tracelet.Experiment("slow", settings=TraceletSettings.load({"track_system": False}))
+    exp.start()
+    runner = CollectorRunner(exp, {"slow": Slow()})
+    runner.start()
+    assert sampling.wait(5)
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        runner.stop(timeout=0.05)  # gives up waiting: the sample comes after the run ends
+        exp.stop()
+        release.set()
+        runner._thread.join(5)
+    assert not runner._thread.is_alive()
+    assert [r.getMessage() for r in caplog.records if "slow" in r.getMessage()] == []
+    assert "slow/value" not in {p[0] for p in read_store().metrics(exp.id)}
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

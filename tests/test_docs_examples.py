@@ -422,7 +422,7 @@ def _ended_well(where: str, session: Session) -> None:
     """The interpreter exited cleanly and left every run ended and delivered."""
     done = session.done
     assert done.returncode == 0, f"{where}: exit status {done.returncode}\n{done.stderr[-3000:]}"
-    assert not session.left, f"{where}: " + "; ".join(session.left)
+    assert not session.left, f"{where}: " + "; ".join(session.left) + "\n" + done.stderr[-3000:]
 
 
 def _example_params() -> Iterator[Any]:

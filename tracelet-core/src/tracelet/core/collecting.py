@@ -5,7 +5,8 @@ values become parameters ``<name>/<key>`` (long strings become texts, a ``TextFi
 artifact). A periodic collector's values become metrics ``<name>/<key>`` at the run's
 current step, from start on; a run that ends before its first sample gets one at stop. A
 failure is reported once (a periodic collector is tried again at its next turn); it never
-reaches the training thread.
+reaches the training thread. A collector still busy when :meth:`CollectorRunner.stop` stops
+waiting is left to finish on its own; what it logs then is dropped without a report.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class CollectorRunner:
         self.experiment = experiment
         self.collectors = dict(collectors)
         self._stop = threading.Event()
+        self._abandoned = False
         self._thread = threading.Thread(target=self._main, name="tracelet-collectors", daemon=True)
 
     @classmethod
@@ -66,6 +68,7 @@ class CollectorRunner:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+            self._abandoned = self._thread.is_alive()
 
     def _main(self) -> None:
         started = {n: c for n, c in self.collectors.items() if self._call(n, c.start)}
@@ -117,6 +120,8 @@ class CollectorRunner:
         try:
             action()
         except Exception as error:
+            if self._abandoned:  # the run has ended without it
+                return False
             report_once(f"tracelet collector {name!r}", f"failed ({error!r}); will retry")
             return False
         return True
