@@ -219,6 +219,25 @@ def test_a_clean_tree_with_the_store_inside_is_clean_and_has_no_diff(tmp_path, r
     assert read_store().artifacts(exp.id) == []
 
 
+def test_a_folder_deep_inside_a_repository_finds_it(tmp_path, read_store):
+    committed_repo(tmp_path)
+    deep = tmp_path / "src" / "models"
+    deep.mkdir(parents=True)
+    settings = {"track_system": False, "track_env": False, "git_repo_path": str(deep)}
+    exp = run_with(settings)
+    assert read_store().params(exp.id)["git/branch"] == "main"
+
+
+def test_installed_packages_lists_what_importlib_metadata_reads():
+    from importlib import metadata
+
+    from tracelet.collectors.environment import installed_packages
+
+    pairs = {(d.metadata["Name"] or "?", d.version) for d in metadata.distributions()}
+    expected = [f"{n}=={v}" for n, v in sorted(pairs, key=lambda pair: pair[0].lower())]
+    assert installed_packages().splitlines() == expected
+
+
 def test_outside_a_repository_git_records_nothing(tmp_path, read_store):
     exp = run_with({"track_system": False, "track_env": False, "git_repo_path": str(tmp_path)})
     assert read_store().params(exp.id) == {}

@@ -64,8 +64,26 @@ class EnvironmentCollector(CollectorPlugin):
 
 def installed_packages() -> str:
     """Every installed distribution, one ``name==version`` a line, sorted."""
-    names = {(d.metadata["Name"] or "?", d.version) for d in metadata.distributions()}
+    names = {_name_and_version(d) for d in metadata.distributions()}
     return "\n".join(f"{name}=={version}" for name, version in sorted(names, key=_folded))
+
+
+def _name_and_version(distribution: metadata.Distribution) -> tuple[str, str]:
+    """The ``Name`` and ``Version`` fields of ``distribution``'s metadata, read from its
+    first lines: ``Distribution.metadata`` parses the whole file (the long description
+    too) as an e-mail message, once for the name and again for the version, which made
+    listing a few hundred packages cost the training loop's thread 0.1 s at start."""
+    text = distribution.read_text("METADATA") or distribution.read_text("PKG-INFO") or ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line:  # the headers end at the first empty line
+            break
+        field, _, value = line.partition(":")
+        if field in ("Name", "Version") and field not in fields:
+            fields[field] = value.strip()
+            if len(fields) == 2:
+                break
+    return fields.get("Name") or "?", fields.get("Version") or "?"
 
 
 def _folded(pair: tuple[str, str]) -> str:

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 _time = time.time
 _MAX_STEP = MAX_STEP
+_FLOAT_ONLY = frozenset((float,))
 MAX_CHECKED_NAMES = 10_000
 """Metric names remembered as checked (a set lookup on the hot path); then forgotten."""
 
@@ -462,15 +463,18 @@ class Experiment:
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several scalars at one step (the current iteration when ``step`` is None),
         with one timestamp. All are checked before any is queued: a bad one logs none."""
-        if not isinstance(metrics, Mapping):
+        if metrics.__class__ is not dict and not isinstance(metrics, Mapping):
             raise TypeError(
                 f"metrics must be a dict of name to value, not {type(metrics).__name__}"
             )
-        step = self._iteration if step is None else check_step(step)
+        if step is None:
+            step = self._iteration
+        elif step.__class__ is not int or step < 0 or step > _MAX_STEP:
+            step = check_step(step)
         now = _time()  # one moment for the whole call
-        if self._checked_names.issuperset(metrics) and all(
-            value.__class__ is float for value in metrics.values()
-        ):  # names seen before, plain floats: nothing to check
+        if self._checked_names.issuperset(metrics) and _FLOAT_ONLY.issuperset(
+            map(type, metrics.values())
+        ):  # names seen before, plain floats: nothing to check (the tests run in C)
             points = [(name, value, step, now) for name, value in metrics.items()]
         else:
             points = [(*self._checked_metric(n, v), step, now) for n, v in metrics.items()]
