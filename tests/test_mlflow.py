@@ -423,6 +423,36 @@ def test_a_final_status_that_failed_is_delivered_by_sync(sqlite_uri, monkeypatch
     assert "nothing to sync" in capsys.readouterr().out
 
 
+def test_a_stored_file_deleted_before_sync_is_skipped_and_the_rest_delivered(
+    sqlite_uri, tmp_path, capsys, monkeypatch
+):
+    from tracelet.cli import main as cli
+    from tracelet_mlflow.backend import MlflowBackend
+
+    for name in ("model.bin", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    real_log_batch = MlflowBackend.log_batch
+    monkeypatch.setattr(MlflowBackend, "log_batch", lambda self, batch: 1 / 0)  # down
+    config = {"mlflow": {"tracking_uri": sqlite_uri}, **QUIET, "flush_timeout": 1}
+    exp = tracelet.start_logging("lost file", backend="mlflow", config=config)
+    exp.log_metric("loss", 0.5, 0)
+    exp.log_artifact(tmp_path / "model.bin")
+    exp.log_artifact(tmp_path / "notes.txt")
+    exp.stop()
+    (gone,) = [a.path for a in exp.store.artifacts(exp.id) if a.artifact_path == "model.bin"]
+    os.remove(gone)  # deleted by hand, or a store copied without its files/
+    monkeypatch.setattr(MlflowBackend, "log_batch", real_log_batch)
+    started = time.monotonic()
+    assert cli(["sync"]) == 0
+    assert time.monotonic() - started < 20, "no retrying a file that cannot come back"
+    client, run = mlflow_run(sqlite_uri, exp.id)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [0.5]
+    assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["notes.txt"]
+    (report,) = [line for line in capsys.readouterr().out.splitlines() if "missing" in line]
+    assert gone in report, "one line, naming the file"
+    assert exp.store.undelivered(exp.id) == {}
+
+
 def test_a_server_that_never_answers_holds_a_request_at_most_request_timeout():
     from mlflow.utils import rest_utils
 

@@ -4,13 +4,15 @@ Live sinks, ``tracelet sync`` and the conformance kit all deliver through
 :class:`Delivery`. It owns the cursor (the last batch the backend accepted), retries
 failures with capped exponential backoff, tells a failure a retry can fix from one it
 cannot (:class:`~tracelet.exceptions.PermanentBackendError`), skips a batch the tool
-refuses for good (:class:`~tracelet.exceptions.RejectedBatchError`), and keeps a
-:class:`DeliveryState` that it reports once per change: one warning when the backend
-becomes unreachable, one line when it has caught up again.
+refuses for good (:class:`~tracelet.exceptions.RejectedBatchError`) and the stored files
+that are gone (deleted, or a store copied without them: no retry brings them back), and
+keeps a :class:`DeliveryState` that it reports once per change: one warning when the
+backend becomes unreachable, one line when it has caught up again.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -199,7 +201,12 @@ class Delivery:
     def deliver(self, batch: Batch) -> bool:
         """Deliver ``batch`` (retrying) and move the cursor to it; False if it gave up."""
         self.note_journaled(batch.seq)
+        if self.abort.is_set():  # abandoned (say, while its backend was starting)
+            return False
         rejection = self._state.rejection
+        batch, missing = _without_missing_files(batch)
+        if missing:
+            rejection = self._missing(batch, missing)
         try:
             done = self._attempt(
                 f"batch {batch.seq}", lambda: self.backend.log_batch(batch), refusable=True
@@ -388,6 +395,19 @@ class Delivery:
         )
         return rejection
 
+    def _missing(self, batch: Batch, paths: list[str]) -> str:
+        """Report the stored files of ``batch`` that are gone (one line per batch)."""
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        skipped = f"batch {batch.seq}: {len(paths)} stored file(s) missing from the store"
+        logger.error(
+            "tracelet backend %r: %s (%s; deleted, or the store was copied without its "
+            "files/ folder); the rest of the batch is delivered",
+            self.name,
+            skipped,
+            shown,
+        )
+        return skipped
+
     def _update(self, **changes: object) -> None:
         """Change the state, persist it, tell ``on_update``, and say once when a backend
         that was down has caught up."""
@@ -426,6 +446,19 @@ class Delivery:
 
     def _read(self, upto: int) -> list[Batch]:
         return self.journal.read_batches(self.run.id, self.delivered, upto, limit=READ_AHEAD)
+
+
+def _without_missing_files(batch: Batch) -> tuple[Batch, list[str]]:
+    """``batch`` less its images and artifacts whose stored file is gone, and their paths:
+    no retry brings a deleted file back, and waiting for it would hold every later batch."""
+    if not batch.images and not batch.artifacts:
+        return batch, []
+    gone = [r.path for r in (*batch.images, *batch.artifacts) if not os.path.isfile(r.path)]
+    if not gone:
+        return batch, []
+    images = tuple(image for image in batch.images if image.path not in gone)
+    artifacts = tuple(artifact for artifact in batch.artifacts if artifact.path not in gone)
+    return attrs.evolve(batch, images=images, artifacts=artifacts), gone
 
 
 def refused_at_exit(error: BaseException) -> bool:
