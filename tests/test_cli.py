@@ -391,7 +391,7 @@ def test_compare_shows_a_missing_value_as_missing(capsys, store):
 
 
 def test_json_spells_sets_as_sorted_lists(capsys, tmp_path):
-    from tracelet.cli.commands import jsonable
+    from tracelet.cli.output import jsonable
 
     assert jsonable({"s": {"b", "a"}, 1: frozenset({3, 2})}) == {"s": ["a", "b"], "1": [2, 3]}
     settings = tracelet.TraceletSettings(automagic_frameworks={"transformers", "lightning"})
