@@ -228,6 +228,17 @@ def test_a_folder_deep_inside_a_repository_finds_it(tmp_path, read_store):
     assert read_store().params(exp.id)["git/branch"] == "main"
 
 
+def test_a_repository_path_with_a_tilde_is_expanded_as_git_expands_it(
+    tmp_path, read_store, monkeypatch
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "proj").mkdir()
+    committed_repo(tmp_path / "proj")
+    settings = {"track_system": False, "track_env": False, "git_repo_path": "~/proj"}
+    exp = run_with(settings)
+    assert read_store().params(exp.id)["git/branch"] == "main"
+
+
 def test_installed_packages_lists_what_importlib_metadata_reads():
     from importlib import metadata
 
@@ -558,3 +569,15 @@ def test_each_tracking_option_reads_back_from_the_store_and_mlflow(
         )
         assert len(local) >= expected["samples"]
         assert mlflow == local
+
+
+def test_an_old_single_file_egg_info_is_listed_by_name_and_version(tmp_path):
+    from importlib import metadata
+
+    from tracelet.collectors.environment import _name_and_version
+
+    (tmp_path / "oldegg-1.0.egg-info").write_text(
+        "Metadata-Version: 1.0\nname: oldegg\nVersion: 1.0\nSummary: distutils era\n"
+    )
+    (distribution,) = metadata.distributions(path=[str(tmp_path)])
+    assert _name_and_version(distribution) == ("oldegg", "1.0")

@@ -113,3 +113,37 @@ def test_the_engine_stops_retrying_at_its_deadline(tmp_path):
     assert delivery.state.phase is DeliveryPhase.RETRYING
     assert delivery.state.pending == 1
     store.close()
+
+
+def test_a_batch_whose_stored_file_is_gone_goes_without_it_said_once(tmp_path, caplog):
+    from tracelet.core.delivery import BackingOff
+    from tracelet.records import Artifact, Batch, RunInfo
+
+    store = LocalStore(tmp_path / ".tracelet")
+    run = RunInfo("f" * 32, "gone", "tests", time.time())
+    store.create_run(run)
+    kept = tmp_path / "kept.bin"
+    kept.write_text("kept")
+    files = [
+        Artifact("kept", "kept.bin", str(kept), 4, "-"),
+        Artifact("lost", "lost.bin", str(tmp_path / "deleted.bin"), 4, "-"),
+    ]
+    batch = Batch(run.id, 1, [("loss", 1.0, 0, 1.0)], artifacts=files)
+    backend = built("flaky", fail_times=3)  # a live sink: each try comes back to deliver
+    retry = RetryPolicy(initial=0.001, maximum=0.001)
+    delivery = Delivery(backend, store, run, cursor=MemoryCursor(), retry=retry, waits=False)
+    assert delivery.open(False)
+    with caplog.at_level(logging.ERROR, "tracelet"):
+        for _ in range(100):
+            try:
+                if delivery.deliver(batch):
+                    break
+            except BackingOff:
+                time.sleep(0.002)
+    assert [a.artifact_path for a in backend.batches[1].artifacts] == ["kept.bin"]
+    assert backend.points() == [("loss", 1.0, 0, 1.0)]
+    (report,) = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert "deleted.bin" in report
+    assert "kept.bin" not in report
+    assert delivery.state.rejection == "batch 1: 1 stored file(s) missing from the store"
+    store.close()

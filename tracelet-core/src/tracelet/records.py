@@ -220,7 +220,8 @@ class DeliveryState:
     error: str | None = None
     """The latest failure, while retrying, stopped or failed for good."""
     rejection: str | None = None
-    """The latest batch the tool refused for good (skipped, kept in the local store)."""
+    """The latest batch the tool refused for good, or delivered without stored files that
+    are gone (what was skipped stays in the local store, files aside)."""
     finished: bool = False
     """Whether the backend has the run's final status."""
 

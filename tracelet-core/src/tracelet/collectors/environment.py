@@ -73,17 +73,19 @@ def _name_and_version(distribution: metadata.Distribution) -> tuple[str, str]:
     first lines: ``Distribution.metadata`` parses the whole file (the long description
     too) as an e-mail message, once for the name and again for the version, which made
     listing a few hundred packages cost the training loop's thread 0.1 s at start."""
-    text = distribution.read_text("METADATA") or distribution.read_text("PKG-INFO") or ""
+    read = distribution.read_text
+    text = read("METADATA") or read("PKG-INFO") or read("") or ""  # "": an egg-info file
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line:  # the headers end at the first empty line
             break
         field, _, value = line.partition(":")
-        if field in ("Name", "Version") and field not in fields:
+        field = field.lower()
+        if field in ("name", "version") and field not in fields:
             fields[field] = value.strip()
             if len(fields) == 2:
                 break
-    return fields.get("Name") or "?", fields.get("Version") or "?"
+    return fields.get("name") or "?", fields.get("version") or "?"
 
 
 def _folded(pair: tuple[str, str]) -> str:

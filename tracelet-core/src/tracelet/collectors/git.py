@@ -25,7 +25,8 @@ class GitCollector(CollectorPlugin):
 
     def collect(self) -> dict[str, Any]:
         """Commit, branch, dirty flag, remote (credentials removed), and maybe the diff."""
-        where = Path(self.config.get("git_repo_path", "."))
+        given = str(self.config.get("git_repo_path", "."))
+        where = Path(os.path.expandvars(os.path.expanduser(given)))  # as GitPython reads it
         if not _in_repository(where):
             return {}  # (GitPython's import alone costs the training thread 30 ms of GIL)
         import git
@@ -61,5 +62,8 @@ def _in_repository(path: Path) -> bool:
     holds ``.git`` (a folder, or a file for a worktree or submodule)."""
     if os.environ.get("GIT_DIR"):
         return True
-    start = path.resolve()
-    return any((folder / ".git").exists() for folder in (start, *start.parents))
+    try:
+        start = path.resolve()
+        return any((folder / ".git").exists() for folder in (start, *start.parents))
+    except OSError:  # (a parent it may not read): GitPython decides
+        return True

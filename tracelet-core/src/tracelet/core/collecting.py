@@ -6,7 +6,8 @@ artifact). A periodic collector's values become metrics ``<name>/<key>`` at the 
 current step, from start on; a run that ends before its first sample gets one at stop. A
 failure is reported once (a periodic collector is tried again at its next turn); it never
 reaches the training thread. A collector still busy when :meth:`CollectorRunner.stop` stops
-waiting is left to finish on its own; what it logs then is dropped without a report.
+waiting is left to finish on its own: what it logs may still reach the run while the run
+settles, and its failures from then on (the run has ended) are not reported.
 """
 
 from __future__ import annotations

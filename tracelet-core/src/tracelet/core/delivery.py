@@ -205,8 +205,6 @@ class Delivery:
             return False
         rejection = self._state.rejection
         batch, missing = _without_missing_files(batch)
-        if missing:
-            rejection = self._missing(batch, missing)
         try:
             done = self._attempt(
                 f"batch {batch.seq}", lambda: self.backend.log_batch(batch), refusable=True
@@ -215,6 +213,8 @@ class Delivery:
             done, rejection = True, self._rejected(batch, error)
         if not done:
             return False
+        if missing:  # said once, when the batch has gone without them
+            rejection = self._missing(batch, missing)
         self._update(delivered=batch.seq, rejection=rejection)
         return not self.abort.is_set()
 
@@ -401,7 +401,7 @@ class Delivery:
         skipped = f"batch {batch.seq}: {len(paths)} stored file(s) missing from the store"
         logger.error(
             "tracelet backend %r: %s (%s; deleted, or the store was copied without its "
-            "files/ folder); the rest of the batch is delivered",
+            "files/ folder); the rest of the batch was delivered",
             self.name,
             skipped,
             shown,
@@ -453,12 +453,24 @@ def _without_missing_files(batch: Batch) -> tuple[Batch, list[str]]:
     no retry brings a deleted file back, and waiting for it would hold every later batch."""
     if not batch.images and not batch.artifacts:
         return batch, []
-    gone = [r.path for r in (*batch.images, *batch.artifacts) if not os.path.isfile(r.path)]
+    gone = [r.path for r in (*batch.images, *batch.artifacts) if _gone(r.path)]
     if not gone:
         return batch, []
     images = tuple(image for image in batch.images if image.path not in gone)
     artifacts = tuple(artifact for artifact in batch.artifacts if artifact.path not in gone)
     return attrs.evolve(batch, images=images, artifacts=artifacts), gone
+
+
+def _gone(path: str) -> bool:
+    """Whether the file at ``path`` no longer exists (a file that cannot be read for now,
+    say a stale network mount, is not gone: delivering it fails and is retried)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def refused_at_exit(error: BaseException) -> bool:
