@@ -223,15 +223,17 @@ def test_the_console_script_reads_a_store_being_written(tmp_path):
             sys.executable,
             "-c",
             textwrap.dedent("""
-            import tracelet, sys
+            import time, tracelet
             exp = tracelet.start_logging("busy", config={"flush_interval": 0.02})
             step = 0
-            while step < 2_000_000:
+            while True:  # until killed: the reads below always meet a run being written
                 exp.log_metric("loss", 1.0, step)
                 step += 1
                 if step == 1000:
                     exp.flush()
                     print("ready", flush=True)
+                if step % 1000 == 0:
+                    time.sleep(0.005)  # (about 200,000 points/s, not a store of gigabytes)
             """),
         ],
         cwd=tmp_path,
