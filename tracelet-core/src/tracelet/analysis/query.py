@@ -69,9 +69,13 @@ class QueryEngine:
         ``"name=value"``) and ``param`` (``"name=value"``, compared as text)."""
         runs = self.store.list_runs(project, status)
         if tag is not None:
-            runs = [r for r in runs if _matches(self.store.tags(r.id), tag, needs_value=False)]
+            runs = [
+                r for r in runs if matches_filter(self.store.tags(r.id), tag, needs_value=False)
+            ]
         if param is not None:
-            runs = [r for r in runs if _matches(self.store.params(r.id), param, needs_value=True)]
+            runs = [
+                r for r in runs if matches_filter(self.store.params(r.id), param, needs_value=True)
+            ]
         return [self._row(run) for run in runs]
 
     def _row(self, run: StoredRun) -> dict[str, Any]:
@@ -174,7 +178,9 @@ def _side_by_side(a: dict | None, b: dict | None) -> dict[str, Any]:
     return {"run_1": run_1, "run_2": run_2, "difference": difference}
 
 
-def _matches(values: dict[str, Any], wanted: str, needs_value: bool) -> bool:
+def matches_filter(values: dict[str, Any], wanted: str, needs_value: bool) -> bool:
+    """Whether ``values`` (a run's tags or params) pass the filter ``wanted`` as ``tracelet
+    list`` reads it: ``name`` (present) or ``name=value`` (compared as text, or as JSON)."""
     name, sep, text = wanted.partition("=")
     if not sep:
         if needs_value:

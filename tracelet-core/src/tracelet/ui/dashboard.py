@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from tracelet.analysis.query import QueryEngine
+from tracelet.analysis.query import QueryEngine, matches_filter
 from tracelet.exceptions import NotFoundError
 from tracelet.records import RunStatus
 from tracelet.storage.schema import SCHEMA_VERSION
@@ -71,9 +71,9 @@ class Dashboard:
             row = self._row(run, tags.get(run.id, {}))
             if wanted and row["status"] != wanted:
                 continue
-            if tag and not matches(tags.get(run.id, {}), tag, needs_value=False):
+            if tag and not matches_filter(tags.get(run.id, {}), tag, needs_value=False):
                 continue
-            if param and not matches(params.get(run.id, {}), param, needs_value=True):
+            if param and not matches_filter(params.get(run.id, {}), param, needs_value=True):
                 continue
             rows.append(row)
         projects = self.store.connection().execute("SELECT name FROM projects ORDER BY name")
@@ -250,14 +250,3 @@ def _delivery(state: Any) -> dict[str, Any]:
     found = attrs.asdict(state)
     found.update(phase=state.phase.value, pending=state.pending, description=state.describe())
     return found
-
-
-def matches(values: dict[str, Any], wanted: str, needs_value: bool) -> bool:
-    """Whether ``values`` pass the filter ``wanted`` as ``tracelet list`` reads it:
-    ``name`` (present) or ``name=value`` (compared as text, or as JSON)."""
-    name, sep, text = wanted.partition("=")
-    if not sep:
-        if needs_value:
-            raise ValueError(f"filter {wanted!r} needs the form name=value")
-        return name in values
-    return name in values and text in (str(values[name]), json.dumps(values[name]))
