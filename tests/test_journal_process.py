@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import io
 import logging
 import os
 import signal
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 
 import tracelet
+from tracelet.core.framing import encode, read_frame
+from tracelet.records import Text
 from tracelet.storage import LocalStore
 
 
@@ -191,3 +194,41 @@ def test_a_forked_child_holding_the_pipe_does_not_delay_stop(read_store):
         os.waitpid(child, 0)
     assert took < 3.0, f"stop waited {took:.1f} s for a writer the child kept open"
     assert len(read_store().metrics(exp.id)) == 1
+
+
+def frames(*messages: object) -> io.BytesIO:
+    return io.BytesIO(b"".join(encode(m) for m in messages))
+
+
+def test_points_are_marshalled_and_come_back_exactly():
+    points = ("points", [("loss", 0.1, 3, 1.5), ("acc", float("inf"), 2**63 - 1, 2.0)])
+    frame = encode(points)
+    assert frame[4] == 1, "plain data takes the fast codec (marshal)"
+    back = read_frame(frames(points))
+    assert back == points
+    assert [tuple(map(type, p)) for p in back[1]] == [(str, float, int, float)] * 2
+
+
+def test_records_and_subclasses_of_built_in_types_are_pickled_as_they_are():
+    text = Text("notes", "hello", 1, 2.0)
+    message = ("batch", 1, {"lr": Metric.LOSS}, {}, [text], (), (), ())
+    assert encode(message)[4] == 0, "what marshal refuses is pickled"
+    back = read_frame(frames(message))
+    assert back == message
+    assert type(back[2]["lr"]) is Metric
+    assert type(back[4][0]) is Text
+
+
+def test_a_frame_cut_short_ends_the_stream():
+    whole = encode(("points", [("loss", 1.0, 0, 0.0)]))
+    for cut in (2, len(whole) - 1):
+        assert read_frame(io.BytesIO(whole[:cut])) is None
+
+
+def test_a_frame_that_cannot_be_decoded_leaves_the_stream_in_step():
+    good = encode(("end",))
+    bad = good[:4] + bytes([1]) + b"\xff" * (len(good) - 5)  # marshal cannot read this
+    stream = io.BytesIO(bad + good)
+    with pytest.raises((ValueError, EOFError)):
+        read_frame(stream)
+    assert read_frame(stream) == ("end",)

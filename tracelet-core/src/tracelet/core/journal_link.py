@@ -3,11 +3,11 @@ in a process of its own (:class:`ProcessLink`, the default) or in the training p
 (:class:`ThreadLink`). Both take the same messages, in order, and hand the writer's replies
 to the same callback.
 
-A writer process costs the training process one ``pickle.dumps`` and one pipe write per
-message (about 0.1 us a point, against 1.5 us to journal and watch a point here), and the
-pipe's limited room passes back-pressure on: a writer that cannot keep up (a full disk)
-fills the pipe, then the buffer, then the caller waits, exactly as in the training
-process. If the process cannot be started, or dies, the run goes on with a
+A writer process costs the training process one encoding (:mod:`~tracelet.core.framing`)
+and one pipe write per message (about 0.1 us a point, against 1 us to journal and watch a
+point here), and the pipe's limited room passes back-pressure on: a writer that cannot
+keep up (a full disk) fills the pipe, then the buffer, then the caller waits, exactly as
+in the training process. If the process cannot be started, or dies, the run goes on with a
 :class:`ThreadLink` (reported once) and loses nothing it had queued.
 """
 
