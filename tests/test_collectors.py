@@ -29,6 +29,22 @@ def run_with(settings: dict, config: ExperimentConfig | None = None, wait: float
     return exp
 
 
+def with_collector(name: str, plugin_class: type[CollectorPlugin]):
+    """The default registry with one more collector; unregister it with ``.manager``."""
+
+    class Plugin:
+        @tracelet.hookimpl
+        def tracelet_register_collectors(self):
+            return [CollectorRegistration(name, plugin_class)]
+
+    registry = default_registry()
+    registry.register(Plugin(), name=f"{name}-collector")
+    return registry
+
+
+OFF = {"track_system": False, "track_env": False, "track_git": False}
+
+
 def test_system_samples_are_metrics_on_the_interval(read_store):
     exp = run_with({"track_env": False, "track_git": False, "metrics_interval": 0.1}, wait=0.45)
     points = read_store().metrics(exp.id)
@@ -279,16 +295,10 @@ def test_a_failing_collector_is_reported_once_and_the_run_goes_on(read_store, ca
         def collect(self):
             raise OSError("sensor unplugged")
 
-    class Plugin:
-        @tracelet.hookimpl
-        def tracelet_register_collectors(self):
-            return [CollectorRegistration("broken", Broken)]
-
-    registry = default_registry()
-    registry.register(Plugin(), name="broken-collector")
+    registry = with_collector("broken", Broken)
     try:
         with caplog.at_level(logging.WARNING, "tracelet"):
-            exp = run_with({"track_system": False, "track_env": False, "track_git": False})
+            exp = run_with(OFF)
             exp_metrics = read_store().metrics(exp.id)
     finally:
         registry.manager.unregister(name="broken-collector")
@@ -296,9 +306,59 @@ def test_a_failing_collector_is_reported_once_and_the_run_goes_on(read_store, ca
     assert sum("sensor unplugged" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_a_collector_still_busy_at_stop_is_left_behind_without_a_report(read_store, caplog):
+def test_start_returns_once_the_first_round_is_done(read_store):
+    collected = threading.Event()
+
+    class Once(CollectorPlugin):
+        interval = None
+
+        def collect(self):
+            time.sleep(0.2)  # (the environment's listing takes about 0.03 s)
+            collected.set()
+            return {"value": "collected"}
+
+    registry = with_collector("once", Once)
+    try:
+        exp = tracelet.start_logging("first round", config=OFF)
+        assert collected.is_set(), "its work is done before the training loop begins"
+        tracelet.stop_logging()
+    finally:
+        registry.manager.unregister(name="once-collector")
+    assert read_store().params(exp.id) == {"once/value": "collected"}
+
+
+def test_a_first_round_slower_than_the_wait_finishes_while_the_run_goes_on(read_store, monkeypatch):
+    from tracelet.core import collecting
+
+    monkeypatch.setattr(collecting, "FIRST_ROUND_WAIT", 0.1)
+    release = threading.Event()
+
+    class Slow(CollectorPlugin):
+        interval = None
+
+        def collect(self):
+            release.wait(10)
+            return {"value": "late"}
+
+    registry = with_collector("slow", Slow)
+    try:
+        exp = tracelet.start_logging("slow first round", config=OFF)
+        exp.log_metric("loss", 1.0, 0)  # start returned with the collector still busy
+        release.set()
+        tracelet.stop_logging()
+    finally:
+        registry.manager.unregister(name="slow-collector")
+    assert read_store().params(exp.id) == {"slow/value": "late"}
+    assert [p[:3] for p in read_store().metrics(exp.id)] == [("loss", 1.0, 0)]
+
+
+def test_a_collector_still_busy_at_stop_is_left_behind_without_a_report(
+    read_store, caplog, monkeypatch
+):
+    from tracelet.core import collecting
     from tracelet.core.collecting import CollectorRunner
 
+    monkeypatch.setattr(collecting, "FIRST_ROUND_WAIT", 0.05)
     sampling, release = threading.Event(), threading.Event()
 
     class Slow(CollectorPlugin):

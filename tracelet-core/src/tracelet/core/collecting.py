@@ -1,5 +1,10 @@
 """Runs the enabled collectors on one background thread, each on its own interval.
 
+Their first round (every one-shot collector, and each periodic one's first sample) is done
+before :meth:`CollectorRunner.start` returns, within :data:`FIRST_ROUND_WAIT`: that work
+(listing installed packages, reading git) then holds the GIL during start-up rather than
+during the training loop's first steps.
+
 A one-shot collector (``interval = None``) runs once at start, however short the run: its
 values become parameters ``<name>/<key>`` (long strings become texts, a ``TextFile`` a text
 artifact). A periodic collector's values become metrics ``<name>/<key>`` at the run's
@@ -27,6 +32,9 @@ if TYPE_CHECKING:
 
 LONG_TEXT = 500
 """One-shot string values longer than this are logged as texts, not parameters."""
+FIRST_ROUND_WAIT = 2.0
+"""Seconds :meth:`CollectorRunner.start` waits for the collectors' first round; a collector
+slower than that finishes it on the collector thread, the run going on meanwhile."""
 
 
 class CollectorRunner:
@@ -37,6 +45,7 @@ class CollectorRunner:
         self.collectors = dict(collectors)
         self._stop = threading.Event()
         self._abandoned = False
+        self._first_round = threading.Event()
         self._thread = threading.Thread(target=self._main, name="tracelet-collectors", daemon=True)
 
     @classmethod
@@ -60,9 +69,11 @@ class CollectorRunner:
         return cls(experiment, collectors)
 
     def start(self) -> None:
-        """Start the collector thread (if any collector is enabled)."""
+        """Start the collector thread (if any collector is enabled) and wait for its first
+        round (up to :data:`FIRST_ROUND_WAIT` seconds)."""
         if self.collectors:
             self._thread.start()
+            self._first_round.wait(FIRST_ROUND_WAIT)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop collecting and release every collector."""
@@ -72,6 +83,12 @@ class CollectorRunner:
             self._abandoned = self._thread.is_alive()
 
     def _main(self) -> None:
+        try:
+            self._collect()
+        finally:
+            self._first_round.set()
+
+    def _collect(self) -> None:
         started = {n: c for n, c in self.collectors.items() if self._call(n, c.start)}
         due: dict[str, float] = {}
         for name, collector in started.items():
@@ -82,6 +99,8 @@ class CollectorRunner:
         unsampled = set(due)
         while due and not self._stop.is_set():
             name = min(due, key=due.__getitem__)
+            if not unsampled:
+                self._first_round.set()
             if self._stop.wait(max(0.0, due[name] - time.monotonic())):
                 break
             self._sample(name, started[name])
