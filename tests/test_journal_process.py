@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tracelet
@@ -209,14 +210,25 @@ def test_points_are_marshalled_and_come_back_exactly():
     assert [tuple(map(type, p)) for p in back[1]] == [(str, float, int, float)] * 2
 
 
-def test_records_and_subclasses_of_built_in_types_are_pickled_as_they_are():
+def test_every_other_message_is_pickled_and_keeps_its_types():
     text = Text("notes", "hello", 1, 2.0)
-    message = ("batch", 1, {"lr": Metric.LOSS}, {}, [text], (), (), ())
-    assert encode(message)[4] == 0, "what marshal refuses is pickled"
+    params = {"lr": np.float64(0.1), "layers": np.int64(3), "kind": Metric.LOSS}
+    message = ("batch", 1, params, {}, [text], (), (), ())
+    assert encode(message)[4] == 0, "pickle: marshal would make NumPy scalars bytes"
     back = read_frame(frames(message))
     assert back == message
-    assert type(back[2]["lr"]) is Metric
+    assert [type(v) for v in back[2].values()] == [np.float64, np.int64, Metric]
     assert type(back[4][0]) is Text
+
+
+def test_numpy_parameters_and_points_reach_the_store_through_the_writer_process(read_store):
+    exp = tracelet.start_logging("numpy params")
+    exp.log_params({"lr": np.float64(0.1), "layers": np.int64(3)})
+    exp.log_metric(np.str_("loss"), np.float32(0.5), np.int64(2))
+    tracelet.stop_logging()
+    store = read_store()
+    assert store.params(exp.id) == {"lr": 0.1, "layers": 3}
+    assert [p[:3] for p in store.metrics(exp.id)] == [("loss", 0.5, 2)]
 
 
 def test_a_frame_cut_short_ends_the_stream():

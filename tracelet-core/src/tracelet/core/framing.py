@@ -1,7 +1,9 @@
 """Messages over a pipe: each one behind its length (4 bytes, little-endian) and its codec
-(1 byte). Plain data (a batch's points: tuples of str, float and int) is marshalled, which
-encodes 2.5x faster than pickle and so holds the training process's GIL for less; anything
-else (a record class, a subclass of a built-in type) is pickled."""
+(1 byte). A batch's points (``("points", [(name, value, step, timestamp), ...])``, built of
+exact ``str``, ``float`` and ``int`` by the checks at the call) are marshalled, which
+encodes them 2.5x faster than pickle and so holds the training process's GIL for less.
+Every other message is pickled: marshal would turn an object that has the buffer protocol
+(a NumPy scalar among a batch's parameters) into ``bytes`` without a word."""
 
 from __future__ import annotations
 
@@ -15,16 +17,21 @@ _PICKLE = 0
 _MARSHAL = 1
 
 
-def encode(message: Any) -> bytes:
+def encode(message: tuple[Any, ...]) -> bytes:
     """``message`` as one frame."""
-    try:
-        body, codec = marshal.dumps(message, marshal.version), _MARSHAL
-    except ValueError:  # not plain data: marshal takes built-in types only, exactly
-        body, codec = pickle.dumps(message, pickle.HIGHEST_PROTOCOL), _PICKLE
+    if message[0] == "points":
+        try:
+            return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
+        except ValueError:  # not built of plain types after all: pickle keeps it as it is
+            pass
+    return _frame(pickle.dumps(message, pickle.HIGHEST_PROTOCOL), _PICKLE)
+
+
+def _frame(body: bytes, codec: int) -> bytes:
     return _HEAD.pack(len(body), codec) + body
 
 
-def write_frame(stream: BinaryIO, message: Any) -> None:
+def write_frame(stream: BinaryIO, message: tuple[Any, ...]) -> None:
     """Write ``message`` to ``stream`` as one frame and flush it."""
     stream.write(encode(message))
     stream.flush()
@@ -40,7 +47,11 @@ def read_frame(stream: BinaryIO) -> Any:
     body = _read_exactly(stream, size)
     if body is None:
         return None
-    return marshal.loads(body) if codec == _MARSHAL else pickle.loads(body)
+    if codec == _MARSHAL:
+        return marshal.loads(body)
+    if codec == _PICKLE:
+        return pickle.loads(body)
+    raise ValueError(f"unknown codec {codec} in a journal frame (a writer of another version?)")
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:

@@ -283,7 +283,7 @@ def _read(stdin: BinaryIO, messages: queue.Queue[Any], state: _State) -> None:
         while True:
             try:
                 message = read_frame(stdin)
-            except Exception as error:  # one that cannot be unpickled: the rest can
+            except Exception as error:  # one that cannot be decoded: the rest can
                 logger.error("tracelet: a message to the journal writer was lost (%r)", error)
                 continue
             if message is None:
