@@ -18,10 +18,10 @@ differs:
 - the floor: the step's points appended to a deque as ``(name, value, step, time)`` tuples,
   no tracker at all (what any Python logger costs at least);
 - for context, the floor plus the least a background logger does: a thread that every
-  0.5 s takes the queued points and serializes them (pickle), about 1 ms of Python. Where
-  the loop fills every core, this alone costs the loop a few percent (PyTorch's intra-op
-  threads wait for each other at every parallel operation, and any other thread that runs
-  delays them), so no tracker that works off the training thread can do better there;
+  0.5 s takes the queued points and serializes them (pickle), about 1 ms of Python: what
+  any work off the training thread costs the loop on this machine (where the loop fills
+  every core, PyTorch's intra-op threads wait for each other at every parallel operation,
+  and any other thread that runs can delay them);
 - Tracelet with the settings a user gets (``tracelet.init(project=...)``: the local store,
   collectors, live anomaly detection, the default buffer and flush timeout);
 - peers, where installed: W&B offline (``wandb.log``), MLflow
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import logging
@@ -106,16 +107,19 @@ def make_model(kind: str) -> tuple[Any, Any, Any, Any]:
     return model, optimizer, inputs, targets
 
 
-_DEFAULT_THREADS: list[int] = []
+@functools.cache
+def default_threads() -> int:
+    """PyTorch's intra-op threads before this script changed them."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def use_threads(kind: str) -> None:
     """PyTorch's intra-op threads for ``kind``: one for ``mlp1``, else its default."""
     import torch
 
-    if not _DEFAULT_THREADS:
-        _DEFAULT_THREADS.append(torch.get_num_threads())
-    torch.set_num_threads(1 if kind == "mlp1" else _DEFAULT_THREADS[0])
+    torch.set_num_threads(1 if kind == "mlp1" else default_threads())
 
 
 def train(
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models", nargs="+", choices=MODELS, default=list(MODELS), help="models (default: all)"
     )
     parser.add_argument(
-        "--no-peers", action="store_true", help="only the baseline, the floor and Tracelet"
+        "--no-peers", action="store_true", help="only the baseline, the floors and Tracelet"
     )
     args = parser.parse_args(argv)
     if importlib.util.find_spec("torch") is None:
