@@ -33,14 +33,32 @@ def stalled(exp: tracelet.Experiment) -> threading.Lock:
     return exp.orchestrator._drain_lock
 
 
-def test_queued_points_stay_under_the_byte_cap_while_the_journal_is_stuck(read_store):
+STEP_NAMES = ["loss"] + [f"metric_{i:02d}" for i in range(1, 20)]
+
+
+def log_points(exp: tracelet.Experiment, count: int) -> None:
+    """``count`` points of "loss", one call each."""
+    for step in range(count):
+        exp.log_metric("loss", float(step), step)
+
+
+def log_steps(exp: tracelet.Experiment, count: int) -> None:
+    """``count`` points as steps of 20 metrics logged together (each step one record)."""
+    metrics: dict[str, float] = {}
+    for step in range(count // len(STEP_NAMES)):
+        for i, name in enumerate(STEP_NAMES):
+            metrics[name] = float(step * i)
+        exp.log_metrics(metrics, step)  # the same dict each step, as loops often do
+
+
+@pytest.mark.parametrize("log", [log_points, log_steps])
+def test_queued_points_stay_under_the_byte_cap_while_the_journal_is_stuck(read_store, log):
     capacity = 20_000
     exp = tracelet.start_logging("stuck", config={"buffer_size": capacity})
     done = threading.Event()
 
     def train() -> None:
-        for step in range(3 * capacity):
-            exp.log_metric("loss", float(step), step)
+        log(exp, 3 * capacity)
         done.set()
 
     tracemalloc.start()
@@ -86,6 +104,31 @@ def test_queued_texts_stay_under_their_byte_cap_while_the_journal_is_stuck(read_
     tracelet.stop_logging()
     assert exp.orchestrator.payload_bytes == 0
     assert len(read_store().texts(exp.id)) == 10
+
+
+def test_a_step_logged_together_keeps_its_values_order_and_moment(read_store):
+    exp = tracelet.start_logging("steps")
+    metrics = {"loss": 0.5, "acc": 0.25}
+    exp.log_metrics(metrics, step=0)  # names new: checked, point by point
+    for step in range(1, 4):
+        metrics["loss"], metrics["acc"] = 1.0 / step, float(step)
+        exp.log_metrics(metrics, step)  # one record a step
+        exp.log_metric("lr", 0.1 * step, step)  # between steps, in order
+    metrics["loss"] = 99.0  # changed after the last call: not what was logged
+    exp.log_metrics({}, step=9)  # nothing to log
+    tracelet.stop_logging()
+    points = read_store().metrics(exp.id)
+    expected = [("loss", 0.5, 0), ("acc", 0.25, 0)]
+    for step in range(1, 4):
+        expected += [
+            ("loss", 1.0 / step, step),
+            ("acc", float(step), step),
+            ("lr", 0.1 * step, step),
+        ]
+    assert [(n, v, s) for n, v, s, _ in points] == expected
+    moments = {s: {t for n, _, s2, t in points if s2 == s and n != "lr"} for s in range(4)}
+    assert all(len(m) == 1 for m in moments.values()), "one timestamp a step"
+    assert len(exp.orchestrator.buffer) == 0
 
 
 def test_log_metrics_checks_every_value_before_queueing_any(read_store):

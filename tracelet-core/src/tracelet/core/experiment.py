@@ -172,6 +172,8 @@ class Experiment:
         self._append_metric: Callable[[Any], None] = self._not_running
         self._extend_metrics: Callable[[list[Any]], None] | None = None
         """Queues a step's points at once (None: each goes through ``_append_metric``)."""
+        self._put_step: Callable[[dict[str, float], int, float], bool] | None = None
+        """Queues a step's checked points as one record if there is room (None: never)."""
         self._buffer: Any = ()
         self._capacity = 0
         self._gradients: dict[str, float] = {}
@@ -220,6 +222,7 @@ class Experiment:
         append_metric = orchestrator.buffer.append if queued else self._append
         self._append_metric = append_metric if tracked else _dropped
         self._extend_metrics = orchestrator.buffer.extend if queued and tracked else None
+        self._put_step = orchestrator.put_step if queued and tracked else None
         self._artifacts = ArtifactLogger(
             info, session.store, self._put, session.backends, resumed.versions
         )
@@ -300,7 +303,7 @@ class Experiment:
             deadline = time.monotonic() + timeout
             self._session.settle(deadline)  # an on_anomaly callback may still log
             self._append = self._append_metric = self._not_running
-            self._extend_metrics = None
+            self._extend_metrics = self._put_step = None
             undelivered = self._session.close(status, timeout, deadline)
             failed = {n for n, s in self.delivery.items() if s.phase is DeliveryPhase.FAILED}
             for backend, batches in undelivered.items():
@@ -475,6 +478,8 @@ class Experiment:
         if self._checked_names.issuperset(metrics) and _FLOAT_ONLY.issuperset(
             map(type, metrics.values())
         ):  # names seen before, plain floats: nothing to check (the tests run in C)
+            if self._put_step is not None and self._put_step(metrics, step, now):
+                return  # the step queued as one record: its points are made off this thread
             points = [(name, value, step, now) for name, value in metrics.items()]
         else:
             points = [(*self._checked_metric(n, v), step, now) for n, v in metrics.items()]
@@ -731,7 +736,7 @@ class Experiment:
         """In a forked child: the run belongs to the parent; logging here raises."""
         self._forked = True
         self._append = self._append_metric = self._in_forked_child
-        self._extend_metrics = None
+        self._extend_metrics = self._put_step = None
         if self._session is not None:
             self._session.abandon()
 

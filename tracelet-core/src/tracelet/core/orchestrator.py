@@ -3,7 +3,9 @@ per backend.
 
 The training thread only appends to :attr:`Orchestrator.buffer` (a deque: appends are
 atomic, so any number of threads may log at once and each thread's records keep their
-order). One dispatcher thread wakes every ``flush_interval`` seconds, or sooner when the
+order). The metrics of a step logged together go in as one record
+(:meth:`Orchestrator.put_step`): the dispatcher, not the training thread, makes their
+points. One dispatcher thread wakes every ``flush_interval`` seconds, or sooner when the
 buffer is full, takes it in chunks and sends them to the run's journal writer (a process of
 its own by default: :mod:`tracelet.core.journal_link`), which journals each batch in one
 transaction. Each batch the writer confirms is offered to every
@@ -19,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 import attrs
@@ -60,12 +63,13 @@ MAX_BATCH = 50_000
 WRITER_START_WAIT = 10.0
 """Seconds ``start`` waits for a writer process to be ready (it goes on regardless)."""
 CHUNK = 2048
-"""Records the dispatcher takes from the buffer at a time. Each chunk is sent on before the
-next is taken, and sending lets go of the GIL, so the training thread never waits long
-for it (about 0.2 ms a chunk with a writer process)."""
+"""Buffer slots (a point each) the dispatcher takes at a time. Each chunk is sent on
+before the next is taken, and sending lets go of the GIL, so the training thread never
+waits long for it (about 0.2 ms a chunk with a writer process)."""
 POINT_BYTES = 160
 """Memory a queued metric point holds (its tuple, two floats, the step, the buffer's slot),
-measured: the default 200,000-record buffer holds at most about 32 MB of points."""
+measured: the default 200,000-record buffer holds at most about 32 MB of points. A point of
+a step logged together (:meth:`Orchestrator.put_step`) holds less: about 62 bytes."""
 
 
 def payload_bytes(record: Any) -> int:
@@ -197,6 +201,24 @@ class Orchestrator:
         if len(self.buffer) >= self.capacity:
             self.wait_for_room()
         self.buffer.append(record)
+
+    def put_step(self, values: dict[str, float], step: int, timestamp: float) -> bool:
+        """Queue one step's points (checked: known names, plain floats) as one record,
+        ``[a copy of values, step, timestamp]``, if the buffer has room for them all; False
+        if it has not (the caller then queues them point by point, waiting for room).
+
+        The record takes one slot per point (the others empty, ``None``), so the buffer's
+        length still counts points: back-pressure and the memory bound are unchanged. The
+        empty slots go in first, so a dispatcher draining meanwhile never counts too few.
+        """
+        buffer = self.buffer
+        count = len(values)
+        if len(buffer) + count > self.capacity:
+            return False
+        if count:
+            buffer.extend(repeat(None, count - 1))
+            buffer.append([values.copy(), step, timestamp])  # a snapshot: callers reuse dicts
+        return True
 
     def put_journaled(self, record: Any) -> None:
         """Queue ``record`` and journal it, with everything queued before it, before
@@ -468,9 +490,12 @@ class Orchestrator:
             self._send_points(metrics)
             return
         points: list[MetricPoint] = []
-        for record in chunk:
+        for record in [r for r in chunk if r is not None]:  # (None: a step's empty slots)
             if record.__class__ is tuple:
                 points.append(record)
+            elif record.__class__ is list:  # a step's points (put_step)
+                values, step, at = record
+                points += [(name, value, step, at) for name, value in values.items()]
             elif record.__class__ is PendingMetric:
                 point = _resolved(record)
                 if point is not None:
