@@ -119,7 +119,8 @@ def use_threads(kind: str) -> None:
     """PyTorch's intra-op threads for ``kind``: one for ``mlp1``, else its default."""
     import torch
 
-    torch.set_num_threads(1 if kind == "mlp1" else default_threads())
+    default = default_threads()  # (read before any change, whatever the models' order)
+    torch.set_num_threads(1 if kind == "mlp1" else default)
 
 
 def train(
