@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 import tracemalloc
@@ -129,6 +130,32 @@ def test_a_step_logged_together_keeps_its_values_order_and_moment(read_store):
     moments = {s: {t for n, _, s2, t in points if s2 == s and n != "lr"} for s in range(4)}
     assert all(len(m) == 1 for m in moments.values()), "one timestamp a step"
     assert len(exp.orchestrator.buffer) == 0
+
+
+def test_a_str_enum_name_equal_to_a_checked_one_is_stored_as_its_value(read_store):
+    class Metric(enum.StrEnum):
+        LOSS = "loss"
+
+    class Named(str, enum.Enum):  # noqa: UP042 (the older spelling, still common)
+        LOSS = "loss"
+
+    exp = tracelet.start_logging("str enums")
+    exp.log_metrics({"loss": 1.0}, step=0)  # the name is checked: the fast path from here
+    exp.log_metrics({Metric.LOSS: 2.0}, step=1)  # one record a step
+    exp.log_metrics({Named.LOSS: 3.0}, step=2)
+    exp.log_metric(Metric.LOSS, 4.0, 3)
+    with stalled(exp):  # with the buffer full, the step is queued point by point
+        exp.orchestrator.capacity = exp._capacity = len(exp.orchestrator.buffer)
+        late = threading.Thread(target=exp.log_metrics, args=({Named.LOSS: 5.0}, 4))
+        late.start()
+        time.sleep(0.2)
+        assert late.is_alive(), "it waits for room"
+        exp.orchestrator.capacity = exp._capacity = 1_000
+    late.join(10)
+    tracelet.stop_logging()
+    points = read_store().metrics(exp.id)
+    assert [(n, v, s) for n, v, s, _ in points] == [("loss", float(i + 1), i) for i in range(5)]
+    assert {type(n) for n, *_ in points} == {str}
 
 
 def test_log_metrics_checks_every_value_before_queueing_any(read_store):

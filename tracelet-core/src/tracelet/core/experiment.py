@@ -32,7 +32,7 @@ from tracelet.automagic import AutomagicConfig
 from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
 from tracelet.core.collecting import CollectorRunner
-from tracelet.core.orchestrator import Orchestrator
+from tracelet.core.orchestrator import Orchestrator, step_points
 from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, how_to_install, registry_for
 from tracelet.core.session import RunSession
@@ -480,7 +480,7 @@ class Experiment:
         ):  # names seen before, plain floats: nothing to check (the tests run in C)
             if self._put_step is not None and self._put_step(metrics, step, now):
                 return  # the step queued as one record: its points are made off this thread
-            points = [(name, value, step, now) for name, value in metrics.items()]
+            points = step_points(metrics, step, now)
         else:
             points = [(*self._checked_metric(n, v), step, now) for n, v in metrics.items()]
             if any(point[1].__class__ is not float for point in points):

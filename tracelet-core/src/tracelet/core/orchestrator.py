@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -56,7 +56,7 @@ from tracelet.records import (
 )
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
-from tracelet.values import check_name, check_step, to_metric_value
+from tracelet.values import check_name, check_step, check_text, to_metric_value
 
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
@@ -66,6 +66,7 @@ CHUNK = 2048
 """Buffer slots (a point each) the dispatcher takes at a time. Each chunk is sent on
 before the next is taken, and sending lets go of the GIL, so the training thread never
 waits long for it (about 0.2 ms a chunk with a writer process)."""
+_PLAIN_STR = frozenset((str,))
 POINT_BYTES = 160
 """Memory a queued metric point holds (its tuple, two floats, the step, the buffer's slot),
 measured: the default 200,000-record buffer holds at most about 32 MB of points. A point of
@@ -494,8 +495,7 @@ class Orchestrator:
             if record.__class__ is tuple:
                 points.append(record)
             elif record.__class__ is list:  # a step's points (put_step)
-                values, step, at = record
-                points += [(name, value, step, at) for name, value in values.items()]
+                points += step_points(*record)
             elif record.__class__ is PendingMetric:
                 point = _resolved(record)
                 if point is not None:
@@ -721,6 +721,15 @@ class Orchestrator:
     def _give_up(self) -> bool:
         """Whether journaling should stop retrying (only once stop's deadline has passed)."""
         return self._stopping and time.monotonic() > self._stop_deadline
+
+
+def step_points(values: Mapping[str, float], step: int, timestamp: float) -> list[MetricPoint]:
+    """The points of one step's ``values`` (names checked, plain floats). A name of a
+    ``str`` subclass (a ``str`` enum member equal to a checked name) becomes a plain
+    ``str``, as the checks at the call make it: the journal's pipe takes only plain types."""
+    if not _PLAIN_STR.issuperset(map(type, values)):
+        values = {check_text(name): value for name, value in values.items()}
+    return [(name, value, step, timestamp) for name, value in values.items()]
 
 
 def _resolved(pending: PendingMetric) -> MetricPoint | None:
