@@ -30,10 +30,11 @@ differs:
 
 Each variant runs ``--rounds`` times (default: 3 for the CNN, 9 for each MLP, whose loops are
 short and noisier), in turns, after one untimed warm-up of the model. A round's overhead is
-its loop time over the baseline's run just before it in the same round (paired, so that a
-machine slowing down between rounds counts against no variant); the table shows the median
-of the rounds' overheads and their middle half (the floor's, which does almost nothing,
-shows what the machine's noise alone reads). The time each tool takes to
+its loop time over the baseline's run in the same round (paired, so that a machine slowing
+down between rounds counts against no variant); the table shows the median of the rounds'
+overheads and their middle half (quartiles; the floor's row, which does almost nothing,
+shows what the machine's noise alone reads). The loop column is the median loop time, not
+paired, so it need not match the overhead exactly. The time each tool takes to
 finish (``finish``/``end_run``) is shown apart. Exits 1 only when Tracelet's points read back
 from its store differ from what was logged. See README.md.
 """
@@ -300,8 +301,12 @@ def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
         overhead = statistics.median(overheads)
         is_ours = name.startswith("tracelet")
         is_base = name.startswith("no logging")
-        quarter = len(overheads) // 4
-        middle = f"{overheads[quarter]:+.1f} to {overheads[-1 - quarter]:+.1f} %"
+        low, _, high = (
+            statistics.quantiles(overheads, n=4, method="inclusive")
+            if len(overheads) > 1
+            else overheads * 3
+        )
+        middle = f"{low:+.1f} to {high:+.1f} %"
         rows.append(
             (
                 f"{model}: {name}",
@@ -328,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-peers", action="store_true", help="only the baseline, the floors and Tracelet"
     )
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if importlib.util.find_spec("torch") is None:
         print("torch is not installed: pip install -r benchmarks/requirements.txt")
         return 1

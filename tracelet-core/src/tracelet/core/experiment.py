@@ -172,7 +172,7 @@ class Experiment:
         self._append_metric: Callable[[Any], None] = self._not_running
         self._extend_metrics: Callable[[list[Any]], None] | None = None
         """Queues a step's points at once (None: each goes through ``_append_metric``)."""
-        self._put_step: Callable[[dict[str, float], int, float], bool] | None = None
+        self._put_step: Callable[[Mapping[str, float], int, float], bool] | None = None
         """Queues a step's checked points as one record if there is room (None: never)."""
         self._buffer: Any = ()
         self._capacity = 0
@@ -214,8 +214,9 @@ class Experiment:
         assert session.orchestrator is not None
         orchestrator = session.orchestrator
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
-        # Metric points: the hot path checks capacity, then appends (or extends, a step at a
-        # time). Other records are also counted in bytes. Without async writes, each call
+        # Metric points: the hot path checks capacity, then appends a point, or queues a step
+        # as one record (put_step; else its points at once). Other records are also counted
+        # in bytes. Without async writes, each call
         # journals before it returns.
         queued, tracked = self.settings.async_writes, self.settings.track_metrics
         self._append = orchestrator.put if queued else orchestrator.put_journaled

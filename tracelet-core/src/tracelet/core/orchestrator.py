@@ -56,17 +56,25 @@ from tracelet.records import (
 )
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
-from tracelet.values import check_name, check_step, check_text, to_metric_value
+from tracelet.values import check_name, check_step, to_metric_value
 
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
 WRITER_START_WAIT = 10.0
 """Seconds ``start`` waits for a writer process to be ready (it goes on regardless)."""
 CHUNK = 2048
-"""Buffer slots (a point each) the dispatcher takes at a time. Each chunk is sent on
-before the next is taken, and sending lets go of the GIL, so the training thread never
-waits long for it (about 0.2 ms a chunk with a writer process)."""
+"""Buffer slots (each a point, a record, or a step record's empty slot) the dispatcher
+takes at a time. Each chunk is sent on before the next is taken, and sending lets go of
+the GIL, so the training thread never waits long for it (about 0.2 ms a chunk with a
+writer process)."""
 _PLAIN_STR = frozenset((str,))
+STEP_RECORD = list
+"""The class of a step record in the buffer, ``[values by name, step, timestamp]``
+(:meth:`Orchestrator.put_step`); nothing else queued there is a list."""
+STEP_POINTS = range(4, CHUNK + 1)
+"""Step sizes queued as one record. A smaller step's dict and record cost more memory a
+point than point tuples do (and save little time); a larger one would make a chunk, and
+the GIL held to expand it, outgrow :data:`CHUNK`."""
 POINT_BYTES = 160
 """Memory a queued metric point holds (its tuple, two floats, the step, the buffer's slot),
 measured: the default 200,000-record buffer holds at most about 32 MB of points. A point of
@@ -203,22 +211,23 @@ class Orchestrator:
             self.wait_for_room()
         self.buffer.append(record)
 
-    def put_step(self, values: dict[str, float], step: int, timestamp: float) -> bool:
+    def put_step(self, values: Mapping[str, float], step: int, timestamp: float) -> bool:
         """Queue one step's points (checked: known names, plain floats) as one record,
-        ``[a copy of values, step, timestamp]``, if the buffer has room for them all; False
-        if it has not (the caller then queues them point by point, waiting for room).
+        ``[a copy of values, step, timestamp]`` (:data:`STEP_RECORD`), if the step has
+        :data:`STEP_POINTS` points and the buffer has room for them all. False otherwise:
+        the caller then queues them as point tuples.
 
-        The record takes one slot per point (the others empty, ``None``), so the buffer's
-        length still counts points: back-pressure and the memory bound are unchanged. The
-        empty slots go in first, so a dispatcher draining meanwhile never counts too few.
+        The record takes one slot per point: empty ones (``None``) and then the record, so
+        the buffer's length still counts points and back-pressure and the memory bound are
+        unchanged. A drain that runs between the two appends takes the empty slots now and
+        the record (all its points) next cycle: nothing is lost or reordered.
         """
-        buffer = self.buffer
         count = len(values)
-        if len(buffer) + count > self.capacity:
+        if count not in STEP_POINTS or len(self.buffer) + count > self.capacity:
             return False
-        if count:
-            buffer.extend(repeat(None, count - 1))
-            buffer.append([values.copy(), step, timestamp])  # a snapshot: callers reuse dicts
+        snapshot = values.copy() if values.__class__ is dict else dict(values)  # callers reuse
+        self.buffer.extend(repeat(None, len(snapshot) - 1))
+        self.buffer.append([snapshot, step, timestamp])
         return True
 
     def put_journaled(self, record: Any) -> None:
@@ -491,10 +500,12 @@ class Orchestrator:
             self._send_points(metrics)
             return
         points: list[MetricPoint] = []
-        for record in [r for r in chunk if r is not None]:  # (None: a step's empty slots)
+        for record in chunk:
             if record.__class__ is tuple:
                 points.append(record)
-            elif record.__class__ is list:  # a step's points (put_step)
+            elif record is None:  # a step record's empty slot
+                continue
+            elif record.__class__ is STEP_RECORD:
                 points += step_points(*record)
             elif record.__class__ is PendingMetric:
                 point = _resolved(record)
@@ -728,7 +739,7 @@ def step_points(values: Mapping[str, float], step: int, timestamp: float) -> lis
     ``str`` subclass (a ``str`` enum member equal to a checked name) becomes a plain
     ``str``, as the checks at the call make it: the journal's pipe takes only plain types."""
     if not _PLAIN_STR.issuperset(map(type, values)):
-        values = {check_text(name): value for name, value in values.items()}
+        values = {str.__str__(name): value for name, value in values.items()}
     return [(name, value, step, timestamp) for name, value in values.items()]
 
 
