@@ -216,8 +216,7 @@ class Experiment:
         self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
         # Metric points: the hot path checks capacity, then appends a point, or queues a step
         # as one record (put_step; else its points at once). Other records are also counted
-        # in bytes. Without async writes, each call
-        # journals before it returns.
+        # in bytes. Without async writes, each call journals before it returns.
         queued, tracked = self.settings.async_writes, self.settings.track_metrics
         self._append = orchestrator.put if queued else orchestrator.put_journaled
         append_metric = orchestrator.buffer.append if queued else self._append
