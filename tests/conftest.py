@@ -10,6 +10,12 @@ import pytest
 import tracelet
 from tracelet.storage import LocalStore
 
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+"""No test sends MLflow telemetry (nothing here reaches the internet anyway). Its thread also
+starts inside ``import mlflow`` and imports modules while the importing thread does: once in
+four processes importing MLflow at the same time on 2 cores, that raced into ``cannot import
+name 'unknown_fields' from 'google.protobuf'``, and a failed import cannot be retried."""
+
 QUIET = {
     "TRACELET_TRACK_SYSTEM": "0",
     "TRACELET_TRACK_ENV": "0",

@@ -54,6 +54,37 @@ def test_a_permanent_failure_in_start_is_reported_once_and_never_retried(read_st
     assert stored.pending == read_store().last_seq(exp.id), "kept for tracelet sync"
 
 
+class HalfImported(RecordingBackend):
+    """A backend whose tool fails to import (as when a tool's own thread races its import):
+    Python cannot import a module whose import failed midway again, so no retry can help."""
+
+    starts = 0
+
+    def start(self):
+        HalfImported.starts += 1
+        raise ImportError("cannot import name 'unknown_fields' from 'google.protobuf'")
+
+
+def test_a_tool_that_fails_to_import_fails_for_good_at_once(read_store, caplog):
+    HalfImported.starts = 0
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        exp = tracelet.start_logging("half imported")
+        exp.orchestrator.add_backend(built("half", HalfImported))
+        for step in range(100):
+            exp.log_metric("loss", float(step), step)
+        started = time.monotonic()
+        exp.stop()
+        took = time.monotonic() - started
+    assert HalfImported.starts == 1, "never retried"
+    assert took < 5, f"stop waited {took:.1f} s for a tool that cannot be imported"
+    (report,) = [r.getMessage() for r in caplog.records if "'half'" in r.getMessage()]
+    assert "failed for good" in report
+    assert "could not be imported" in report
+    assert "unknown_fields" in report
+    assert exp.delivery["half"].phase is DeliveryPhase.FAILED
+    assert len(read_store().metrics(exp.id)) == 100, "kept for tracelet sync"
+
+
 def test_show_says_where_each_backend_stands(read_store, capsys):
     Denied.starts = 0
     exp = tracelet.start_logging("shown")

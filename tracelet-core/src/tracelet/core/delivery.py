@@ -293,7 +293,9 @@ class Delivery:
         """Run ``action`` until it succeeds (True) or delivery must give up (False).
 
         A :class:`RejectedBatchError` propagates when ``refusable`` (a batch the tool
-        refuses); anywhere else it, like a ConfigurationError, is a permanent failure. Only
+        refuses); anywhere else it, like a ConfigurationError, is a permanent failure. So is
+        an ImportError (the tool failed to import): Python cannot import again a module
+        whose import failed midway, so every retry would fail the same way. Only
         a ``remote`` action (a call into the backend) that succeeds ends a failure episode:
         reading the journal between tries neither resets the backoff nor the phase.
         """
@@ -310,6 +312,11 @@ class Delivery:
                 raise
             except (PermanentBackendError, ConfigurationError) as error:
                 return self._fail_for_good(f"{what}: {describe_error(error)}")
+            except ImportError as error:
+                return self._fail_for_good(
+                    f"{what}: the tool could not be imported ({describe_error(error)}); this "
+                    "process cannot import it again"
+                )
             except Exception as error:
                 if refused_at_exit(error):
                     return self._left_for_sync(what, error)
