@@ -15,14 +15,21 @@ from tracelet.plugins import PermanentBackendError, RunStatus
 from tracelet.storage import LocalStore
 
 
-class Denied(RecordingBackend):
-    """A backend whose credentials are refused: every start fails for good."""
+class FailsAtStart(RecordingBackend):
+    """A backend whose every start raises its ``error``; ``starts`` counts the tries."""
 
+    error: Exception
     starts = 0
 
     def start(self):
-        Denied.starts += 1
-        raise PermanentBackendError("401 Unauthorized: the API key was revoked")
+        type(self).starts += 1
+        raise self.error
+
+
+class Denied(FailsAtStart):
+    """A backend whose credentials are refused: every start fails for good."""
+
+    error = PermanentBackendError("401 Unauthorized: the API key was revoked")
 
 
 def test_a_permanent_failure_in_start_is_reported_once_and_never_retried(read_store, caplog):
@@ -54,15 +61,11 @@ def test_a_permanent_failure_in_start_is_reported_once_and_never_retried(read_st
     assert stored.pending == read_store().last_seq(exp.id), "kept for tracelet sync"
 
 
-class HalfImported(RecordingBackend):
+class HalfImported(FailsAtStart):
     """A backend whose tool fails to import (as when a tool's own thread races its import):
     Python cannot import a module whose import failed midway again, so no retry can help."""
 
-    starts = 0
-
-    def start(self):
-        HalfImported.starts += 1
-        raise ImportError("cannot import name 'unknown_fields' from 'google.protobuf'")
+    error = ImportError("cannot import name 'unknown_fields' from 'google.protobuf'")
 
 
 def test_a_tool_that_fails_to_import_fails_for_good_at_once(read_store, caplog):
