@@ -2,7 +2,7 @@
 
 Run from the repository root (``pip install -r benchmarks/requirements.txt`` first)::
 
-    python benchmarks/training_loop.py              # about 15 minutes on 2 cores
+    python benchmarks/training_loop.py              # about 25 minutes on 2 cores
     python benchmarks/training_loop.py --rounds 1 --models mlp
 
 Two small PyTorch models are trained on CPU for 2,000 steps each on random data: a LeNet-style
@@ -173,16 +173,20 @@ def run_baseline(model: str) -> dict[str, float]:
     return {"loop_s": loop_s, "finish_s": 0.0}
 
 
-def run_floor(model: str) -> dict[str, float]:
-    """The least any Python logger does: the step's 20 points, as tuples with a timestamp,
-    appended to a deque (no tracker at all)."""
-    queued: deque[tuple[str, float, int, float]] = deque()
+def floor_logger(queued: deque[tuple[str, float, int, float]]) -> Logger:
+    """The least any Python logger does: the step's points, as tuples with a timestamp,
+    appended to ``queued`` (no tracker at all)."""
 
     def log(metrics: dict[str, float], step: int) -> None:
         now = time.time()
         queued.extend([(name, value, step, now) for name, value in metrics.items()])
 
-    loop_s, _ = train(log, model)
+    return log
+
+
+def run_floor(model: str) -> dict[str, float]:
+    """The floor: the step's 20 points appended to a deque (:func:`floor_logger`)."""
+    loop_s, _ = train(floor_logger(deque()), model)
     return {"loop_s": loop_s, "finish_s": 0.0}
 
 
@@ -195,14 +199,10 @@ def run_floor_thread(model: str) -> dict[str, float]:
         while not stop.wait(0.5):
             pickle.dumps([queued.popleft() for _ in range(len(queued))])
 
-    def log(metrics: dict[str, float], step: int) -> None:
-        now = time.time()
-        queued.extend([(name, value, step, now) for name, value in metrics.items()])
-
     thread = threading.Thread(target=serialize, daemon=True)
     thread.start()
     try:
-        loop_s, _ = train(log, model)
+        loop_s, _ = train(floor_logger(queued), model)
     finally:
         stop.set()
         thread.join()
@@ -354,12 +354,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, module) in VARIANTS.items()
         if name not in variants and not args.no_peers
     ]
+    rounds = {model: args.rounds or DEFAULT_ROUNDS[model] for model in args.models}
     rows: list[tuple[str, ...]] = []
     failures: list[str] = []
     for model in args.models:
         train(None, model, steps=200)  # warm-up: first allocations, kernels, lazy imports
         results: dict[str, Any] = {name: [] for name in variants}
-        for round_ in range(args.rounds or DEFAULT_ROUNDS[model]):
+        for round_ in range(rounds[model]):
             for name, run in variants.items():
                 if results[name] is None:
                     continue
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     print(
         f"{STEPS:,} steps x {METRICS} metrics a step; rounds: "
-        f"{', '.join(f'{m} {args.rounds or DEFAULT_ROUNDS[m]}' for m in args.models)}; "
+        f"{', '.join(f'{model} {count}' for model, count in rounds.items())}; "
         f"python {platform.python_version()}, {platform.system()} {platform.machine()}, "
         f"cpu_count {os.cpu_count()}; total {time.perf_counter() - began:.0f} s"
     )
