@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
+import gc
 import threading
 import time
 import tracemalloc
@@ -13,7 +15,8 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 import tracelet
-from tracelet.core.orchestrator import POINT_BYTES
+from tracelet.core.orchestrator import CHUNK, POINT_BYTES
+from tracelet.records import ChunkedPoints
 
 
 @pytest.mark.collectors
@@ -29,6 +32,71 @@ def test_a_million_points_with_default_settings_are_all_read_back(read_store):
     assert len(points) == 1_000_000
     assert [p[2] for p in points] == list(range(1_000_000))
     assert all(value == 1.0 / (step + 1) for _, value, step, _ in points)
+
+
+def is_points(found: list[object] | tuple[object, ...]) -> bool:
+    """Whether ``found`` holds metric points (its last item is a 4-tuple holding a name).
+    Read through ``gc.get_referents``: a tuple being built has empty slots, which indexing
+    would crash on."""
+    first = gc.get_referents(found)[:1]
+    if not first or first[0].__class__ is not tuple or len(first[0]) != 4:
+        return False
+    return str in {item.__class__ for item in gc.get_referents(first[0])}
+
+
+def largest_young_run_of_points() -> Iterator[list[int]]:
+    """Track the most metric points any container the garbage collector met in a young
+    generation held (the collector's pause grows with it, in whichever thread collects)."""
+    largest = [0]
+
+    def look(phase: str, info: dict[str, int]) -> None:
+        if phase != "start" or info["generation"] == 2:
+            return
+        for found in gc.get_objects(info["generation"]):
+            if found.__class__ in (list, tuple) and len(found) > largest[0] and is_points(found):
+                largest[0] = len(found)
+
+    gc.callbacks.append(look)
+    try:
+        yield largest
+    finally:
+        gc.callbacks.remove(look)
+
+
+@pytest.mark.parametrize("journal_process", [True, False], ids=["writer process", "thread"])
+def test_the_garbage_collector_never_meets_more_points_at_once_than_a_chunk(
+    read_store, journal_process
+):
+    exp = tracelet.start_logging("gc", config={"journal_process": journal_process})
+    with contextlib.contextmanager(largest_young_run_of_points)() as largest:
+        log_points(exp, 150_000)  # batches of up to 50,000 points
+        log_steps(exp, 150_000, size=20)
+        tracelet.stop_logging()
+    assert len(read_store().metrics(exp.id)) >= 300_000
+    # (a chunk's last step record may bring the points of empty slots in the chunk before)
+    assert 0 < largest[0] < 2 * CHUNK, f"a young container held {largest[0]:,} points"
+
+
+def test_chunked_points_read_as_one_sequence():
+    chunks = [(("a", 1.0, 0, 1.0), ("b", 2.0, 0, 1.0)), (), (("a", 3.0, 1, 2.0),)]
+    points = ChunkedPoints(chunks)
+    flat = [p for chunk in chunks for p in chunk]
+    assert len(points) == 3
+    assert list(points) == flat
+    assert points == flat
+    assert flat == points
+    assert points.chunks == (chunks[0], chunks[2]), "empty chunks are left out"
+    assert [points[i] for i in range(-3, 3)] == flat + flat
+    assert points[1:] == flat[1:]
+    assert points[::-1] == flat[::-1]
+    assert points.index(("a", 3.0, 1, 2.0)) == 2
+    with pytest.raises(IndexError, match="point 3 of 3"):
+        points[3]
+    assert not ChunkedPoints()
+    assert ChunkedPoints() == []
+    assert points != flat[:2]
+    assert points != "abc"
+    assert repr(points) == "ChunkedPoints(3 points in 2 chunks)"
 
 
 def stalled(exp: tracelet.Experiment) -> threading.Lock:

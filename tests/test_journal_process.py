@@ -122,7 +122,7 @@ TRAINER = textwrap.dedent(
     for step in range(300_000):
         exp.log_metric("loss", float(step), step)
     orchestrator = exp.orchestrator
-    while orchestrator.buffer or orchestrator._open_metrics or orchestrator._in_flight:
+    while orchestrator.buffer or orchestrator._open_chunks or orchestrator._in_flight:
         time.sleep(0.001)  # everything sent to the writer, not necessarily journaled
     print(exp.id, orchestrator._link.pid, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 from tracelet.analysis.detector import RuleStream
 from tracelet.core.framing import read_frame, write_frame
 from tracelet.core.journaling import write_batch
-from tracelet.records import Batch, CheckpointRequest, MetricPoint, RunInfo
+from tracelet.records import Batch, CheckpointRequest, ChunkedPoints, MetricPoint, RunInfo
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
 
@@ -65,8 +65,8 @@ class JournalWriter:
         self.run = run
         self.reply = reply
         self.give_up = give_up
-        self.points: list[MetricPoint] = []
-        """The points of the batch being built."""
+        self.chunks: list[tuple[MetricPoint, ...]] = []
+        """The points of the batch being built, as the chunks they came in."""
         self.cursors: tuple[str, ...] = ()
         self.stream: RuleStream | None = None
         self._last_seq: int | None = None
@@ -78,7 +78,7 @@ class JournalWriter:
         """Act on one message (see the module's docstring)."""
         kind = message[0]
         if kind == "points":
-            self.points += message[1]
+            self.chunks.append(tuple(message[1]))
         elif kind == "batch":
             self._journal(*message[1:])
         elif kind == "checkpoint":
@@ -92,7 +92,7 @@ class JournalWriter:
 
     def finish(self) -> None:
         """Journal points whose batch never ended (the training process died mid-batch)."""
-        if self.points:
+        if self.chunks:
             self._journal(0, {}, {}, (), (), (), ())
 
     def _journal(
@@ -109,7 +109,7 @@ class JournalWriter:
             self._check_store()
         except Exception as error:  # (a full disk) the file in use still takes the batch
             report_once("tracelet journal", f"could not start a new local store ({error!r})")
-        metrics, self.points = self.points, []
+        metrics, self.chunks = ChunkedPoints(self.chunks), []
         if self._last_seq is None:
             self._last_seq = self.store.last_seq(self.run.id)
             self._window_start = self.store.last_metric_id()
