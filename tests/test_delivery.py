@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import sqlite3
 import threading
@@ -50,6 +51,32 @@ def test_many_threads_lose_nothing_and_keep_each_metric_in_order(read_store):
     for index in range(threads):
         assert by_name[f"thread{index}"] == [(s, s * 0.5) for s in range(per_thread)]
     assert_same_points(backends[0].points(), points)
+
+
+class Name(enum.StrEnum):
+    LOSS = "loss"
+
+
+def test_steps_logged_together_reach_a_backend_as_the_points_the_journal_holds(read_store):
+    names = ["loss"] + [f"metric_{i:02d}" for i in range(1, 20)]
+    with recording_backend() as backends:
+        exp = start(["local", "recording"])
+        for step in range(3_000):
+            values = {name: float(step * i) for i, name in enumerate(names)}
+            if step % 7:  # a str enum member equal to the checked name, as some loops log
+                values = {Name.LOSS: values.pop("loss"), **values}
+            exp.log_metrics(values, step)  # a step record, sent to the journal as it is
+            exp.log_metric("lr", 0.1, step)
+        tracelet.stop_logging()
+    stored = read_store().metrics(exp.id)
+    received = backends[0].points()
+    assert_same_points(received, stored)
+    assert {p[0].__class__ for p in received} == {str}
+    logged = [p[:3] for p in stored if not p[0].startswith("system/")]
+    assert len(logged) == 3_000 * 21
+    assert logged[:21] == [*((name, 0.0, 0) for name in names), ("lr", 0.1, 0)]
+    assert logged[-21] == ("loss", 0.0, 2_999)
+    assert logged[-20] == ("metric_01", 2_999.0, 2_999)
 
 
 def test_failing_backend_is_retried_reported_once_and_caught_up(read_store, caplog):

@@ -16,7 +16,7 @@ import pytest
 
 import tracelet
 from tracelet.core.orchestrator import CHUNK, POINT_BYTES
-from tracelet.records import ChunkedPoints
+from tracelet.core.points import ChunkedPoints
 
 
 @pytest.mark.collectors
@@ -78,25 +78,28 @@ def test_the_garbage_collector_never_meets_more_points_at_once_than_a_chunk(
 
 
 def test_chunked_points_read_as_one_sequence():
-    chunks = [(("a", 1.0, 0, 1.0), ("b", 2.0, 0, 1.0)), (), (("a", 3.0, 1, 2.0),)]
+    record = [{"a": 5.0, "b": 6.0, "c": 7.0}, 2, 3.0]  # a step record, sent as it is
+    chunks = [(("a", 1.0, 0, 1.0), ("b", 2.0, 0, 1.0)), (), (("a", 3.0, 1, 2.0), record)]
     points = ChunkedPoints(chunks)
-    flat = [p for chunk in chunks for p in chunk]
-    assert len(points) == 3
+    flat = [*chunks[0], ("a", 3.0, 1, 2.0), ("a", 5.0, 2, 3.0), ("b", 6.0, 2, 3.0)]
+    flat.append(("c", 7.0, 2, 3.0))
+    assert len(points) == 6
     assert list(points) == flat
     assert points == flat
     assert flat == points
-    assert points.chunks == (chunks[0], chunks[2]), "empty chunks are left out"
-    assert [points[i] for i in range(-3, 3)] == flat + flat
+    assert points.chunks == (chunks[0], chunks[2]), "empty chunks left out, records kept"
+    assert [points[i] for i in range(-6, 6)] == flat + flat
     assert points[1:] == flat[1:]
     assert points[::-1] == flat[::-1]
-    assert points.index(("a", 3.0, 1, 2.0)) == 2
-    with pytest.raises(IndexError, match="point 3 of 3"):
-        points[3]
+    assert points.index(("b", 6.0, 2, 3.0)) == 4
+    with pytest.raises(IndexError, match="point 6 of 6"):
+        points[6]
+    assert ChunkedPoints(chunks, sizes=[2, 0, 4]) == flat, "sizes given by the caller"
     assert not ChunkedPoints()
     assert ChunkedPoints() == []
     assert points != flat[:2]
     assert points != "abc"
-    assert repr(points) == "ChunkedPoints(3 points in 2 chunks)"
+    assert repr(points) == "ChunkedPoints(6 points in 2 chunks)"
 
 
 def stalled(exp: tracelet.Experiment) -> threading.Lock:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import enum
 import time
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import accumulate, chain
-from typing import TYPE_CHECKING, overload
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -24,67 +22,6 @@ if TYPE_CHECKING:
 
 MetricPoint = tuple[str, float, int, float]
 """One metric point: ``(name, value, step, timestamp)``; timestamp in seconds since the epoch."""
-
-
-class ChunkedPoints(Sequence[MetricPoint]):
-    """A batch's metric points, held as the chunks they were taken in (tuples of points)
-    and read as one sequence.
-
-    Not one tuple of every point: a new container of tens of thousands of points costs the
-    garbage collector's next young collection a pause of about a millisecond, in whichever
-    thread allocates next (the training thread, mostly). A chunk costs it a few
-    microseconds, once: a tuple of untracked points then leaves the collector's lists."""
-
-    __slots__ = ("_chunks", "_ends")
-
-    def __init__(self, chunks: Iterable[tuple[MetricPoint, ...]] = ()) -> None:
-        self._chunks = tuple(chunk for chunk in chunks if chunk)
-        self._ends = tuple(accumulate(map(len, self._chunks)))
-
-    @property
-    def chunks(self) -> tuple[tuple[MetricPoint, ...], ...]:
-        """The chunks, in order (none empty)."""
-        return self._chunks
-
-    def __len__(self) -> int:
-        return self._ends[-1] if self._ends else 0
-
-    def __iter__(self) -> Iterator[MetricPoint]:
-        return chain.from_iterable(self._chunks)
-
-    def __bool__(self) -> bool:
-        return bool(self._chunks)
-
-    @overload
-    def __getitem__(self, index: int) -> MetricPoint: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[MetricPoint]: ...
-    def __getitem__(self, index: int | slice) -> MetricPoint | list[MetricPoint]:
-        if isinstance(index, slice):
-            return list(self)[index]
-        size = len(self)
-        position = index + size if index < 0 else index
-        if not 0 <= position < size:
-            raise IndexError(f"point {index} of {size}")
-        which = bisect_right(self._ends, position)
-        return self._chunks[which][position - (self._ends[which - 1] if which else 0)]
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
-
-    def __repr__(self) -> str:
-        return f"ChunkedPoints({len(self):,} points in {len(self._chunks)} chunks)"
-
-
-def chunks_of(points: Sequence[MetricPoint]) -> tuple[tuple[MetricPoint, ...], ...]:
-    """``points`` as chunks: a :class:`ChunkedPoints`'s own, else one chunk of them all."""
-    if isinstance(points, ChunkedPoints):
-        return points.chunks
-    return (tuple(points),) if points else ()
 
 
 @attrs.frozen

@@ -32,7 +32,8 @@ from tracelet.automagic import AutomagicConfig
 from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
 from tracelet.core.collecting import CollectorRunner
-from tracelet.core.orchestrator import Orchestrator, step_points
+from tracelet.core.orchestrator import Orchestrator
+from tracelet.core.points import step_points
 from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, how_to_install, registry_for
 from tracelet.core.session import RunSession

@@ -41,7 +41,8 @@ from typing import Any, BinaryIO
 from tracelet.analysis.detector import RuleStream
 from tracelet.core.framing import read_frame, write_frame
 from tracelet.core.journaling import write_batch
-from tracelet.records import Batch, CheckpointRequest, ChunkedPoints, MetricPoint, RunInfo
+from tracelet.core.points import STEP_RECORD, ChunkedPoints, expanded
+from tracelet.records import Batch, CheckpointRequest, MetricPoint, RunInfo
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
 
@@ -78,7 +79,10 @@ class JournalWriter:
         """Act on one message (see the module's docstring)."""
         kind = message[0]
         if kind == "points":
-            self.chunks.append(tuple(message[1]))
+            chunk = message[1]
+            if STEP_RECORD in set(map(type, chunk)):  # read twice: journaled, then watched
+                chunk = expanded(chunk)
+            self.chunks.append(tuple(chunk))
         elif kind == "batch":
             self._journal(*message[1:])
         elif kind == "checkpoint":

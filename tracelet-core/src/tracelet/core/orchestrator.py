@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
+from operator import call
 from typing import Any
 
 import attrs
@@ -35,6 +36,7 @@ from tracelet.core.journal_link import (
     can_start_writer,
 )
 from tracelet.core.journal_writer import JournalWriter
+from tracelet.core.points import STEP_RECORD, Chunk, ChunkedPoints, chunks_of, plain_names
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
 from tracelet.core.workers import DeliveryWorkers
@@ -43,7 +45,6 @@ from tracelet.plugins import BackendPlugin
 from tracelet.records import (
     Batch,
     CheckpointRequest,
-    ChunkedPoints,
     DeliveryState,
     Histogram,
     MetricPoint,
@@ -54,7 +55,6 @@ from tracelet.records import (
     Sample,
     Tags,
     Text,
-    chunks_of,
 )
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
@@ -74,10 +74,8 @@ quarter full). Sending a chunk lets go of the GIL only for an instant: the train
 woken to take it, mostly loses that race and then waits out the switch interval (5 ms). A
 sleep longer than its wake-up hands the GIL over, so it waits one chunk at most. Behind,
 the dispatcher drains without pausing, and the GIL is shared by the switch interval."""
-_PLAIN_STR = frozenset((str,))
-STEP_RECORD = list
-"""The class of a step record in the buffer, ``[values by name, step, timestamp]``
-(:meth:`Orchestrator.put_step`); nothing else queued there is a list."""
+_SENT_AS_THEY_ARE = frozenset((tuple, STEP_RECORD))
+"""The kinds of record a chunk sends on unchanged: points, and step records."""
 STEP_POINTS = range(4, CHUNK + 1)
 """Step sizes queued as one record. A smaller step's dict and record cost more memory a
 point than point tuples do (and save little time); a larger one would make a chunk, and
@@ -146,11 +144,12 @@ class Orchestrator:
         self._link: JournalLink = self._thread_link()
         self._link_lost = False
         self._send_lock = threading.RLock()
-        self._open_chunks: list[tuple[MetricPoint, ...]] = []
+        self._open_chunks: list[Chunk] = []
+        self._open_sizes: list[int] = []
         self._open_points = 0
         self._open_events: list[Any] = []
-        """The batch being built: the chunks of points sent of it (and how many points),
-        and its other records."""
+        """The batch being built: the chunks of points sent of it (the points of each, of
+        all), and its other records."""
         self._sent = 0
         """Batches sent to the writer (each one's token: 1, 2, ...); the writer numbers them."""
         self._answered = 0
@@ -494,7 +493,8 @@ class Orchestrator:
         left = len(buffer)
         while left and not self._abandoned:
             size = min(left, CHUNK)
-            chunk = [popleft() for _ in range(size)]
+            # the slots' records, less a step record's empty ones (nothing else queued is false)
+            chunk = list(filter(None, map(call, repeat(popleft, size))))
             left -= size
             with self._room:
                 self._room.notify_all()
@@ -509,45 +509,57 @@ class Orchestrator:
             self._wake.set()
 
     def _take(self, chunk: list[Any]) -> None:
-        metrics = [r for r in chunk if r.__class__ is tuple]
-        if len(metrics) == len(chunk):
-            self._send_points(metrics)
+        """Send ``chunk``'s points and step records on; keep its other records for the
+        batch."""
+        kinds = set(map(type, chunk))
+        if kinds <= _SENT_AS_THEY_ARE:
+            self._send_points(chunk, STEP_RECORD in kinds)
             return
-        points: list[MetricPoint] = []
+        items: list[Any] = []
+        records = False
         for record in chunk:
-            if record.__class__ is tuple:
-                points.append(record)
-            elif record is None:  # a step record's empty slot
-                continue
-            elif record.__class__ is STEP_RECORD:
-                points += step_points(*record)
-            elif record.__class__ is PendingMetric:
+            kind = record.__class__
+            if kind is tuple or kind is STEP_RECORD:
+                items.append(record)
+                records = records or kind is STEP_RECORD
+            elif kind is PendingMetric:
                 point = _resolved(record)
                 if point is not None:
-                    points.append(point)
-            elif record.__class__ is CheckpointRequest:
-                self._send_points(points)
-                points = []
+                    items.append(point)
+            elif kind is CheckpointRequest:
+                self._send_points(items, records)
+                items, records = [], False
                 self._close_batch()  # the checkpoint sees exactly what was logged before it
                 self._send(("checkpoint", record, list(self.samples)))
                 self.samples.clear()
             else:
                 self._open_events.append(record)
-        self._send_points(points)
+        self._send_points(items, records)
 
-    def _send_points(self, points: list[MetricPoint]) -> None:
-        if points:
-            chunk = tuple(points)
-            self._open_chunks.append(chunk)
-            self._open_points += len(chunk)
-            self._send(("points", chunk))
+    def _send_points(self, items: list[Any], records: bool) -> None:
+        """Send points and step records (``records``: some) on as a chunk of the batch."""
+        if not items:
+            return
+        chunk = tuple(items)
+        size = len(chunk)
+        if records:
+            for item in chunk:
+                if item.__class__ is STEP_RECORD:
+                    item[0] = plain_names(item[0])
+                    size += len(item[0]) - 1
+        self._open_chunks.append(chunk)
+        self._open_sizes.append(size)
+        self._open_points += size
+        self._send(("points", chunk))
 
     def _close_batch(self) -> None:
         """End the batch being built: number it and have the writer journal it."""
         if not self._open_chunks and not self._open_events:
             return
-        metrics, events = ChunkedPoints(self._open_chunks), self._open_events
-        self._open_chunks, self._open_points, self._open_events = [], 0, []
+        metrics = ChunkedPoints(self._open_chunks, self._open_sizes)
+        events = self._open_events
+        self._open_chunks, self._open_sizes, self._open_points = [], [], 0
+        self._open_events = []
         token = self._sent + 1
         self._in_flight = len(metrics) + len(events)
         try:
@@ -644,7 +656,7 @@ class Orchestrator:
                 self._link.send(_batch_message(token, batch), self._give_up)
             self._resend_points(self._open_chunks)
 
-    def _resend_points(self, chunks: Iterable[tuple[MetricPoint, ...]]) -> None:
+    def _resend_points(self, chunks: Iterable[Chunk]) -> None:
         for chunk in chunks:
             self._link.send(("points", chunk), self._give_up)
 
@@ -749,15 +761,6 @@ class Orchestrator:
     def _give_up(self) -> bool:
         """Whether journaling should stop retrying (only once stop's deadline has passed)."""
         return self._stopping and time.monotonic() > self._stop_deadline
-
-
-def step_points(values: Mapping[str, float], step: int, timestamp: float) -> list[MetricPoint]:
-    """The points of one step's ``values`` (names checked, plain floats). A name of a
-    ``str`` subclass (a ``str`` enum member equal to a checked name) becomes a plain
-    ``str``, as the checks at the call make it: the journal's pipe takes only plain types."""
-    if not _PLAIN_STR.issuperset(map(type, values)):
-        values = {str.__str__(name): value for name, value in values.items()}
-    return [(name, value, step, timestamp) for name, value in values.items()]
 
 
 def _resolved(pending: PendingMetric) -> MetricPoint | None:

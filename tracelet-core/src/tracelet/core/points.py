@@ -1,0 +1,125 @@
+"""Metric points on their way from the buffer to the journal: step records, and the chunks
+a batch's points travel and wait in.
+
+A step logged together (``log_metrics``) is queued as one *step record*,
+``[values by name, step, timestamp]`` (a list; see ``Orchestrator.put_step``). The
+dispatcher sends it to the journal writer as it is: the writer, in its own process, makes
+the step's points, and the training process builds a point tuple for it only if a backend
+other than the journal reads the batch's points.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import accumulate, chain
+from typing import Any, overload
+
+from tracelet.records import MetricPoint
+
+STEP_RECORD = list
+"""The class of a step record; nothing else in a chunk is a list."""
+Chunk = tuple[Any, ...]
+"""Point tuples and step records, in the order they were logged."""
+_PLAIN_STR = frozenset((str,))
+
+
+def step_points(values: Mapping[str, float], step: int, timestamp: float) -> list[MetricPoint]:
+    """The points of one step's ``values`` (names checked, plain floats)."""
+    return [(name, value, step, timestamp) for name, value in plain_names(values).items()]
+
+
+def plain_names(values: Mapping[str, float]) -> Mapping[str, float]:
+    """``values`` with every name a plain ``str``, as the checks at the call make them (a
+    ``str`` enum member equal to a checked name): the journal's pipe takes only plain
+    types."""
+    if _PLAIN_STR.issuperset(map(type, values)):
+        return values
+    return {str.__str__(name): value for name, value in values.items()}
+
+
+def chunk_size(chunk: Chunk) -> int:
+    """The points ``chunk`` holds."""
+    return len(chunk) + sum(len(item[0]) - 1 for item in chunk if item.__class__ is STEP_RECORD)
+
+
+def expanded(chunk: Chunk) -> Iterator[MetricPoint]:
+    """The points of ``chunk``, a step record's made as they are read."""
+    for item in chunk:
+        if item.__class__ is STEP_RECORD:
+            yield from step_points(*item)
+        else:
+            yield item
+
+
+class ChunkedPoints(Sequence[MetricPoint]):
+    """A batch's metric points, held as the chunks they were taken in and read as one
+    sequence.
+
+    Not one tuple of every point: a new container of tens of thousands of points costs the
+    garbage collector's next young collection a pause of about a millisecond, in whichever
+    thread allocates next (the training thread, mostly). A chunk costs it a few
+    microseconds, once. A chunk may hold step records: their points are made only as they
+    are read (:func:`expanded`)."""
+
+    __slots__ = ("_chunks", "_ends", "_sizes")
+
+    def __init__(self, chunks: Iterable[Chunk] = (), sizes: Iterable[int] | None = None) -> None:
+        """``sizes``: the points of each chunk, when the caller knows them (else counted)."""
+        chunks = tuple(chunks)
+        sized = zip(chunks, map(chunk_size, chunks) if sizes is None else sizes, strict=True)
+        kept = [(chunk, size) for chunk, size in sized if size]
+        self._chunks = tuple(chunk for chunk, _ in kept)
+        self._sizes = tuple(size for _, size in kept)
+        self._ends = tuple(accumulate(self._sizes))
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        """The chunks, in order (none empty), step records unexpanded."""
+        return self._chunks
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __iter__(self) -> Iterator[MetricPoint]:
+        return chain.from_iterable(map(self._points, self._chunks, self._sizes))
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    @overload
+    def __getitem__(self, index: int) -> MetricPoint: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[MetricPoint]: ...
+    def __getitem__(self, index: int | slice) -> MetricPoint | list[MetricPoint]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        size = len(self)
+        position = index + size if index < 0 else index
+        if not 0 <= position < size:
+            raise IndexError(f"point {index} of {size}")
+        which = bisect_right(self._ends, position)
+        chunk = self._chunks[which]
+        points = chunk if len(chunk) == self._sizes[which] else list(expanded(chunk))
+        return points[position - (self._ends[which - 1] if which else 0)]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        return f"ChunkedPoints({len(self):,} points in {len(self._chunks)} chunks)"
+
+    @staticmethod
+    def _points(chunk: Chunk, size: int) -> Iterable[MetricPoint]:
+        return chunk if len(chunk) == size else expanded(chunk)
+
+
+def chunks_of(points: Sequence[MetricPoint]) -> tuple[Chunk, ...]:
+    """``points`` as chunks: a :class:`ChunkedPoints`'s own, else one chunk of them all."""
+    if isinstance(points, ChunkedPoints):
+        return points.chunks
+    return (tuple(points),) if points else ()
