@@ -210,6 +210,17 @@ def test_points_are_marshalled_and_come_back_exactly():
     assert [tuple(map(type, p)) for p in back[1]] == [(str, float, int, float)] * 2
 
 
+def test_a_chunk_naming_a_metric_with_a_str_enum_is_marshalled_with_plain_names():
+    record = [{Metric.LOSS: 0.5, "acc": 0.9, "lr": 0.1, "wd": 0.0}, 4, 2.0]
+    chunk = ("points", ((Metric.LOSS, 0.1, 3, 1.5), record))
+    assert encode(chunk)[4] == 1, "marshal, once the names are made plain"
+    back = read_frame(frames(chunk))
+    assert back == ("points", (("loss", 0.1, 3, 1.5), [{"loss": 0.5, **record[0]}, 4, 2.0]))
+    assert type(back[1][0][0]) is str
+    assert {type(name) for name in back[1][1][0]} == {str}
+    assert type(next(iter(record[0]))) is Metric, "the chunk itself is left as it was"
+
+
 def test_every_other_message_is_pickled_and_keeps_its_types():
     text = Text("notes", "hello", 1, 2.0)
     params = {"lr": np.float64(0.1), "layers": np.int64(3), "kind": Metric.LOSS}

@@ -1,16 +1,21 @@
 """Messages over a pipe: each one behind its length (4 bytes, little-endian) and its codec
-(1 byte). A batch's points (``("points", [(name, value, step, timestamp), ...])``, built of
-exact ``str``, ``float`` and ``int`` by the checks at the call) are marshalled, which
-encodes them 2.5x faster than pickle and so holds the training process's GIL for less.
-Every other message is pickled: marshal would turn an object that has the buffer protocol
-(a NumPy scalar among a batch's parameters) into ``bytes`` without a word."""
+(1 byte). A chunk of a batch's points (``("points", chunk)``: point tuples and step records,
+built of exact ``str``, ``float`` and ``int`` by the checks at the call) is marshalled,
+which encodes it 2.5x faster than pickle and so holds the training process's GIL for less.
+A step record may name a metric with a ``str`` subclass (a ``str`` enum member equal to a
+checked name): marshal refuses it, and the chunk is sent with its names made plain. Every
+other message is pickled: marshal would turn an object that has the buffer protocol (a
+NumPy scalar among a batch's parameters) into ``bytes`` without a word."""
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import pickle
 import struct
 from typing import Any, BinaryIO
+
+from tracelet.core.points import STEP_RECORD, Chunk, plain_names
 
 _HEAD = struct.Struct("<IB")
 _PICKLE = 0
@@ -22,9 +27,21 @@ def encode(message: tuple[Any, ...]) -> bytes:
     if message[0] == "points":
         try:
             return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
-        except ValueError:  # not built of plain types after all: pickle keeps it as it is
-            pass
+        except ValueError:  # a name of a str subclass (else pickle keeps what it is)
+            message = ("points", with_plain_names(message[1]))
+            with contextlib.suppress(ValueError):
+                return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
     return _frame(pickle.dumps(message, pickle.HIGHEST_PROTOCOL), _PICKLE)
+
+
+def with_plain_names(chunk: Chunk) -> Chunk:
+    """``chunk`` with every metric name a plain ``str``."""
+    return tuple(
+        [plain_names(item[0]), *item[1:]]
+        if item.__class__ is STEP_RECORD
+        else (str.__str__(item[0]), *item[1:])
+        for item in chunk
+    )
 
 
 def _frame(body: bytes, codec: int) -> bytes:

@@ -36,7 +36,7 @@ from tracelet.core.journal_link import (
     can_start_writer,
 )
 from tracelet.core.journal_writer import JournalWriter
-from tracelet.core.points import STEP_RECORD, Chunk, ChunkedPoints, chunks_of, plain_names
+from tracelet.core.points import STEP_RECORD, Chunk, ChunkedPoints, chunk_size, chunks_of
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
 from tracelet.core.workers import DeliveryWorkers
@@ -541,12 +541,7 @@ class Orchestrator:
         if not items:
             return
         chunk = tuple(items)
-        size = len(chunk)
-        if records:
-            for item in chunk:
-                if item.__class__ is STEP_RECORD:
-                    item[0] = plain_names(item[0])
-                    size += len(item[0]) - 1
+        size = chunk_size(chunk) if records else len(chunk)
         self._open_chunks.append(chunk)
         self._open_sizes.append(size)
         self._open_points += size
