@@ -17,6 +17,16 @@ import pytest
 import tracelet
 from tracelet.core.orchestrator import CHUNK, POINT_BYTES
 from tracelet.core.points import ChunkedPoints
+from tracelet.media import PendingArtifact, PendingImage
+from tracelet.records import (
+    CheckpointRequest,
+    Histogram,
+    Params,
+    PendingMetric,
+    Sample,
+    Tags,
+    Text,
+)
 
 
 @pytest.mark.collectors
@@ -91,7 +101,11 @@ def test_chunked_points_read_as_one_sequence():
     assert [points[i] for i in range(-6, 6)] == flat + flat
     assert points[1:] == flat[1:]
     assert points[::-1] == flat[::-1]
+    assert list(reversed(points)) == flat[::-1]
     assert points.index(("b", 6.0, 2, 3.0)) == 4
+    assert points.index(("a", 1.0, 0, 1.0), -6, 1) == 0
+    with pytest.raises(ValueError, match="not among the points"):
+        points.index(("b", 6.0, 2, 3.0), 0, 4)
     with pytest.raises(IndexError, match="point 6 of 6"):
         points[6]
     assert ChunkedPoints(chunks, sizes=[2, 0, 4]) == flat, "sizes given by the caller"
@@ -100,6 +114,14 @@ def test_chunked_points_read_as_one_sequence():
     assert points != flat[:2]
     assert points != "abc"
     assert repr(points) == "ChunkedPoints(6 points in 2 chunks)"
+
+
+def test_nothing_queued_but_an_empty_slot_is_false():
+    """The dispatcher drops a step record's empty slots (``None``) by their truth value."""
+    queued = (Params, Tags, Text, Histogram, Sample, CheckpointRequest, PendingMetric)
+    for kind in (*queued, PendingImage, PendingArtifact):
+        assert not hasattr(kind, "__len__"), kind
+        assert not hasattr(kind, "__bool__"), kind
 
 
 def stalled(exp: tracelet.Experiment) -> threading.Lock:

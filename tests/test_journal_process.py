@@ -94,6 +94,30 @@ def test_a_writer_that_dies_mid_run_is_replaced_and_nothing_is_lost(read_store, 
     assert sum("ended unexpectedly" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("finds_it_dead", ["points", "batch"])
+def test_what_is_being_sent_when_the_writer_is_found_dead_is_journaled_once(
+    read_store, finds_it_dead
+):
+    exp = tracelet.start_logging("writer found dead")
+    exp.log_metric("loss", 0.0, 0)
+    assert exp.flush()
+    orchestrator = exp.orchestrator
+    with orchestrator._drain_lock:  # the dispatcher waits: this thread drains, as it would
+        if finds_it_dead == "batch":
+            orchestrator._send_points([("loss", 1.0, 1, time.time())], False)
+        os.kill(writer_pid(exp), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not orchestrator._link_lost and time.monotonic() < deadline:
+            time.sleep(0.01)  # the replies thread sees the pipe close
+        if finds_it_dead == "points":  # the message that finds it dead: resent, not twice
+            orchestrator._send_points([("loss", 1.0, 1, time.time())], False)
+        orchestrator._close_batch()
+    tracelet.stop_logging()
+    store = read_store()
+    assert [p[1:3] for p in store.metrics(exp.id)] == [(0.0, 0), (1.0, 1)]
+    assert store.last_seq(exp.id) == 2, "no batch journaled twice"
+
+
 def test_a_hung_writer_cannot_hold_stop_past_its_timeout(caplog):
     exp = tracelet.start_logging("writer hung", config={"flush_timeout": 1.0})
     pid = writer_pid(exp)

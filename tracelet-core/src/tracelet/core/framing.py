@@ -27,7 +27,8 @@ def encode(message: tuple[Any, ...]) -> bytes:
     if message[0] == "points":
         try:
             return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
-        except ValueError:  # a name of a str subclass (else pickle keeps what it is)
+        except ValueError:  # a name of a str subclass (else pickle keeps what it is): rare,
+            # so the common chunk is never checked, and this one is encoded twice
             message = ("points", with_plain_names(message[1]))
             with contextlib.suppress(ValueError):
                 return _frame(marshal.dumps(message, marshal.version), _MARSHAL)

@@ -9,7 +9,8 @@ same :class:`JournalWriter` also runs inside the training process, called direct
 
 Messages are tuples whose first item names them. To the writer:
 
-- ``("points", points)``: metric points of the batch being built;
+- ``("points", chunk)``: metric points of the batch being built, and step records (made
+  into points here: :mod:`tracelet.core.points`);
 - ``("batch", token, params, tags, texts, images, artifacts, histograms)``: the batch
   ends; journal it
   as the run's next batch (``token`` counts the batches sent, from 1);
@@ -41,7 +42,7 @@ from typing import Any, BinaryIO
 from tracelet.analysis.detector import RuleStream
 from tracelet.core.framing import read_frame, write_frame
 from tracelet.core.journaling import write_batch
-from tracelet.core.points import STEP_RECORD, ChunkedPoints, expanded
+from tracelet.core.points import ChunkedPoints, chunks_of, expanded, has_records
 from tracelet.records import Batch, CheckpointRequest, MetricPoint, RunInfo
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
@@ -80,7 +81,7 @@ class JournalWriter:
         kind = message[0]
         if kind == "points":
             chunk = message[1]
-            if STEP_RECORD in set(map(type, chunk)):  # read twice: journaled, then watched
+            if has_records(chunk):  # made into points once: journaled, then watched
                 chunk = expanded(chunk)
             self.chunks.append(tuple(chunk))
         elif kind == "batch":
@@ -113,7 +114,8 @@ class JournalWriter:
             self._check_store()
         except Exception as error:  # (a full disk) the file in use still takes the batch
             report_once("tracelet journal", f"could not start a new local store ({error!r})")
-        metrics, self.chunks = ChunkedPoints(self.chunks), []
+        metrics = ChunkedPoints(self.chunks, map(len, self.chunks))  # (all points now)
+        self.chunks = []
         if self._last_seq is None:
             self._last_seq = self.store.last_seq(self.run.id)
             self._window_start = self.store.last_metric_id()
@@ -159,14 +161,17 @@ class JournalWriter:
     def _detect(self, metrics: Sequence[MetricPoint]) -> None:
         assert self.stream is not None
         try:
-            found = self.stream.feed(metrics)
+            found, muted = [], []
+            for chunk in chunks_of(metrics):  # (never one list of the whole batch)
+                found += self.stream.feed(chunk)
+                muted += self.stream.muted
             if found:
                 self.store.add_anomalies(found)
         except Exception as error:
             report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
             return
-        if found or self.stream.muted:
-            self.reply(("found", found, self.stream.muted))
+        if found or muted:
+            self.reply(("found", found, muted))
 
     def _checkpoint(self, request: CheckpointRequest, samples: Sequence[Any]) -> None:
         """Write the checkpoint of ``request.step`` from the metrics logged since the last."""

@@ -4,11 +4,11 @@ per backend.
 The training thread only appends to :attr:`Orchestrator.buffer` (a deque: appends are
 atomic, so any number of threads may log at once and each thread's records keep their
 order). The metrics of a step logged together go in as one record
-(:meth:`Orchestrator.put_step`): the dispatcher, not the training thread, makes their
-points. One dispatcher thread wakes every ``flush_interval`` seconds, or sooner when the
-buffer is full, takes it in chunks and sends them to the run's journal writer (a process of
-its own by default: :mod:`tracelet.core.journal_link`), which journals each batch in one
-transaction. Each batch the writer confirms is offered to every
+(:meth:`Orchestrator.put_step`), which travels as it is: the journal writer makes its
+points (:mod:`tracelet.core.points`). One dispatcher thread wakes every ``flush_interval``
+seconds, or sooner when the buffer is full, takes it in chunks and sends them to the run's
+journal writer (a process of its own by default: :mod:`tracelet.core.journal_link`), which
+journals each batch in one transaction. Each batch the writer confirms is offered to every
 :class:`~tracelet.core.sink.BackendSink`. When the buffer is full the caller waits
 (back-pressure): nothing is ever dropped.
 """
@@ -36,7 +36,13 @@ from tracelet.core.journal_link import (
     can_start_writer,
 )
 from tracelet.core.journal_writer import JournalWriter
-from tracelet.core.points import STEP_RECORD, Chunk, ChunkedPoints, chunk_size, chunks_of
+from tracelet.core.points import (
+    STEP_RECORD,
+    Chunk,
+    ChunkedPoints,
+    chunk_size,
+    chunks_of,
+)
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
 from tracelet.core.workers import DeliveryWorkers
@@ -78,8 +84,9 @@ _SENT_AS_THEY_ARE = frozenset((tuple, STEP_RECORD))
 """The kinds of record a chunk sends on unchanged: points, and step records."""
 STEP_POINTS = range(4, CHUNK + 1)
 """Step sizes queued as one record. A smaller step's dict and record cost more memory a
-point than point tuples do (and save little time); a larger one would make a chunk, and
-the GIL held to expand it, outgrow :data:`CHUNK`."""
+point than point tuples do (and save little time); a larger one would make a chunk's points,
+and a batch's, outgrow :data:`CHUNK` and :data:`MAX_BATCH`. (At least two: a chunk holding
+a record then holds more points than items, which is how :class:`ChunkedPoints` tells.)"""
 POINT_BYTES = 160
 """Memory a queued metric point holds (its tuple, two floats, the step, the buffer's slot),
 measured: the default 200,000-record buffer holds at most about 32 MB of points. A point of
@@ -481,15 +488,16 @@ class Orchestrator:
             report_once("tracelet dispatcher", f"unexpected error {error!r}; going on")
 
     def _drain(self, close: bool = False) -> None:
-        """Send what the buffer holds now to the writer, :data:`CHUNK` records at a time.
+        """Send what the buffer holds now to the writer, :data:`CHUNK` slots at a time.
         What is logged meanwhile waits for the next cycle (begun at once), so a cycle always
         ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, and at the end
         of a cycle that emptied the buffer or that ``close``, a flush or stop waits for
         (under sustained logging, batches stay large: each costs every backend a call).
-        The dispatcher pauses after each chunk while it keeps up (:data:`HANDOFF`)."""
+        The dispatcher pauses after each chunk but the last while it keeps up and nobody
+        waits for the drain (:data:`HANDOFF`)."""
         buffer = self.buffer
         popleft = buffer.popleft
-        hand_off = threading.current_thread() is self._thread  # (never a caller's thread)
+        on_dispatcher = threading.current_thread() is self._thread  # (not a caller's)
         left = len(buffer)
         while left and not self._abandoned:
             size = min(left, CHUNK)
@@ -499,7 +507,7 @@ class Orchestrator:
             with self._room:
                 self._room.notify_all()
             self._take(chunk)
-            if hand_off and len(buffer) < self.capacity // 4:
+            if left and on_dispatcher and self._keeping_up():
                 time.sleep(HANDOFF)  # a training thread waiting for the GIL takes it now
             if self._open_points + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()
@@ -507,6 +515,10 @@ class Orchestrator:
             self._close_batch()
         else:
             self._wake.set()
+
+    def _keeping_up(self) -> bool:
+        """Whether the buffer is under a quarter full and no flush or stop waits."""
+        return len(self.buffer) < self.capacity // 4 and not (self._waiting or self._stopping)
 
     def _take(self, chunk: list[Any]) -> None:
         """Send ``chunk``'s points and step records on; keep its other records for the
@@ -516,32 +528,32 @@ class Orchestrator:
             self._send_points(chunk, STEP_RECORD in kinds)
             return
         items: list[Any] = []
-        records = False
+        any_records = False
         for record in chunk:
             kind = record.__class__
             if kind is tuple or kind is STEP_RECORD:
                 items.append(record)
-                records = records or kind is STEP_RECORD
+                any_records = any_records or kind is STEP_RECORD
             elif kind is PendingMetric:
                 point = _resolved(record)
                 if point is not None:
                     items.append(point)
             elif kind is CheckpointRequest:
-                self._send_points(items, records)
-                items, records = [], False
+                self._send_points(items, any_records)
+                items, any_records = [], False
                 self._close_batch()  # the checkpoint sees exactly what was logged before it
                 self._send(("checkpoint", record, list(self.samples)))
                 self.samples.clear()
             else:
                 self._open_events.append(record)
-        self._send_points(items, records)
+        self._send_points(items, any_records)
 
-    def _send_points(self, items: list[Any], records: bool) -> None:
-        """Send points and step records (``records``: some) on as a chunk of the batch."""
+    def _send_points(self, items: list[Any], any_records: bool) -> None:
+        """Send points and step records (``any_records``: some) on as a chunk of the batch."""
         if not items:
             return
         chunk = tuple(items)
-        size = chunk_size(chunk) if records else len(chunk)
+        size = chunk_size(chunk) if any_records else len(chunk)
         self._open_chunks.append(chunk)
         self._open_sizes.append(size)
         self._open_points += size
@@ -575,7 +587,9 @@ class Orchestrator:
             if self._abandoned:
                 raise LinkTimeout  # stop has given up on the journal
             if self._link_lost:
-                self._replace_link()
+                self._replace_link()  # it sends the points and batches not journaled,
+                if message[0] in ("points", "batch"):  # this one's among them
+                    return
             try:
                 self._link.send(message, self._give_up)
             except LinkBroken:

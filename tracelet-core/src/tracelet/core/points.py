@@ -18,7 +18,8 @@ from typing import Any, overload
 from tracelet.records import MetricPoint
 
 STEP_RECORD = list
-"""The class of a step record; nothing else in a chunk is a list."""
+"""The class of a step record; nothing else in a chunk is a list. A step record holds two
+points or more, so a chunk holding one holds more points than items."""
 Chunk = tuple[Any, ...]
 """Point tuples and step records, in the order they were logged."""
 _PLAIN_STR = frozenset((str,))
@@ -36,6 +37,11 @@ def plain_names(values: Mapping[str, float]) -> Mapping[str, float]:
     if _PLAIN_STR.issuperset(map(type, values)):
         return values
     return {str.__str__(name): value for name, value in values.items()}
+
+
+def has_records(chunk: Iterable[Any]) -> bool:
+    """Whether ``chunk`` holds step records (the test runs in C)."""
+    return STEP_RECORD in set(map(type, chunk))
 
 
 def chunk_size(chunk: Chunk) -> int:
@@ -60,9 +66,10 @@ class ChunkedPoints(Sequence[MetricPoint]):
     garbage collector's next young collection a pause of about a millisecond, in whichever
     thread allocates next (the training thread, mostly). A chunk costs it a few
     microseconds, once. A chunk may hold step records: their points are made only as they
-    are read (:func:`expanded`)."""
+    are read (:func:`expanded`). Iterating is the cheap way to read them: indexing makes the
+    points of the chunk indexed (the last one is kept), a slice those of every chunk."""
 
-    __slots__ = ("_chunks", "_ends", "_sizes")
+    __slots__ = ("_chunks", "_ends", "_last", "_sizes")
 
     def __init__(self, chunks: Iterable[Chunk] = (), sizes: Iterable[int] | None = None) -> None:
         """``sizes``: the points of each chunk, when the caller knows them (else counted)."""
@@ -72,6 +79,8 @@ class ChunkedPoints(Sequence[MetricPoint]):
         self._chunks = tuple(chunk for chunk, _ in kept)
         self._sizes = tuple(size for _, size in kept)
         self._ends = tuple(accumulate(self._sizes))
+        self._last: tuple[int, Sequence[MetricPoint]] = (-1, ())
+        """The chunk indexed last, as points."""
 
     @property
     def chunks(self) -> tuple[Chunk, ...]:
@@ -82,7 +91,11 @@ class ChunkedPoints(Sequence[MetricPoint]):
         return self._ends[-1] if self._ends else 0
 
     def __iter__(self) -> Iterator[MetricPoint]:
-        return chain.from_iterable(map(self._points, self._chunks, self._sizes))
+        return chain.from_iterable(map(_points, self._chunks, self._sizes))
+
+    def __reversed__(self) -> Iterator[MetricPoint]:
+        for chunk, size in zip(reversed(self._chunks), reversed(self._sizes), strict=True):
+            yield from reversed(list(_points(chunk, size)))
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
@@ -99,9 +112,24 @@ class ChunkedPoints(Sequence[MetricPoint]):
         if not 0 <= position < size:
             raise IndexError(f"point {index} of {size}")
         which = bisect_right(self._ends, position)
-        chunk = self._chunks[which]
-        points = chunk if len(chunk) == self._sizes[which] else list(expanded(chunk))
+        cached, points = self._last
+        if cached != which:
+            points = _points(self._chunks[which], self._sizes[which])
+            points = points if isinstance(points, tuple) else tuple(points)
+            self._last = (which, points)
         return points[position - (self._ends[which - 1] if which else 0)]
+
+    def index(self, value: Any, start: int = 0, stop: int | None = None) -> int:
+        """The position of the first point equal to ``value`` (from ``start``, before
+        ``stop``); ValueError if there is none."""
+        size = len(self)
+        start, stop = slice(start, stop).indices(size)[:2]
+        for position, point in enumerate(self):
+            if position >= stop:
+                break
+            if position >= start and (point is value or point == value):
+                return position
+        raise ValueError(f"{value!r} is not among the points")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, str | bytes):
@@ -113,9 +141,10 @@ class ChunkedPoints(Sequence[MetricPoint]):
     def __repr__(self) -> str:
         return f"ChunkedPoints({len(self):,} points in {len(self._chunks)} chunks)"
 
-    @staticmethod
-    def _points(chunk: Chunk, size: int) -> Iterable[MetricPoint]:
-        return chunk if len(chunk) == size else expanded(chunk)
+
+def _points(chunk: Chunk, size: int) -> Iterable[MetricPoint]:
+    """The points of ``chunk`` (of ``size`` points): itself, unless it holds step records."""
+    return chunk if len(chunk) == size else expanded(chunk)
 
 
 def chunks_of(points: Sequence[MetricPoint]) -> tuple[Chunk, ...]:

@@ -43,7 +43,7 @@ class LocalBackend(BackendPlugin):
         self.store: LocalStore | None = None
         self.run: RunInfo | None = None
         self.lock: RunLock | None = None
-        self.is_journal = False
+        self._is_journal = False
         """Whether the target store is the run's journal (set by :meth:`start_run`)."""
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
@@ -54,8 +54,8 @@ class LocalBackend(BackendPlugin):
         """
         self.run = run
         self.store = LocalStore(self.config.get("path") or run.store_path)
-        self.is_journal = self.store.path == Path(run.store_path).expanduser().resolve()
-        if self.is_journal:
+        self._is_journal = self.store.path == Path(run.store_path).expanduser().resolve()
+        if self._is_journal:
             self.store.ensure_run(run)
             return
         if self.lock is None:
@@ -65,7 +65,7 @@ class LocalBackend(BackendPlugin):
     def log_batch(self, batch: Batch) -> None:
         """Journal ``batch`` in the target store, unless it is already there."""
         assert self.store is not None, "start_run comes first"
-        if not self.is_journal:
+        if not self._is_journal:
             batch = self._copy_files(batch)
         elif self.store.has_batch(batch.run_id, batch.seq):
             return  # the usual case: read, without taking the journal writer's lock
