@@ -109,6 +109,7 @@ def test_what_is_being_sent_when_the_writer_is_found_dead_is_journaled_once(
         deadline = time.monotonic() + 10
         while not orchestrator._link_lost and time.monotonic() < deadline:
             time.sleep(0.01)  # the replies thread sees the pipe close
+        assert orchestrator._link_lost, "the writer's death was not seen"
         if finds_it_dead == "points":  # the message that finds it dead: resent, not twice
             orchestrator._send_points([("loss", 1.0, 1, time.time())], False)
         orchestrator._close_batch()

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from operator import itemgetter
 from typing import Any
 
@@ -75,13 +75,13 @@ class RuleStream:
         """
         points = points if isinstance(points, list) else list(points)
         self.muted = []
-        names = set(map(itemgetter(0), points))
+        names = dict.fromkeys(map(itemgetter(0), points))  # in logged order: so is `muted`
         finite = math.isfinite(sum(map(itemgetter(1), points)))
         if finite and self._nonfinite.isdisjoint(names):
             return self._feed_finite(points, names)
         return self._feed_each(points)
 
-    def _feed_finite(self, points: list[MetricPoint], names: set[str]) -> list[Anomaly]:
+    def _feed_finite(self, points: list[MetricPoint], names: Collection[str]) -> list[Anomaly]:
         """Feed points whose values are all finite (of metrics whose last value was finite
         too), one metric at a time."""
         found: list[tuple[int, Anomaly]] = []

@@ -75,11 +75,12 @@ CHUNK = 2048
 takes at a time: the GIL it holds at once (0.3 to 0.7 ms a chunk with a writer process,
 measured in a loop logging 200,000 points a second)."""
 HANDOFF = 0.0002
-"""Seconds the dispatcher sleeps after each chunk while it keeps up (the buffer under a
-quarter full). Sending a chunk lets go of the GIL only for an instant: the training thread,
-woken to take it, mostly loses that race and then waits out the switch interval (5 ms). A
-sleep longer than its wake-up hands the GIL over, so it waits one chunk at most. Behind,
-the dispatcher drains without pausing, and the GIL is shared by the switch interval."""
+"""Seconds the dispatcher sleeps after a chunk that leaves the buffer not empty, while it
+keeps up (the buffer under a quarter full) and no flush or stop waits. Sending a chunk lets
+go of the GIL only for an instant: the training thread, woken to take it, mostly loses that
+race and then waits out the switch interval (5 ms). A sleep longer than its wake-up hands
+the GIL over, so it waits one chunk at most. Behind, the dispatcher drains without pausing,
+and the GIL is shared by the switch interval."""
 _SENT_AS_THEY_ARE = frozenset((tuple, STEP_RECORD))
 """The kinds of record a chunk sends on unchanged: points, and step records."""
 STEP_POINTS = range(4, CHUNK + 1)
@@ -493,8 +494,8 @@ class Orchestrator:
         ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, and at the end
         of a cycle that emptied the buffer or that ``close``, a flush or stop waits for
         (under sustained logging, batches stay large: each costs every backend a call).
-        The dispatcher pauses after each chunk but the last while it keeps up and nobody
-        waits for the drain (:data:`HANDOFF`)."""
+        The dispatcher pauses after each chunk that leaves the buffer not empty, while it
+        keeps up and nobody waits for the drain (:data:`HANDOFF`)."""
         buffer = self.buffer
         popleft = buffer.popleft
         on_dispatcher = threading.current_thread() is self._thread  # (not a caller's)
@@ -507,7 +508,7 @@ class Orchestrator:
             with self._room:
                 self._room.notify_all()
             self._take(chunk)
-            if left and on_dispatcher and self._keeping_up():
+            if on_dispatcher and (left or buffer) and self._keeping_up():
                 time.sleep(HANDOFF)  # a training thread waiting for the GIL takes it now
             if self._open_points + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()

@@ -79,8 +79,8 @@ class ChunkedPoints(Sequence[MetricPoint]):
         self._chunks = tuple(chunk for chunk, _ in kept)
         self._sizes = tuple(size for _, size in kept)
         self._ends = tuple(accumulate(self._sizes))
-        self._last: tuple[int, Sequence[MetricPoint]] = (-1, ())
-        """The chunk indexed last, as points."""
+        self._last: tuple[int, tuple[MetricPoint, ...]] = (-1, ())
+        """The chunk indexed last, as points (kept while the batch is)."""
 
     @property
     def chunks(self) -> tuple[Chunk, ...]:
@@ -95,7 +95,7 @@ class ChunkedPoints(Sequence[MetricPoint]):
 
     def __reversed__(self) -> Iterator[MetricPoint]:
         for chunk, size in zip(reversed(self._chunks), reversed(self._sizes), strict=True):
-            yield from reversed(list(_points(chunk, size)))
+            yield from reversed(chunk if len(chunk) == size else list(expanded(chunk)))
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
