@@ -39,6 +39,8 @@ class ServerProcess:
         self.root = Path(root)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
+        self.start_seconds: float | None = None
+        """How long the last :meth:`start` took, until the server answered."""
 
     def command(self) -> Sequence[str]:
         """The command line that starts the server on ``self.port``."""
@@ -60,11 +62,13 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited; see {self.root / 'server.log'}")
             if self.healthy():
+                self.start_seconds = time.monotonic() - began
                 return
             time.sleep(0.2)
         self.stop()
