@@ -32,16 +32,22 @@ class Denied(FailsAtStart):
     error = PermanentBackendError("401 Unauthorized: the API key was revoked")
 
 
+def seconds_to_stop_beside(exp: tracelet.Experiment, name: str, kind: type, points: int) -> float:
+    """Add backend ``kind`` as ``name`` to ``exp``, log ``points`` of "loss", stop; return
+    how long the stop took."""
+    exp.orchestrator.add_backend(built(name, kind))
+    for step in range(points):
+        exp.log_metric("loss", float(step), step)
+    started = time.monotonic()
+    exp.stop()
+    return time.monotonic() - started
+
+
 def test_a_permanent_failure_in_start_is_reported_once_and_never_retried(read_store, caplog):
     Denied.starts = 0
     with recording_backend("healthy") as healthy, caplog.at_level(logging.WARNING, "tracelet"):
         exp = tracelet.start_logging("denied", backend=["local", "healthy"])
-        exp.orchestrator.add_backend(built("denied", Denied))
-        for step in range(2_000):
-            exp.log_metric("loss", float(step), step)
-        started = time.monotonic()
-        exp.stop()
-        took = time.monotonic() - started
+        took = seconds_to_stop_beside(exp, "denied", Denied, 2_000)
     assert Denied.starts == 1, "never retried"
     assert took < 5, f"stop waited {took:.1f} s for a backend that failed for good"
     reports = [r for r in caplog.records if "'denied'" in r.getMessage()]
@@ -72,12 +78,7 @@ def test_a_tool_that_fails_to_import_fails_for_good_at_once(read_store, caplog):
     HalfImported.starts = 0
     with caplog.at_level(logging.WARNING, "tracelet"):
         exp = tracelet.start_logging("half imported")
-        exp.orchestrator.add_backend(built("half", HalfImported))
-        for step in range(100):
-            exp.log_metric("loss", float(step), step)
-        started = time.monotonic()
-        exp.stop()
-        took = time.monotonic() - started
+        took = seconds_to_stop_beside(exp, "half", HalfImported, 100)
     assert HalfImported.starts == 1, "never retried"
     assert took < 5, f"stop waited {took:.1f} s for a tool that cannot be imported"
     (report,) = [r.getMessage() for r in caplog.records if "'half'" in r.getMessage()]

@@ -15,7 +15,7 @@ import pickle
 import struct
 from typing import Any, BinaryIO
 
-from tracelet.core.points import STEP_RECORD, Chunk, plain_names
+from tracelet.core.points import with_plain_names
 
 _HEAD = struct.Struct("<IB")
 _PICKLE = 0
@@ -33,16 +33,6 @@ def encode(message: tuple[Any, ...]) -> bytes:
             with contextlib.suppress(ValueError):
                 return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
     return _frame(pickle.dumps(message, pickle.HIGHEST_PROTOCOL), _PICKLE)
-
-
-def with_plain_names(chunk: Chunk) -> Chunk:
-    """``chunk`` with every metric name a plain ``str``."""
-    return tuple(
-        [plain_names(item[0]), *item[1:]]
-        if item.__class__ is STEP_RECORD
-        else (str.__str__(item[0]), *item[1:])
-        for item in chunk
-    )
 
 
 def _frame(body: bytes, codec: int) -> bytes:

@@ -154,10 +154,9 @@ class Orchestrator:
         self._send_lock = threading.RLock()
         self._open_chunks: list[Chunk] = []
         self._open_sizes: list[int] = []
-        self._open_points = 0
         self._open_events: list[Any] = []
-        """The batch being built: the chunks of points sent of it (the points of each, of
-        all), and its other records."""
+        """The batch being built: the chunks of points sent of it (and the points of each),
+        and its other records."""
         self._sent = 0
         """Batches sent to the writer (each one's token: 1, 2, ...); the writer numbers them."""
         self._answered = 0
@@ -510,7 +509,7 @@ class Orchestrator:
             self._take(chunk)
             if on_dispatcher and (left or buffer) and self._keeping_up():
                 time.sleep(HANDOFF)  # a training thread waiting for the GIL takes it now
-            if self._open_points + len(self._open_events) >= MAX_BATCH:
+            if sum(self._open_sizes) + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()
         if close or not buffer or self._waiting or self._stopping:
             self._close_batch()
@@ -557,7 +556,6 @@ class Orchestrator:
         size = chunk_size(chunk) if any_records else len(chunk)
         self._open_chunks.append(chunk)
         self._open_sizes.append(size)
-        self._open_points += size
         self._send(("points", chunk))
 
     def _close_batch(self) -> None:
@@ -566,7 +564,7 @@ class Orchestrator:
             return
         metrics = ChunkedPoints(self._open_chunks, self._open_sizes)
         events = self._open_events
-        self._open_chunks, self._open_sizes, self._open_points = [], [], 0
+        self._open_chunks, self._open_sizes = [], []
         self._open_events = []
         token = self._sent + 1
         self._in_flight = len(metrics) + len(events)
@@ -726,7 +724,7 @@ class Orchestrator:
             held = [len(batch) for _, batch in sorted(self._pending.items())]
             self._pending.clear()
             lost = self.unjournaled - lost_before
-        queued = len(self.buffer) + self._open_points + len(self._open_events)
+        queued = len(self.buffer) + sum(self._open_sizes) + len(self._open_events)
         return queued + self._in_flight + sum(held[written_unanswered:]) + lost
 
     def _batch(self, seq: int, metrics: Sequence[MetricPoint], events: Iterable[Any]) -> Batch:

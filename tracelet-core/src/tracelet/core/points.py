@@ -39,6 +39,16 @@ def plain_names(values: Mapping[str, float]) -> Mapping[str, float]:
     return {str.__str__(name): value for name, value in values.items()}
 
 
+def with_plain_names(chunk: Chunk) -> Chunk:
+    """``chunk`` with every metric name a plain ``str`` (see :func:`plain_names`)."""
+    return tuple(
+        [plain_names(item[0]), *item[1:]]
+        if item.__class__ is STEP_RECORD
+        else (str.__str__(item[0]), *item[1:])
+        for item in chunk
+    )
+
+
 def has_records(chunk: Iterable[Any]) -> bool:
     """Whether ``chunk`` holds step records (the test runs in C)."""
     return STEP_RECORD in set(map(type, chunk))
@@ -95,7 +105,7 @@ class ChunkedPoints(Sequence[MetricPoint]):
 
     def __reversed__(self) -> Iterator[MetricPoint]:
         for chunk, size in zip(reversed(self._chunks), reversed(self._sizes), strict=True):
-            yield from reversed(chunk if len(chunk) == size else list(expanded(chunk)))
+            yield from reversed(_point_tuple(chunk, size))
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
@@ -114,8 +124,7 @@ class ChunkedPoints(Sequence[MetricPoint]):
         which = bisect_right(self._ends, position)
         cached, points = self._last
         if cached != which:
-            points = _points(self._chunks[which], self._sizes[which])
-            points = points if isinstance(points, tuple) else tuple(points)
+            points = _point_tuple(self._chunks[which], self._sizes[which])
             self._last = (which, points)
         return points[position - (self._ends[which - 1] if which else 0)]
 
@@ -145,6 +154,11 @@ class ChunkedPoints(Sequence[MetricPoint]):
 def _points(chunk: Chunk, size: int) -> Iterable[MetricPoint]:
     """The points of ``chunk`` (of ``size`` points): itself, unless it holds step records."""
     return chunk if len(chunk) == size else expanded(chunk)
+
+
+def _point_tuple(chunk: Chunk, size: int) -> tuple[MetricPoint, ...]:
+    """The points of ``chunk`` (of ``size`` points), made at once."""
+    return chunk if len(chunk) == size else tuple(expanded(chunk))
 
 
 def chunks_of(points: Sequence[MetricPoint]) -> tuple[Chunk, ...]:
