@@ -35,6 +35,20 @@ def test_steps_outside_the_storable_range_raise_at_the_call(step):
         exp.set_iteration(step) if step != -1 else exp.set_iteration(-1)
 
 
+def test_steps_up_to_the_largest_storable_one_are_kept(read_store):
+    """Steps from 2**30 up are checked off the inline test (which CPython specialises
+    only for one-digit ints): they are kept all the same."""
+    exp = start()
+    steps = [2**30 - 1, 2**30, 2**40, 2**63 - 1]
+    for step in steps:
+        exp.log_metric("one", 1.0, step)
+        exp.log_metrics({"both": 2.0}, step=step)
+    run_id = exp.id
+    tracelet.stop_logging()
+    points = [(n, s) for n, _, s, _ in read_store().metrics(run_id) if n in ("one", "both")]
+    assert sorted(points) == sorted([("one", s) for s in steps] + [("both", s) for s in steps])
+
+
 @pytest.mark.parametrize(
     "call",
     [
