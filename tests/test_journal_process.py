@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,34 @@ def test_what_is_being_sent_when_the_writer_is_found_dead_is_journaled_once(
     store = read_store()
     assert [p[1:3] for p in store.metrics(exp.id)] == [(0.0, 0), (1.0, 1)]
     assert store.last_seq(exp.id) == 2, "no batch journaled twice"
+
+
+def test_a_writer_replaced_while_the_journal_cannot_be_read_loses_nothing(
+    read_store, monkeypatch, caplog
+):
+    """Which batches the dead writer journaled unanswered is read from the journal; when
+    that read fails, every unanswered batch is journaled again (none is dropped)."""
+    exp = tracelet.start_logging("writer replaced, journal unreadable")
+    exp.log_metric("loss", 0.0, 0)
+    assert exp.flush()
+    orchestrator, pid = exp.orchestrator, writer_pid(exp)
+    with orchestrator._drain_lock:  # the dispatcher waits: this thread drains, as it would
+        os.kill(pid, signal.SIGSTOP)  # the batch below is sent and never answered
+        orchestrator._send_points([("loss", 1.0, 1, time.time())], False)
+        orchestrator._close_batch()
+        os.kill(pid, signal.SIGKILL)
+    read_seq = orchestrator.store.last_seq
+
+    def last_seq_failing_once(run_id: str) -> int:
+        monkeypatch.setattr(orchestrator.store, "last_seq", read_seq)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(orchestrator.store, "last_seq", last_seq_failing_once)
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        exp.log_metric("loss", 2.0, 2)
+        tracelet.stop_logging()
+    assert [p[1:3] for p in read_store().metrics(exp.id)] == [(0.0, 0), (1.0, 1), (2.0, 2)]
+    assert "could not read the journal's newest batch" in caplog.text
 
 
 def test_a_hung_writer_cannot_hold_stop_past_its_timeout(caplog):

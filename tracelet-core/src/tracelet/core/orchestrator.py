@@ -649,10 +649,10 @@ class Orchestrator:
                 f"the journal writer process {pid} ended unexpectedly; run {self.run.id} goes "
                 "on journaling in the training process",
             )
-            self._link_lost = False
-            self._link = self._thread_link()
-            self._introduce()
             written_unanswered = self._written_unanswered()
+            self._link = self._thread_link()
+            self._link_lost = False  # (only once replaced: a failure above is retried)
+            self._introduce()
             with self._acks:
                 pending = sorted(self._pending.items())
             for token, batch in pending:
@@ -670,8 +670,18 @@ class Orchestrator:
 
     def _written_unanswered(self) -> int:
         """Batches a writer process journaled without a word back before it ended: the
-        writer journals them in the order sent, so they are the first ones unanswered."""
-        return max(0, self.store.last_seq(self.run.id) - self.seq)
+        writer journals them in the order sent, so they are the first ones unanswered. When
+        the journal cannot be read, none: a replacement journals them again (twice, rather
+        than lost), and stop counts them as not journaled."""
+        try:
+            return max(0, self.store.last_seq(self.run.id) - self.seq)
+        except sqlite3.Error as error:
+            report_once(
+                "tracelet journal read",
+                f"could not read the journal's newest batch ({error!r}); the batches its "
+                "writer left unanswered are taken as not journaled",
+            )
+            return 0
 
     def _on_reply(self, message: tuple[Any, ...]) -> None:
         """Act on a reply of the writer (see :mod:`tracelet.core.journal_writer`)."""
@@ -716,10 +726,7 @@ class Orchestrator:
     def _stranded(self, lost_before: int) -> int:
         """Records queued, sent or being written and not journaled at stop's deadline, and
         those the writer gave up on since ``unjournaled`` was ``lost_before``."""
-        try:
-            written_unanswered = self._written_unanswered()
-        except sqlite3.Error:
-            written_unanswered = 0
+        written_unanswered = self._written_unanswered()
         with self._acks:
             held = [len(batch) for _, batch in sorted(self._pending.items())]
             self._pending.clear()
