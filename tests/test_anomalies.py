@@ -542,3 +542,53 @@ def test_blocks_of_points_find_exactly_what_point_by_point_finds(seed):
                 start += len(part)
             assert found == exact, (name, config)
             assert list(blocks._values) == list(one._values), "the same window after"
+
+
+def test_detection_failing_on_one_chunk_keeps_what_the_others_found(
+    read_store, monkeypatch, caplog
+):
+    """A batch is watched chunk by chunk: a chunk detection fails on is skipped, and what
+    the other chunks found is still stored and announced (the writer in this process, so
+    that the failure can be injected)."""
+    from tracelet.analysis.detector import RuleStream
+    from tracelet.core.orchestrator import CHUNK
+
+    feed = RuleStream.feed
+
+    def feed_failing_past_the_first_chunk(self, points):
+        points = list(points)
+        if any(step >= CHUNK for _, _, step, _ in points):
+            raise RuntimeError("a rule broke")
+        return feed(self, points)
+
+    monkeypatch.setattr(RuleStream, "feed", feed_failing_past_the_first_chunk)
+    seen: list[dict] = []
+    config = {"on_anomaly": seen.append, "journal_process": False}
+    exp = tracelet.start_logging("a rule breaks", config=config)
+    with exp.orchestrator._drain_lock:  # the dispatcher waits: all of it is one batch
+        for step in range(CHUNK + 100):
+            exp.log_metric("loss", math.nan if step == 7 else 1.0, step)
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        tracelet.stop_logging()
+    assert [(a["kind"], a["step"]) for a in seen] == [("nan_or_inf", 7)]
+    stored = read_store().anomalies(exp.id)
+    assert [(a["kind"], a["step"]) for a in stored] == [("nan_or_inf", 7)]
+    assert "a rule broke" in caplog.text
+
+
+def test_muting_gradient_explosions_still_watches_for_vanishing_gradients(caplog):
+    """The gradient rule finds two kinds: a storm of one mutes that kind only."""
+    from tracelet.analysis import LiveDetector
+
+    norms = [1.0] * 40 + [1e4, 1.0] * 5 + [0.0] * 6 + [1e4, 1.0] * 2
+    points = [("grad_norm", norm, step, 0.0) for step, norm in enumerate(norms)]
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        found = LiveDetector("gradients", limit=3).observe(points)
+    assert [(a["kind"], a["step"]) for a in found] == [
+        ("gradient_explosion", 40),
+        ("gradient_explosion", 42),
+        ("gradient_explosion", 44),
+        ("vanishing_gradient", 54),
+    ]
+    assert "3 gradient_explosion anomalies on grad_norm" in caplog.text
+    assert "vanishing_gradient anomalies on" not in caplog.text

@@ -35,6 +35,8 @@ KIND_PART = {
     "memory_pressure": "memory",
 }
 """Which rule finds each kind (``nan_or_inf`` has no rule object)."""
+PART_KINDS = {part: frozenset(k for k, p in KIND_PART.items() if p == part) for part in RULES}
+"""The kinds each rule finds (the gradient rule: explosions and vanishing)."""
 LIVE_LIMIT = 100
 """Anomalies of one kind on one metric after which live detection mutes that check."""
 
@@ -66,6 +68,8 @@ class RuleStream:
         self._rules: dict[str, tuple[Rule, ...]] = {}
         self._nan_watched: dict[str, bool] = {}
         self._nonfinite: set[str] = set()  # metrics whose latest value was NaN or infinite
+        self._silenced: dict[str, set[str]] = {}
+        """The muted kinds of each metric whose rule still reports another kind."""
 
     def feed(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
         """Take points ``(name, value, step, timestamp)`` in logged order; return anomalies.
@@ -97,6 +101,8 @@ class RuleStream:
                 values, where = [p[1] for p in points if p[0] == name], []
             for rule in rules:
                 for position, finding in rule.update_many(values):
+                    if self._silenced and finding[0] in self._silenced.get(name, ()):
+                        continue  # a muted kind of a rule that still reports another
                     if where is not None and not where:
                         where.extend(i for i, p in enumerate(points) if p[0] == name)
                     index = position if where is None else where[position]
@@ -138,14 +144,15 @@ class RuleStream:
                 nonfinite.discard(name)
             for rule in rules:
                 finding = rule.update(value)
-                if finding is not None:
+                if finding is not None and finding[0] not in self._silenced.get(name, ()):
                     found.append(self._anomaly(name, step, timestamp, value, *finding))
                     self._count(name, finding[0])
         return found
 
     def _count(self, metric: str, kind: str) -> bool:
-        """Count an anomaly; at ``limit``, mute the check that found it for this metric
-        (and return True)."""
+        """Count an anomaly; at ``limit``, mute that kind for this metric. Return True when
+        that leaves the rule that found it nothing to report: it no longer watches the
+        metric (the gradient rule goes on while one of its two kinds is not muted)."""
         if self.limit is None:
             return False
         key = (metric, kind)
@@ -155,10 +162,14 @@ class RuleStream:
         self.muted.append(key)
         if kind == "nan_or_inf":
             self._nan_watched[metric] = False
-        else:
-            rule_type = RULES[KIND_PART[kind]]
-            kept = tuple(r for r in self._rules[metric] if not isinstance(r, rule_type))
-            self._rules[metric] = kept
+            return True
+        part = KIND_PART[kind]
+        silenced = self._silenced.setdefault(metric, set())
+        silenced.add(kind)
+        if not PART_KINDS[part] <= silenced:
+            return False
+        rule_type = RULES[part]
+        self._rules[metric] = tuple(r for r in self._rules[metric] if not isinstance(r, rule_type))
         return True
 
     def _rules_for(self, name: str) -> tuple[Rule, ...]:

@@ -159,17 +159,22 @@ class JournalWriter:
         self.stream.feed(point for batch in recent for point in batch.metrics)
 
     def _detect(self, metrics: Sequence[MetricPoint]) -> None:
+        """Watch a journaled batch's points; store and announce what is found. A chunk that
+        detection fails on is skipped (reported once), not what the others found."""
         assert self.stream is not None
-        try:
-            found, muted = [], []
-            for chunk in chunks_of(metrics):  # (never one list of the whole batch)
+        found, muted = [], []
+        for chunk in chunks_of(metrics):  # (never one list of the whole batch)
+            try:
                 found += self.stream.feed(chunk)
-                muted += self.stream.muted
-            if found:
+            except Exception as error:
+                report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
+                continue
+            muted += self.stream.muted
+        if found:
+            try:
                 self.store.add_anomalies(found)
-        except Exception as error:
-            report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
-            return
+            except Exception as error:  # announced all the same
+                report_once("tracelet anomaly detection", f"could not store anomalies ({error!r})")
         if found or muted:
             self.reply(("found", found, muted))
 
