@@ -255,6 +255,50 @@ def frames(*messages: object) -> io.BytesIO:
     return io.BytesIO(b"".join(encode(m) for m in messages))
 
 
+def test_records_of_local_subclasses_reach_the_store_as_plain_values(read_store, caplog, tmp_path):
+    """Names, texts and values of subclasses of str, int and float (defined where pickle
+    cannot find them) are stored as their plain values: the writer process is sent plain
+    types (an unpicklable record would lose its whole batch)."""
+
+    class Key(str):
+        pass
+
+    class Count(int):
+        pass
+
+    class Rate(float):
+        pass
+
+    exp = tracelet.start_logging("local subclasses")
+    with caplog.at_level(logging.WARNING, "tracelet"):
+        exp.log_params({Key("layers"): Count(3), "opt": {Key("lr"): Rate(0.5)}, "name": Key("x")})
+        exp.add_tags({Key("team"): Key("ml")})
+        exp.log_text(Key("note"), Key("hello"), 0)
+        exp.log_histogram(Key("weights"), counts=[1, 2], edges=[0.0, 1.0, 2.0], step=0)
+        exp.log_image(Key("picture"), np.zeros((4, 4), dtype=np.uint8), 0)
+        (tmp_path / "weights.bin").write_bytes(b"w")
+        exp.log_artifact(tmp_path / "weights.bin", artifact_path=Key("model/weights.bin"))
+        exp.log_metric("loss", 1.0, 0)
+        tracelet.stop_logging()
+    store = read_store()
+    params = store.params(exp.id)
+    assert params == {"layers": 3, "opt/lr": 0.5, "name": "x"}
+    assert {k: type(v) for k, v in params.items()} == {"layers": int, "opt/lr": float, "name": str}
+    tags = store.tags(exp.id)
+    assert tags["team"] == "ml"
+    assert {type(k) for k in tags} | {type(v) for v in tags.values()} == {str}
+    assert [(type(t.name), type(t.text), t.text) for t in store.texts(exp.id)] == [
+        (str, str, "hello")
+    ]
+    assert [type(h.name) for h in store.histograms(exp.id)] == [str]
+    assert [type(i.name) for i in store.images(exp.id)] == [str]
+    assert [(type(a.artifact_path), a.artifact_path) for a in store.artifacts(exp.id)] == [
+        (str, "model/weights.bin")
+    ]
+    assert "could not" not in caplog.text
+    assert "unexpected" not in caplog.text
+
+
 def test_points_are_marshalled_and_come_back_exactly():
     points = ("points", [("loss", 0.1, 3, 1.5), ("acc", float("inf"), 2**63 - 1, 2.0)])
     frame = encode(points)

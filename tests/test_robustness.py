@@ -57,6 +57,7 @@ def test_steps_up_to_the_largest_storable_one_are_kept(read_store):
         lambda e: e.log_text("note", "bad\ud800"),
         lambda e: e.log_text("bad\ud800", "x"),
         lambda e: e.add_tags(["bad\ud800"]),
+        lambda e: e.add_tags({"key": "bad\ud800"}),
         lambda e: e.log_hyperparameter("bad\ud800", 1),
     ],
 )

@@ -154,7 +154,7 @@ def _flatten(
     for key, value in params.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"parameter names must be non-empty strings, got {key!r}")
-        check_text(key, "parameter name")
+        key = check_text(key, "parameter name")  # (a str enum member: its value)
         full = f"{prefix}/{key}" if prefix else key
         if isinstance(value, Mapping):
             if id(value) in path:
@@ -168,15 +168,16 @@ def _flatten(
 
 
 def to_param_value(value: Any) -> ParamValue:
-    """Normalise a parameter value: plain scalars stay, NumPy scalars unwrap, others become str."""
+    """Normalise a parameter value: plain scalars stay (an enum member or other subclass of
+    one becomes the plain value), NumPy scalars unwrap, others become str."""
     if isinstance(value, str):
         return check_text(value, "parameter value")
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if -MAX_STEP - 1 <= value <= MAX_STEP else str(value)
+        return int(value) if -MAX_STEP - 1 <= value <= MAX_STEP else str(value)
     if isinstance(value, float):
-        return value
+        return float(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):

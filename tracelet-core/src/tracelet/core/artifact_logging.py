@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracelet.media import PendingArtifact
-from tracelet.values import check_relative_path
+from tracelet.values import check_relative_path, check_text
 
 if TYPE_CHECKING:
     from tracelet.artifacts import ArtifactResult, TraceletArtifact
@@ -104,6 +104,8 @@ class ArtifactLogger:
         if not source.is_file():
             raise FileNotFoundError(f"artifact {str(path)!r} is not a file; check the path")
         check_relative_path(artifact_path)
+        name = check_text(name, "artifact name")  # (plain str: the writer process is sent it)
+        artifact_path = check_text(artifact_path, "artifact path")
         if not owned:  # snapshot now: the caller may overwrite the file right after this call
             staging = self._files() / "staging"
             staging.mkdir(parents=True, exist_ok=True)

@@ -574,7 +574,7 @@ class Experiment:
         """Log a piece of text at ``step`` (default: the current iteration)."""
         if not isinstance(text, str):
             raise TypeError(f"text {name!r} must be a str, not {type(text).__name__}")
-        check_text(text)
+        text = check_text(text)  # (as every name and text queued: a plain str)
         self._put(Text(check_name(name, "text"), text, self._step(step), _time()))
 
     def log_histogram(
@@ -591,7 +591,7 @@ class Experiment:
         ``step``, binned now into ``bins`` equal bins (at most 512); only the counts and
         edges are kept. Or give the bins yourself: ``counts`` and ``edges`` (one more
         edge than counts), as ``numpy.histogram`` returns them."""
-        check_name(name, "histogram")
+        name = check_name(name, "histogram")
         if self._silent and self.is_running:
             return
         if (values is None) == (counts is None and edges is None):
@@ -608,7 +608,7 @@ class Experiment:
         """Log an image: a NumPy array (HW, HWC or CHW), a tensor, a PIL image, PNG bytes or
         a path. The pixels are copied now and encoded off the training thread; while the
         images waiting to be encoded hold ``media_buffer_mb`` or more, the call waits."""
-        check_name(name, "image")
+        name = check_name(name, "image")
         if self._silent and self.is_running:
             return
         pending = PendingImage.snapshot(name, image, self._step(step), _time())
@@ -618,11 +618,12 @@ class Experiment:
         """Tag the run: bare tags (``["pytorch"]``) or key/value tags (``{"team": "ml"}``)."""
         if isinstance(tags, str):
             tags = [tags]
-        values = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
-        for key, value in values.items():
-            check_name(key, "tag")
+        given = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
+        values: dict[str, str] = {}
+        for key, value in given.items():
             if not isinstance(value, str):
                 raise TypeError(f"tag {key!r}: value must be a str, not {type(value).__name__}")
+            values[check_name(key, "tag")] = check_text(value, f"tag {key!r} value")
         if self.settings.redact_secrets:
             values = redact_params(values)
         self._tags.extend(k for k, v in values.items() if not v and k not in self._tags)
