@@ -72,10 +72,10 @@ if TYPE_CHECKING:
     from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
 
 _time = time.time
-_SMALL_STEP = 2**30
-"""Steps under this are checked inline: one-digit ints, whose comparison CPython 3.11
-specialises (against ``MAX_STEP``, a three-digit int, it does not: 10 ns a call). Larger
-ones go through ``check_step``."""
+_INLINE_STEP_MAX = 2**30 - 1
+"""The largest step checked inline: the largest one-digit int (CPython's ints have 30-bit
+digits), as only a comparison of two one-digit ints is specialised by CPython 3.11 (against
+``MAX_STEP`` it is not: 10 ns a call). Larger steps go through ``check_step``."""
 _FLOAT_ONLY = frozenset((float,))
 MAX_CHECKED_NAMES = 10_000
 """Metric names remembered as checked (a set lookup on the hot path); then forgotten."""
@@ -118,6 +118,8 @@ class Experiment:
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
+        if name is not None:
+            name = check_text(name, "experiment name")  # (a plain str, sent to the writer)
         if config is not None and not isinstance(config, ExperimentConfig):
             raise TypeError(
                 f"config must be an ExperimentConfig, not {type(config).__name__} "
@@ -418,7 +420,7 @@ class Experiment:
             iteration = self._iteration if step is None else step
         elif step is not None:
             raise TypeError(f"metric {name!r}: give the step once, as iteration or as step=")
-        if iteration.__class__ is not int or iteration < 0 or iteration >= _SMALL_STEP:
+        if iteration.__class__ is not int or iteration < 0 or iteration > _INLINE_STEP_MAX:
             iteration = check_step(iteration, name)
         if len(self._buffer) >= self._capacity:
             self._full()
@@ -477,13 +479,14 @@ class Experiment:
             )
         if step is None:
             step = self._iteration
-        elif step.__class__ is not int or step < 0 or step >= _SMALL_STEP:
+        elif step.__class__ is not int or step < 0 or step > _INLINE_STEP_MAX:
             step = check_step(step)
         now = _time()  # one moment for the whole call
         if self._checked_names.issuperset(metrics) and _FLOAT_ONLY.issuperset(
             map(type, metrics.values())
         ):  # names seen before, plain floats: nothing to check (the tests run in C)
-            if self._put_step is not None and self._put_step(metrics, step, now):
+            put_step = self._put_step  # (read once: a stop on another thread sets it to None)
+            if put_step is not None and put_step(metrics, step, now):
                 return  # the step queued as one record: its points are made off this thread
             points = step_points(metrics, step, now)
         else:
@@ -492,9 +495,9 @@ class Experiment:
                 points = [p if p[1].__class__ is float else PendingMetric(*p) for p in points]
                 self._extend_all(points)
                 return
-        buffer = self._buffer
-        if self._extend_metrics is not None and len(buffer) + len(points) <= self._capacity:
-            self._extend_metrics(points)  # one call for the whole step (as atomic as append)
+        extend = self._extend_metrics  # (read once, as put_step)
+        if extend is not None and len(self._buffer) + len(points) <= self._capacity:
+            extend(points)  # one call for the whole step (as atomic as append)
             return
         self._extend_all(points)
 
