@@ -641,3 +641,30 @@ def test_an_old_single_file_egg_info_is_listed_by_name_and_version(tmp_path):
     )
     (distribution,) = metadata.distributions(path=[str(tmp_path)])
     assert _name_and_version(distribution) == ("oldegg", "1.0")
+
+
+def test_a_collectors_numpy_values_reach_checkpoints_as_numbers(read_store):
+    """A sample's values are kept as the floats they were logged as: a checkpoint's
+    ``system_metrics`` holds numbers (a NumPy scalar was written as its str)."""
+    import numpy as np
+
+    class Sensor(CollectorPlugin):
+        interval = 0.05
+
+        def collect(self):
+            return {"temperature": np.float32(42.5), "fans": np.int64(3)}
+
+    registry = with_collector("sensor", Sensor)
+    try:
+        exp = tracelet.start_logging("numpy sensor", config={**OFF, "checkpoint_interval": 1})
+        deadline = time.monotonic() + 5
+        while "sensor/fans" not in exp.latest_system and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert {type(v) for v in exp.latest_system.values()} == {float}
+        exp.log_metric("loss", 1.0)
+        exp.step()
+        tracelet.stop_logging()
+    finally:
+        registry.manager.unregister(name="sensor-collector")
+    system = read_store().checkpoints(exp.id)[-1]["system_metrics"]
+    assert system == {"sensor/temperature": 42.5, "sensor/fans": 3.0}

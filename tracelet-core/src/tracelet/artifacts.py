@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from tracelet.media import file_sha256
-from tracelet.values import check_relative_path
+from tracelet.values import check_relative_path, check_text
 
 if TYPE_CHECKING:
     from tracelet.records import Artifact
@@ -129,7 +129,7 @@ class TraceletArtifact:
     ) -> None:
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise ValueError(f"artifact name must be a non-empty string without '/', got {name!r}")
-        self.name = name
+        self.name = check_text(name, "artifact name")  # (a str enum member: its value)
         self.type = ArtifactType(artifact_type)
         self.description = description or ""
         self.created_at = dt.datetime.now(dt.UTC)
@@ -145,8 +145,7 @@ class TraceletArtifact:
         path = Path(local_path)
         if not path.is_file():
             raise FileNotFoundError(f"artifact {self.name!r}: {local_path!r} is not a file")
-        target = artifact_path or path.name
-        check_relative_path(target)
+        target = check_relative_path(artifact_path or path.name)
         size, checksum = path.stat().st_size, file_sha256(path)
         self.files.append(ArtifactFile(str(path.resolve()), target, description, size, checksum))
         return self
@@ -157,7 +156,7 @@ class TraceletArtifact:
         """Add a Python object, serialised as ``json``, ``pickle`` or ``yaml`` when logged."""
         if serializer not in SERIALIZERS:
             raise ValueError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
-        check_relative_path(name)
+        name = check_relative_path(name)
         self.objects.append(ArtifactObject(obj, name, serializer, description))
         return self
 

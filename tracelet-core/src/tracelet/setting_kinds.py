@@ -84,7 +84,7 @@ class Str(Kind):
         if value is None and self.optional:
             return value
         if isinstance(value, str) and (self.empty or value.strip()):
-            return value
+            return str.__str__(value)  # (a str enum member: its value, a plain str)
         raise self.fail(key, value)
 
 

@@ -118,7 +118,8 @@ def check_run_id(run_id: Any) -> str:
 
 
 def check_relative_path(path: Any) -> str:
-    """Return ``path`` if it is a relative file path that can be stored, else raise.
+    """Return ``path`` (as a plain ``str``) if it is a relative file path that can be
+    stored, else raise.
 
     Refused: empty, absolute, ``.``/``..`` parts, NUL bytes, parts over 255 bytes.
     """
@@ -132,7 +133,7 @@ def check_relative_path(path: Any) -> str:
         or "\0" in path
     ):
         raise ValueError(f"artifact path {path!r} must be relative, without '.', '..' or NUL")
-    check_text(path, "artifact path")
+    path = check_text(path, "artifact path")  # (a plain str)
     if any(len(part.encode()) > 255 for part in parts):
         raise ValueError(f"artifact path {path!r} has a part longer than 255 bytes")
     return path

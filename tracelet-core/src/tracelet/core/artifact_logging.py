@@ -103,9 +103,8 @@ class ArtifactLogger:
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"artifact {str(path)!r} is not a file; check the path")
-        check_relative_path(artifact_path)
-        name = check_text(name, "artifact name")  # (plain str: the writer process is sent it)
-        artifact_path = check_text(artifact_path, "artifact path")
+        artifact_path = check_relative_path(artifact_path)  # (plain str: the writer
+        name = check_text(name, "artifact name")  # process is sent them)
         if not owned:  # snapshot now: the caller may overwrite the file right after this call
             staging = self._files() / "staging"
             staging.mkdir(parents=True, exist_ok=True)

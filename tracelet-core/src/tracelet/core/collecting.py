@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.plugins import CollectorPlugin, CollectorRegistration, TextFile
 from tracelet.reporting import report_once
+from tracelet.values import to_metric_value
 
 if TYPE_CHECKING:
     from tracelet.core.experiment import Experiment
@@ -118,8 +119,9 @@ class CollectorRunner:
         experiment = self.experiment
         if collector.interval is not None:
             sample = {f"{name}/{k}": v for k, v in values.items()}
-            if self._call(name, lambda: experiment.log_metrics(sample)):
-                experiment.latest_system = {**experiment.latest_system, **sample}
+            if self._call(name, lambda: experiment.log_metrics(sample)):  # (all numbers, then)
+                floats = {k: to_metric_value(k, v) for k, v in sample.items()}
+                experiment.latest_system = {**experiment.latest_system, **floats}
             return
         files = {k: v for k, v in values.items() if isinstance(v, TextFile)}
         long = {k: v for k, v in values.items() if isinstance(v, str) and len(v) > LONG_TEXT}
