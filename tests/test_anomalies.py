@@ -576,15 +576,19 @@ def test_detection_failing_on_one_chunk_keeps_what_the_others_found(
     assert "a rule broke" in caplog.text
 
 
-def test_muting_gradient_explosions_still_watches_for_vanishing_gradients(caplog):
-    """The gradient rule finds two kinds: a storm of one mutes that kind only."""
+@pytest.mark.parametrize("path", ["block", "point by point"])
+def test_muting_gradient_explosions_still_watches_for_vanishing_gradients(caplog, path):
+    """The gradient rule finds two kinds: a storm of one mutes that kind only, on both of
+    the detector's paths (a batch holding a NaN is fed point by point)."""
     from tracelet.analysis import LiveDetector
 
     norms = [1.0] * 40 + [1e4, 1.0] * 5 + [0.0] * 6 + [1e4, 1.0] * 2
     points = [("grad_norm", norm, step, 0.0) for step, norm in enumerate(norms)]
+    if path == "point by point":
+        points.insert(0, ("loss", math.nan, 0, 0.0))
     with caplog.at_level(logging.WARNING, "tracelet"):
         found = LiveDetector("gradients", limit=3).observe(points)
-    assert [(a["kind"], a["step"]) for a in found] == [
+    assert [(a["kind"], a["step"]) for a in found if a["metric"] == "grad_norm"] == [
         ("gradient_explosion", 40),
         ("gradient_explosion", 42),
         ("gradient_explosion", 44),

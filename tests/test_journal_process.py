@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 import tracelet
+from tracelet.artifacts import TraceletArtifact
 from tracelet.core.framing import encode, read_frame
+from tracelet.core.orchestrator import JOURNAL_READ_TRIES
 from tracelet.records import Text
 from tracelet.storage import LocalStore
 
@@ -120,32 +122,50 @@ def test_what_is_being_sent_when_the_writer_is_found_dead_is_journaled_once(
     assert store.last_seq(exp.id) == 2, "no batch journaled twice"
 
 
-def test_a_writer_replaced_while_the_journal_cannot_be_read_loses_nothing(
-    read_store, monkeypatch, caplog
+@pytest.mark.parametrize("failed_reads", [1, JOURNAL_READ_TRIES])
+def test_a_writer_replaced_while_the_journal_is_hard_to_read_loses_nothing(
+    read_store, monkeypatch, caplog, failed_reads
 ):
-    """Which batches the dead writer journaled unanswered is read from the journal; when
-    that read fails, every unanswered batch is journaled again (none is dropped)."""
-    exp = tracelet.start_logging("writer replaced, journal unreadable")
+    """The batches a dead writer journaled without a word back are read from the journal
+    (tried again a moment later); when it cannot be read, every batch not answered is
+    journaled again: twice rather than lost."""
+    exp = tracelet.start_logging("writer replaced, journal hard to read")
     exp.log_metric("loss", 0.0, 0)
     assert exp.flush()
     orchestrator, pid = exp.orchestrator, writer_pid(exp)
+    link = orchestrator._link
+    answer = link._on_reply
+    monkeypatch.setattr(link, "_on_reply", lambda m: m[0] == "journaled" or answer(m))
+    read_seq, failed = orchestrator.store.last_seq, []
+
+    def last_seq_failing(run_id: str) -> int:
+        if len(failed) < failed_reads:
+            failed.append(run_id)
+            raise sqlite3.OperationalError("disk I/O error")
+        return read_seq(run_id)
+
     with orchestrator._drain_lock:  # the dispatcher waits: this thread drains, as it would
-        os.kill(pid, signal.SIGSTOP)  # the batch below is sent and never answered
         orchestrator._send_points([("loss", 1.0, 1, time.time())], False)
+        orchestrator._close_batch()  # journaled; its answer lost
+        deadline = time.monotonic() + 10
+        while read_seq(exp.id) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGSTOP)  # the next batch is sent and never journaled
+        orchestrator._send_points([("loss", 2.0, 2, time.time())], False)
         orchestrator._close_batch()
         os.kill(pid, signal.SIGKILL)
-    read_seq = orchestrator.store.last_seq
-
-    def last_seq_failing_once(run_id: str) -> int:
-        monkeypatch.setattr(orchestrator.store, "last_seq", read_seq)
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(orchestrator.store, "last_seq", last_seq_failing_once)
+        monkeypatch.setattr(orchestrator.store, "last_seq", last_seq_failing)
     with caplog.at_level(logging.WARNING, "tracelet"):
-        exp.log_metric("loss", 2.0, 2)
+        exp.log_metric("loss", 3.0, 3)
         tracelet.stop_logging()
-    assert [p[1:3] for p in read_store().metrics(exp.id)] == [(0.0, 0), (1.0, 1), (2.0, 2)]
-    assert "could not read the journal's newest batch" in caplog.text
+    steps = [p[2] for p in read_store().metrics(exp.id)]
+    reported = "could not read the journal's newest batch" in caplog.text
+    if failed_reads < JOURNAL_READ_TRIES:  # read on the next try: each point once
+        assert steps == [0, 1, 2, 3]
+        assert not reported
+    else:  # the journaled, unanswered batch journaled again: none lost
+        assert steps == [0, 1, 1, 2, 3]
+        assert reported
 
 
 def test_a_hung_writer_cannot_hold_stop_past_its_timeout(caplog):
@@ -222,6 +242,10 @@ class Metric(enum.StrEnum):
     LOSS = "loss"
 
 
+class Bundle(str, enum.Enum):  # noqa: UP042 (a mixin enum: formatted as "Bundle.MODEL")
+    MODEL = "bundle"
+
+
 def test_a_str_subclass_name_is_stored_as_its_value(read_store):
     exp = tracelet.start_logging("enum names")
     for step in range(3000):  # more than one chunk
@@ -269,8 +293,9 @@ def test_records_of_local_subclasses_reach_the_store_as_plain_values(read_store,
     class Rate(float):
         pass
 
-    exp = tracelet.start_logging("local subclasses")
     with caplog.at_level(logging.WARNING, "tracelet"):
+        exp = tracelet.start_logging(Key("local subclasses"), project=Key("subclassed"))
+        assert writer_pid(exp), "the run journals through a writer process"
         exp.log_params({Key("layers"): Count(3), "opt": {Key("lr"): Rate(0.5)}, "name": Key("x")})
         exp.add_tags({Key("team"): Key("ml")})
         exp.log_text(Key("note"), Key("hello"), 0)
@@ -278,6 +303,8 @@ def test_records_of_local_subclasses_reach_the_store_as_plain_values(read_store,
         exp.log_image(Key("picture"), np.zeros((4, 4), dtype=np.uint8), 0)
         (tmp_path / "weights.bin").write_bytes(b"w")
         exp.log_artifact(tmp_path / "weights.bin", artifact_path=Key("model/weights.bin"))
+        bundle = TraceletArtifact(Bundle.MODEL).add_file(str(tmp_path / "weights.bin"), Key("w"))
+        exp.log_artifact(bundle)
         exp.log_metric("loss", 1.0, 0)
         tracelet.stop_logging()
     store = read_store()
@@ -293,8 +320,12 @@ def test_records_of_local_subclasses_reach_the_store_as_plain_values(read_store,
     assert [type(h.name) for h in store.histograms(exp.id)] == [str]
     assert [type(i.name) for i in store.images(exp.id)] == [str]
     assert [(type(a.artifact_path), a.artifact_path) for a in store.artifacts(exp.id)] == [
-        (str, "model/weights.bin")
+        (str, "model/weights.bin"),
+        (str, "bundle/w"),
+        (str, "bundle/tracelet-artifact.json"),  # (the bundle's manifest)
     ]
+    run = store.get_run(exp.id)
+    assert (run.name, run.project) == ("local subclasses", "subclassed")
     assert "could not" not in caplog.text
     assert "unexpected" not in caplog.text
 

@@ -38,7 +38,7 @@ KIND_PART = {
 PART_KINDS = {part: frozenset(k for k, p in KIND_PART.items() if p == part) for part in RULES}
 """The kinds each rule finds (the gradient rule: explosions and vanishing)."""
 LIVE_LIMIT = 100
-"""Anomalies of one kind on one metric after which live detection mutes that check."""
+"""Anomalies of one kind on one metric after which live detection mutes that kind."""
 
 
 class RuleStream:
@@ -69,7 +69,7 @@ class RuleStream:
         self._nan_watched: dict[str, bool] = {}
         self._nonfinite: set[str] = set()  # metrics whose latest value was NaN or infinite
         self._silenced: dict[str, set[str]] = {}
-        """The muted kinds of each metric whose rule still reports another kind."""
+        """The muted kinds of each metric found by a rule (``nan_or_inf``: ``_nan_watched``)."""
 
     def feed(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
         """Take points ``(name, value, step, timestamp)`` in logged order; return anomalies.
@@ -77,8 +77,8 @@ class RuleStream:
         A batch of finite values (the usual case) goes to each rule as one run of its
         metric's values (:meth:`Rule.update_many`); otherwise point by point.
         """
-        points = points if isinstance(points, list) else list(points)
         self.muted = []
+        points = points if isinstance(points, list) else list(points)
         names = dict.fromkeys(map(itemgetter(0), points))  # in logged order: so is `muted`
         finite = math.isfinite(sum(map(itemgetter(1), points)))
         if finite and self._nonfinite.isdisjoint(names):
@@ -151,7 +151,7 @@ class RuleStream:
 
     def _count(self, metric: str, kind: str) -> bool:
         """Count an anomaly; at ``limit``, mute that kind for this metric. Return True when
-        that leaves the rule that found it nothing to report: it no longer watches the
+        that leaves the check that found it nothing to report: it no longer watches the
         metric (the gradient rule goes on while one of its two kinds is not muted)."""
         if self.limit is None:
             return False
@@ -220,8 +220,9 @@ class LiveDetector:
     ``config`` is a :class:`DetectorConfig`, the thresholds of one rule, or None.
 
     After ``limit`` anomalies of one kind on one metric (a storm: the metric does not
-    behave like the rule expects), that check is muted for the rest of the run, with one
-    warning; the offline :class:`AnomalyDetector` still finds them all.
+    behave like the rule expects), that kind is muted on that metric for the rest of the
+    run, with one warning (a rule's other kind is still watched); the offline
+    :class:`AnomalyDetector` still finds them all.
     """
 
     def __init__(

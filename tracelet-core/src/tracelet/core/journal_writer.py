@@ -168,8 +168,8 @@ class JournalWriter:
                 found += self.stream.feed(chunk)
             except Exception as error:
                 report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
-                continue
-            muted += self.stream.muted
+            finally:
+                muted += self.stream.muted  # (what it muted before failing, too)
         if found:
             try:
                 self.store.add_anomalies(found)

@@ -68,6 +68,8 @@ from tracelet.values import check_name, check_step, to_metric_value
 
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
+JOURNAL_READ_TRIES = 3
+"""Reads of the journal's newest batch, a moment apart, when a lost writer is replaced."""
 WRITER_START_WAIT = 10.0
 """Seconds ``start`` waits for a writer process to be ready (it goes on regardless)."""
 CHUNK = 2048
@@ -644,25 +646,30 @@ class Orchestrator:
         with self._send_lock:
             lost, pid = self._link, self._link.pid
             lost.kill()  # gone for good (its last replies read) before the journal is read
-            report_once(
-                "tracelet journal",
-                f"the journal writer process {pid} ended unexpectedly; run {self.run.id} goes "
-                "on journaling in the training process",
-            )
+            if pid is not None:  # (else a replacement that failed half-way, retried)
+                report_once(
+                    "tracelet journal",
+                    f"the journal writer process {pid} ended unexpectedly; run {self.run.id} "
+                    "goes on journaling in the training process",
+                )
             written_unanswered = self._written_unanswered()
             self._link = self._thread_link()
-            self._link_lost = False  # (only once replaced: a failure above is retried)
-            self._introduce()
-            with self._acks:
-                pending = sorted(self._pending.items())
-            for token, batch in pending:
-                if written_unanswered > 0:
-                    written_unanswered -= 1
-                    self._on_reply(("journaled", token, self.seq + 1))
-                    continue
-                self._resend_points(chunks_of(batch.metrics))
-                self._link.send(_batch_message(token, batch), self._give_up)
-            self._resend_points(self._open_chunks)
+            self._link_lost = False
+            try:
+                self._introduce()
+                with self._acks:
+                    pending = sorted(self._pending.items())
+                for token, batch in pending:
+                    if written_unanswered > 0:
+                        written_unanswered -= 1
+                        self._on_reply(("journaled", token, self.seq + 1))
+                        continue
+                    self._resend_points(chunks_of(batch.metrics))
+                    self._link.send(_batch_message(token, batch), self._give_up)
+                self._resend_points(self._open_chunks)
+            except BaseException:
+                self._link_lost = True  # retried whole, by a new writer, next time
+                raise
 
     def _resend_points(self, chunks: Iterable[Chunk]) -> None:
         for chunk in chunks:
@@ -671,17 +678,22 @@ class Orchestrator:
     def _written_unanswered(self) -> int:
         """Batches a writer process journaled without a word back before it ended: the
         writer journals them in the order sent, so they are the first ones unanswered. When
-        the journal cannot be read, none: a replacement journals them again (twice, rather
-        than lost), and stop counts them as not journaled."""
-        try:
-            return max(0, self.store.last_seq(self.run.id) - self.seq)
-        except sqlite3.Error as error:
-            report_once(
-                "tracelet journal read",
-                f"could not read the journal's newest batch ({error!r}); the batches its "
-                "writer left unanswered are taken as not journaled",
-            )
-            return 0
+        the journal cannot be read (tried :data:`JOURNAL_READ_TRIES` times), none: a
+        replacement journals them again (twice, rather than lost), and stop counts them as
+        not journaled."""
+        for attempt in range(1, JOURNAL_READ_TRIES + 1):
+            try:
+                return max(0, self.store.last_seq(self.run.id) - self.seq)
+            except sqlite3.Error as error:
+                if attempt == JOURNAL_READ_TRIES:
+                    report_once(
+                        "tracelet journal read",
+                        f"could not read the journal's newest batch ({error!r}); the batches "
+                        "its writer left unanswered are taken as not journaled",
+                    )
+                else:
+                    time.sleep(0.05 * attempt)  # (a moment's contention passes)
+        return 0
 
     def _on_reply(self, message: tuple[Any, ...]) -> None:
         """Act on a reply of the writer (see :mod:`tracelet.core.journal_writer`)."""
