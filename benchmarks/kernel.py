@@ -13,8 +13,8 @@ working directory (collectors on, live anomaly detection on, the 200,000-record 
 1. 1,000,000 calls of "loss", as fast as the loop goes;
 2. 1,000,000 calls of 20 metric names a step (50,000 steps);
 3. paced: 200,000 points/s for 5 s (1,000,000 calls, each at its scheduled time); for
-   context, the floor's paced calls again beside a process that keeps a core busy (as the
-   journal writer does): the calls over 1 ms that the machine's own scheduling makes.
+   context, the floor's paced calls again beside a process that keeps a core busy (more
+   than the journal writer does): the calls over 1 ms the machine's own scheduling makes.
 
 Every call is timed on its own (``perf_counter_ns`` around it), Tracelet's and the floor's
 alike; the median, p99 and longest call are shown. The ratio compares the calls
@@ -172,10 +172,13 @@ def timer_only(plan: Plan, rate: float | None = None) -> array:
 
 
 def floor_beside_a_busy_process(plan: Plan, rate: float) -> array:
-    """The floor's paced calls while another process keeps a core busy, as Tracelet's
-    journal writer does at this rate: how often the machine itself holds a call up."""
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """The floor's paced calls while another process keeps a core busy all the time (more
+    than Tracelet's journal writer does at this rate): how often the machine itself holds
+    a call up."""
+    spin = "print('spinning', flush=True)\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
     try:
+        busy.stdout.readline()  # (its interpreter is up: from now on it spins)
         floor = FloorLogger()
         took, _ = timed_calls(floor.log_metric, plan, rate)
     finally:
