@@ -101,7 +101,7 @@ class RuleStream:
                 values, where = [p[1] for p in points if p[0] == name], []
             for rule in rules:
                 for position, finding in rule.update_many(values):
-                    if self._silenced and finding[0] in self._silenced.get(name, ()):
+                    if self._silenced and self._is_muted(name, finding[0]):
                         continue  # a muted kind of a rule that still reports another
                     if where is not None and not where:
                         where.extend(i for i, p in enumerate(points) if p[0] == name)
@@ -144,7 +144,7 @@ class RuleStream:
                 nonfinite.discard(name)
             for rule in rules:
                 finding = rule.update(value)
-                if finding is not None and finding[0] not in self._silenced.get(name, ()):
+                if finding is not None and not self._is_muted(name, finding[0]):
                     found.append(self._anomaly(name, step, timestamp, value, *finding))
                     self._count(name, finding[0])
         return found
@@ -171,6 +171,10 @@ class RuleStream:
         rule_type = RULES[part]
         self._rules[metric] = tuple(r for r in self._rules[metric] if not isinstance(r, rule_type))
         return True
+
+    def _is_muted(self, metric: str, kind: str) -> bool:
+        """Whether ``kind`` is muted on ``metric`` while its rule still watches it."""
+        return kind in self._silenced.get(metric, ())
 
     def _rules_for(self, name: str) -> tuple[Rule, ...]:
         return tuple(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracelet.media import PendingArtifact
-from tracelet.values import check_relative_path, check_text
+from tracelet.values import check_relative_path
 
 if TYPE_CHECKING:
     from tracelet.artifacts import ArtifactResult, TraceletArtifact
@@ -66,7 +66,7 @@ class ArtifactLogger:
                 for path, target in artifact.materialize(staging)
             ]
         elif isinstance(artifact, str | os.PathLike):
-            key = artifact_path or Path(artifact).name
+            key = check_relative_path(artifact_path or Path(artifact).name)  # (plain str)
             version = self.versions.get(key, 0) + 1
             kind = artifact_kind(key)
             pending = [self._pending_file(artifact, key, Path(artifact).name, kind, version)]
@@ -103,8 +103,7 @@ class ArtifactLogger:
         source = Path(path)
         if not source.is_file():
             raise FileNotFoundError(f"artifact {str(path)!r} is not a file; check the path")
-        artifact_path = check_relative_path(artifact_path)  # (plain str: the writer
-        name = check_text(name, "artifact name")  # process is sent them)
+        check_relative_path(artifact_path)
         if not owned:  # snapshot now: the caller may overwrite the file right after this call
             staging = self._files() / "staging"
             staging.mkdir(parents=True, exist_ok=True)

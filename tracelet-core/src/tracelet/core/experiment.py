@@ -116,9 +116,9 @@ class Experiment:
         on_anomaly: Callable[[dict[str, Any]], object] | None = None,
         anomaly_config: Any = None,
     ) -> None:
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
         if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"experiment name must be a str, not {type(name).__name__}")
             name = check_text(name, "experiment name")  # (a plain str, sent to the writer)
         if config is not None and not isinstance(config, ExperimentConfig):
             raise TypeError(
