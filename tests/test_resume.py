@@ -5,6 +5,7 @@ must not exist already."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +73,10 @@ def test_resume_and_run_id_are_also_keys_of_config_and_of_init(read_store):
     assert [r.id for r in read_store().list_runs()] == ["keyed"]
 
 
+SAID = re.compile(r"(START|STEP) (\d+)")
+"""A line the training script says (the tools it logs to may print lines of their own)."""
+
+
 def train_script(backend_options):
     return textwrap.dedent(
         f"""
@@ -80,10 +85,14 @@ def train_script(backend_options):
         options = {backend_options!r}
         exp = tracelet.start_logging("preemptible", backend=list(options) + ["local"],
                                      config=options, resume="allow")
-        print("START", exp.iteration, flush=True)
+        def say(what, n):  # one write: a tool's own log line cannot land inside it
+            sys.stdout.write(f"{{what}} {{n}}\\n")
+            sys.stdout.flush()
+
+        say("START", exp.iteration)
         for _ in range(int(sys.argv[1])):
             tracelet.log({{"loss": 1.0 / (exp.iteration + 1)}})
-            print("STEP", tracelet.step(), flush=True)
+            say("STEP", tracelet.step())
             time.sleep(0.005)
         tracelet.finish()
         """
@@ -102,7 +111,8 @@ def test_a_killed_training_process_restarted_with_its_run_id_continues_one_run(
         [sys.executable, str(script), "1000000"], stdout=subprocess.PIPE, text=True
     )
     for line in first.stdout:  # killed mid-run, as a pre-empted node is
-        if line.startswith("STEP") and int(line.split()[1]) >= 200:
+        said = SAID.fullmatch(line.rstrip("\n"))
+        if said and said[1] == "STEP" and int(said[2]) >= 200:
             break
     time.sleep(0.3)
     os.kill(first.pid, signal.SIGKILL)
@@ -111,7 +121,7 @@ def test_a_killed_training_process_restarted_with_its_run_id_continues_one_run(
         [sys.executable, str(script), "100"], capture_output=True, text=True, timeout=180
     )
     assert restarted.returncode == 0, restarted.stderr[-3000:]
-    start = int(restarted.stdout.splitlines()[0].split()[1])
+    start = next(int(s[2]) for s in map(SAID.fullmatch, restarted.stdout.splitlines()) if s)
     local = readers.pop("local")
     (run,) = [local.status("preempted-1")]
     assert run == "finished"
