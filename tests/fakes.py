@@ -19,6 +19,7 @@ OPTIONS = (
     Option("fail_times", int, 0, doc="deliveries that raise before the first success"),
     Option("delay", float, 0.0, doc="seconds each delivery takes"),
     Option("hang", bool, False, doc="block every delivery until released"),
+    Option("start_delay", float, 0.0, doc="seconds start_run takes"),
     Option("api_key", str, doc="a credential (never stored)", secret=True, env="RECORDING_KEY"),
 )
 
@@ -35,6 +36,8 @@ class RecordingBackend(BackendPlugin):
         self.run: RunInfo | None = None
         self.resumed: bool | None = None
         self.final_status: RunStatus | None = None
+        self.start_span: tuple[float, float] | None = None
+        """When start_run began and ended (``time.monotonic()``)."""
         self.fail_times = 0
         self.delay = 0.0
         self.hang = threading.Event()
@@ -50,7 +53,10 @@ class RecordingBackend(BackendPlugin):
             self.hang.clear()
 
     def start_run(self, run: RunInfo, resumed: bool) -> None:
+        began = time.monotonic()
+        time.sleep(self.config["start_delay"])
         self.run, self.resumed = run, resumed
+        self.start_span = (began, time.monotonic())
 
     def log_batch(self, batch: Batch) -> None:
         self.hang.wait()

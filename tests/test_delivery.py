@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from fakes import built, recording_backend
 
 import tracelet
 from tracelet import RunStatus, TraceletSettings
+from tracelet.core import delivery
 from tracelet.records import MetricPoint
 
 
@@ -129,6 +131,32 @@ def test_hanging_backend_blocks_neither_training_nor_other_backends(read_store, 
     assert set(pending) == {"stuck"}
     assert pending["stuck"] == store.last_seq(exp.id)
     assert any("'stuck' did not accept" in r.getMessage() for r in caplog.records)
+
+
+def test_backends_start_one_at_a_time(read_store):
+    """A tool's start imports many modules; imports racing in two threads fail now and
+    then (ClearML's import hook), so backends start one after another."""
+    with recording_backend("one", "two", "three") as backends:
+        config = {name: {"start_delay": 0.2} for name in ("one", "two", "three")}
+        exp = tracelet.start_logging("starts", backend=["one", "two", "three"], config=config)
+        exp.log_metric("loss", 1.0, 0)
+        tracelet.stop_logging()
+        spans = sorted(backend.start_span for backend in backends)
+    assert len(spans) == 3
+    assert all(end <= next_began for (_, end), (next_began, _) in itertools.pairwise(spans))
+    assert all(len(b.points()) == 1 for b in backends)
+
+
+def test_a_slow_start_holds_the_next_one_back_for_a_bounded_time(read_store, monkeypatch):
+    monkeypatch.setattr(delivery, "START_ALONE_WAIT", 0.3)
+    with recording_backend("one", "two") as backends:
+        config = {name: {"start_delay": 2.0} for name in ("one", "two")}
+        exp = tracelet.start_logging("slow starts", backend=["one", "two"], config=config)
+        exp.log_metric("loss", 1.0, 0)
+        tracelet.stop_logging()
+        (_, first_end), (second_began, _) = sorted(backend.start_span for backend in backends)
+        assert all(len(b.points()) == 1 for b in backends)
+    assert second_began < first_end - 1.0, "the second start waited out the first"
 
 
 def test_slow_backend_overflowing_its_queue_replays_from_the_journal(read_store):

@@ -32,6 +32,15 @@ from tracelet.storage import LocalStore
 
 READ_AHEAD = 16
 """Batches read from the journal at a time while catching up."""
+START_ALONE_WAIT = 10.0
+"""Seconds a backend waits for another one's start to end before it starts all the same
+(a tool starts in 1-3 s here; one that takes longer waits on something else, such as an
+unreachable server, and holds no other backend back for longer)."""
+_STARTING = threading.Lock()
+"""Held while a backend starts: backends start one at a time. Their tools import many
+modules then, and ClearML's import hook (it wraps ``builtins.__import__``) makes imports
+racing in two threads fail now and then: measured with MLflow, W&B, ClearML and Aim started
+at once, 3 runs in 32 had a backend fail to import its tool; none in 50, one at a time."""
 
 
 class BackingOff(Exception):
@@ -183,10 +192,15 @@ class Delivery:
         self._update(delivered=delivered[0])
 
         def start() -> None:
-            if not self.backend.started:
-                self.backend.start()
-            self.backend.start_run(self.run, resumed)
-            process.exit_before_tools()  # a tool's own exit handler runs after ours
+            alone = self._wait_to_start_alone()
+            try:
+                if not self.backend.started:
+                    self.backend.start()
+                self.backend.start_run(self.run, resumed)
+                process.exit_before_tools()  # a tool's own exit handler runs after ours
+            finally:
+                if alone:
+                    _STARTING.release()
 
         if not self._attempt("start", start):
             return False
@@ -440,6 +454,15 @@ class Delivery:
                 state.delivered,
             )
             self._down_since = None
+
+    def _wait_to_start_alone(self) -> bool:
+        """Take the start lock (:data:`_STARTING`); False (start all the same) once
+        :data:`START_ALONE_WAIT` has passed or the delivery is abandoned."""
+        deadline = time.monotonic() + START_ALONE_WAIT
+        while not self.abort.is_set() and time.monotonic() < deadline:
+            if _STARTING.acquire(timeout=0.1):
+                return True
+        return False
 
     def _using_journal(self, action: Callable[[], object]) -> None:
         """Run ``action`` (a use of the journal) unless the delivery was abandoned."""
