@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -91,6 +92,19 @@ def test_remote_uri_forms():
 def test_a_bad_remote_uri_is_refused_when_the_run_starts():
     with pytest.raises(ConfigurationError, match="remote_uri"):
         tracelet.start_logging("bad", backend="aim", config={"aim": {"remote_uri": "ftp://x"}})
+
+
+def test_a_repository_whose_making_was_cut_short_is_made_again(tmp_path):
+    """A training process killed while Aim made its repository leaves ``.aim`` without
+    its tables (and without ``VERSION``, which Aim writes last): it is made again."""
+    root = tmp_path / "r"
+    (root / ".aim").mkdir(parents=True)
+    sqlite3.connect(root / ".aim" / "run_metadata.sqlite").close()  # no tables yet
+    with tracelet.start_logging("cut short", backend="aim", config=aim_config(root)) as exp:
+        exp.log_metric("loss", 0.5, 0)
+    readback = AimReadBack(root)
+    assert readback.run_count(exp.id) == 1
+    assert [(n, v, s) for n, v, s, _ in readback.metrics(exp.id)] == [("loss", 0.5, 0)]
 
 
 def test_subset_prefixes_become_contexts_and_read_back_exactly(tmp_path):

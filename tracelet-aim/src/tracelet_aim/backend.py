@@ -136,8 +136,10 @@ class AimBackend(BackendPlugin):
         try:
             if uri:
                 return self.aim.Repo(uri)  # its own connection: never another run's queue
-            missing = not (Path(root) / ".aim").is_dir()
-            return self.aim.Repo.from_path(root, init=missing)
+            # Aim writes .aim/VERSION last when it makes a repository: without it, the
+            # making was cut short (a training process killed then), so it is done again
+            unmade = not (Path(root) / ".aim" / "VERSION").is_file()
+            return self.aim.Repo.from_path(root, init=unmade)
         except (*self._transient, RuntimeError) as error:
             where = uri or root
             raise BackendError(f"could not open the Aim repository {where}: {error}") from error
