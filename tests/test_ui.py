@@ -937,6 +937,37 @@ def test_a_million_point_chart_arrives_bounded_and_fast(page, server, ui_store, 
     snap(snap_page, screenshots, "ui-million")
 
 
+SLOW_RUNS_LIST = """() => {
+  const fetchNow = window.fetch;
+  window.fetch = (url, ...rest) => String(url).startsWith("/api/runs?")
+    ? new Promise((resolve) => setTimeout(resolve, 1500)).then(() => fetchNow(url, ...rest))
+    : fetchNow(url, ...rest);
+}"""
+"""Makes the runs list answer 1.5 s late (the page is not reloaded by hash changes)."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_views_asked_faster_than_they_load_end_on_the_last_one(page, server, ui_store):
+    """Each view waits for the one before it, and the last one asked is shown (two views
+    loading at once raced: the slower replaced the later one's page, and its chart never
+    became ready)."""
+    chart = server.url + f"#/charts?runs={ui_store[1]['long']}&metrics=loss"
+    page.goto(server.url + "#/runs")
+    page.wait_for_selector("#runs-body tr[data-run]")  # (other tests add runs)
+    page.evaluate(SLOW_RUNS_LIST)  # the runs view now loads after the chart asked next
+    for _ in range(5):
+        page.goto(server.url + "#/runs")
+        page.goto(chart)
+    ready_chart(page)
+    assert page.get_attribute("#view", "data-view") == "charts"
+    page.goto(chart + "&log=1")  # a chart asked for, and left before it loads
+    page.goto(server.url + "#/runs")
+    page.wait_for_selector("#runs-body tr[data-run]")
+    assert page.get_attribute("#view", "data-view") == "runs"
+    assert page.locator(".chart").count() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_run_page_and_the_compare_view(page, server, ui_store, screenshots):

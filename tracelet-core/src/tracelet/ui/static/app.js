@@ -173,7 +173,21 @@ const VIEWS = {
   run: showRun,
 };
 
-async function route() {
+// One view at a time: a hash change while a view is still loading waits for it, and only
+// the latest one queued is shown. (Two views loading at once raced: the slower one, often
+// the earlier, replaced the later one's page, whose chart then never became ready.)
+let routing = Promise.resolve();
+let routesAsked = 0;
+
+function route() {
+  const ticket = ++routesAsked;
+  routing = routing
+    .then(() => (ticket === routesAsked ? showView() : undefined))
+    .catch((error) => showError(error));
+  return routing;
+}
+
+async function showView() {
   stopTimers();
   const { path, params } = hashParams();
   const [, name, id] = path.split("/");
