@@ -4,6 +4,7 @@ from the store."""
 
 from __future__ import annotations
 
+import enum
 import importlib
 import sqlite3
 import threading
@@ -352,6 +353,20 @@ def test_gradient_layers_keep_only_those_layers(read_store):
     assert read_store().metric_names(exp.id) == sorted([*kept, "grad/total_norm"])
     (checkpoint,) = read_store().checkpoints(exp.id)
     assert sorted(checkpoint["gradient_stats"]) == sorted([*kept, "grad/total_norm"])
+
+
+def test_a_gradient_statistic_named_by_a_str_enum_is_stored_under_its_value(read_store):
+    class Stat(str, enum.Enum):  # noqa: UP042 - a str mixin enum formats as Stat.NORM
+        NORM = "total_norm"
+
+    exp = tracelet.init(config=TracerConfig("p"))
+    exp.log_gradient_stats({Stat.NORM: 1.5}, step=0)
+    exp.checkpoint(0)
+    tracelet.finish()
+    assert read_store().metric_names(exp.id) == ["grad/total_norm"]
+    (checkpoint,) = read_store().checkpoints(exp.id)
+    assert list(checkpoint["gradient_stats"]) == ["grad/total_norm"]
+    assert type(next(iter(checkpoint["gradient_stats"]))) is str
 
 
 @pytest.mark.collectors

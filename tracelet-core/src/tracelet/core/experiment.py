@@ -33,7 +33,7 @@ from tracelet.core import process
 from tracelet.core.artifact_logging import ArtifactLogger
 from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
-from tracelet.core.points import step_points
+from tracelet.core.points import plain_names, step_points
 from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, how_to_install, registry_for
 from tracelet.core.session import RunSession
@@ -565,6 +565,7 @@ class Experiment:
             raise TypeError(f"stats must be a dict of name to value, not {type(stats).__name__}")
         if self._silent and self.is_running:  # (no tensor is read off its device)
             return
+        stats = plain_names(stats)  # a str enum member: its value, not Kind.A
         checked = {check_name(f"grad/{n}"): to_metric_value(n, v) for n, v in stats.items()}
         if not self.settings.track_gradients:
             return

@@ -30,13 +30,16 @@ def step_points(values: Mapping[str, float], step: int, timestamp: float) -> lis
     return [(name, value, step, timestamp) for name, value in plain_names(values).items()]
 
 
-def plain_names(values: Mapping[str, float]) -> Mapping[str, float]:
-    """``values`` with every name a plain ``str``, as the checks at the call make them (a
-    ``str`` enum member equal to a checked name): the journal's pipe takes only plain
-    types."""
+def plain_names(values: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """``values`` with every ``str`` name a plain ``str``, as the checks at the call make
+    them (a ``str`` enum member equal to a checked name, whose format is ``Kind.A``): the
+    journal's pipe takes only plain types. Names of other types stay as they are."""
     if _PLAIN_STR.issuperset(map(type, values)):
         return values
-    return {str.__str__(name): value for name, value in values.items()}
+    return {
+        str.__str__(name) if isinstance(name, str) else name: value
+        for name, value in values.items()
+    }
 
 
 def with_plain_names(chunk: Chunk) -> Chunk:
