@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from fakes import recording_backend
+from python_script import run_script
 
 import tracelet
 from tracelet.cli import main as cli
@@ -258,12 +259,7 @@ exp.stop()
 
 @pytest.mark.slow
 def test_a_forked_child_starts_its_own_run_at_once_while_the_parent_journals(tmp_path):
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", FORKS], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    done = run_script(FORKS, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     children = [line.split() for line in done.stdout.splitlines()]
     assert [code for code, _ in children] == ["0"] * 8, done.stdout
@@ -277,6 +273,83 @@ def test_a_forked_child_starts_its_own_run_at_once_while_the_parent_journals(tmp
     assert store.metrics(runs["child 3"].id)[0][:3] == ("x", 3.0, 0)
     assert runs["parent"].status.value == "finished"
     store.close()
+
+
+HELD_AT_FORK = """
+import importlib, os, pkgutil, signal, sys, threading, time
+import tracelet
+
+LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()), threading.Condition)
+locks = {}  # by identity: a lock one module imports from another is taken once
+for package in ("tracelet", "tracelet_torch", "tracelet_mlflow", "tracelet_wandb",
+                "tracelet_clearml", "tracelet_aim"):
+    root = importlib.import_module(package)
+    for info in pkgutil.walk_packages(root.__path__, package + "."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+for name, module in list(sys.modules.items()):
+    if name.split(".")[0] == "tracelet" or name.startswith("tracelet_"):
+        for attr, value in vars(module).items():
+            if isinstance(value, LOCK_TYPES):
+                locks.setdefault(id(value), (f"{name}.{attr}", value))
+print("module locks", ",".join(sorted(name for name, _ in locks.values())), flush=True)
+exp = tracelet.start_logging("parent", config={"track_stdout": True})  # stdout is copied
+for name, lock in (("the run's stop lock", exp._stop_lock), ("stdout's copy", sys.stdout._lock)):
+    locks[id(lock)] = (name, lock)
+
+held, done = threading.Event(), threading.Event()
+def hold_them_all():  # as a backend starting, an import, a print, a stop on another thread
+    for _, lock in locks.values():
+        lock.acquire()
+    tracelet.core.process.stopping.add(exp)  # (inside its stop)
+    held.set()
+    done.wait()
+    tracelet.core.process.stopping.discard(exp)
+    for _, lock in locks.values():
+        lock.release()
+threading.Thread(target=hold_them_all, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a lock the child can never take would hang it
+    stuck = [name for name, lock in locks.values() if not lock.acquire(timeout=1)]
+    for name, lock in locks.values():
+        if name not in stuck:
+            lock.release()
+    started = time.monotonic()
+    with tracelet.start_logging("child") as child:  # stops the parent's run here first
+        child.log_metric("x", 1.0, 0)
+    tracelet.plugins.report_once("child", "reports too")
+    print("runs stopping", len(tracelet.core.process.stopping), flush=True)  # SIGTERM acts
+    print("stuck", ", ".join(stuck) or "none", flush=True)
+    print("run took", round(time.monotonic() - started, 2), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+done.set()
+exp.stop()
+print("child exit", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_forked_child_never_waits_on_a_lock_its_parent_s_threads_held(tmp_path):
+    """A lock held by another thread at ``fork()`` stays held in the child for good: every
+    module-level lock of every distribution, and those a child meets through its parent's
+    run (its stop, the stdout copy), is made afresh there (``tracelet.forks``)."""
+    done = run_script(HELD_AT_FORK, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.partition(" ")[::2] for line in done.stdout.splitlines())
+    found = set(lines["module"].removeprefix("locks ").split(","))
+    assert {  # (the discovery finds them)
+        "tracelet.core.delivery._STARTING",
+        "tracelet.interface._guard",
+        "tracelet.reporting._lock",
+        "tracelet_torch.imports._lock",
+    } <= found, done.stdout
+    assert lines["child"] == "exit 0", done.stdout + done.stderr
+    assert lines["stuck"] == "none", f"locks a forked child cannot take: {lines['stuck']}"
+    assert float(lines["run"].split()[-1]) < 8, "the child's run waited on a lock"
+    assert lines["runs"] == "stopping 0", "the parent's stop is not the child's"
 
 
 @pytest.fixture

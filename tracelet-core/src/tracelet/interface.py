@@ -19,13 +19,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tracelet.core.experiment import Experiment
+from tracelet.forks import fork_safe
 from tracelet.settings import TraceletSettings
 
 if TYPE_CHECKING:
     from tracelet.config import TracerConfig
 
 _active: Experiment | None = None
-_guard = threading.RLock()
+_guard = fork_safe(threading.RLock())
 
 
 def start_logging(

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from tracelet import __version__
+from tracelet.forks import fork_safe
 from tracelet.hookspecs import hookimpl
 from tracelet.plugins import FrameworkPlugin, FrameworkRegistration, report_once
 
@@ -33,7 +34,7 @@ class TeeStream:
         self.stream = stream
         self._kept: deque[str] = deque()
         self._size = 0
-        self._lock = threading.Lock()
+        self._lock = fork_safe(threading.Lock())  # a forked child prints too
 
     def write(self, text: str) -> int:
         """Write ``text`` to the stream, then keep it."""

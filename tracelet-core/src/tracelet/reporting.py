@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 
+from tracelet.forks import fork_safe
+
 logger = logging.getLogger("tracelet")
 
 _reported: set[tuple[str, str]] = set()
-_lock = threading.Lock()
+_lock = fork_safe(threading.Lock())
 
 
 def report_once(subject: str, message: str, level: int = logging.WARNING) -> None:

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tracelet.plugins import fork_safe
+
 _bounds = threading.local()
-_install_lock = threading.Lock()
+_install_lock = fork_safe(threading.Lock())
 _VARIABLES = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "timeout",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "max_retries",

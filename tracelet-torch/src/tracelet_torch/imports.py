@@ -10,9 +10,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from tracelet.plugins import report_once
+from tracelet.plugins import fork_safe, report_once
 
-_lock = threading.RLock()
+_lock = fork_safe(threading.RLock())
 _waiting: dict[str, list[Callable[[ModuleType], None]]] = {}
 
 

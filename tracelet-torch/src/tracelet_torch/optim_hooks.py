@@ -12,12 +12,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tracelet.plugins import report_once
+from tracelet.plugins import fork_safe, report_once
 
 StepListener = Callable[[Any, tuple[Any, ...], dict[str, Any]], None]
 """Called with ``(optimizer, args, kwargs)`` of a ``step()`` call."""
 
-_lock = threading.Lock()
+_lock = fork_safe(threading.Lock())
 _before: tuple[StepListener, ...] = ()
 _after: tuple[StepListener, ...] = ()
 _registered = False

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from tracelet.plugins import FrameworkPlugin, report_once
+from tracelet.plugins import FrameworkPlugin, fork_safe, report_once
 from tracelet_torch.imports import when_imported
 
 Forward = Callable[[Any, "Call"], Callable[[], None] | None]
@@ -178,7 +178,7 @@ FORWARDS: dict[str, Forward] = {
 
 # -- patching ----------------------------------------------------------------------------
 
-_lock = threading.RLock()
+_lock = fork_safe(threading.RLock())
 _captures: list[TensorBoardCapture] = []
 """The attached captures, latest last: calls go to the latest one's run."""
 _originals: dict[tuple[type, str], Any] = {}

@@ -24,6 +24,7 @@ import attrs
 from tracelet.core import process
 from tracelet.core.retry import DelayIterator, RetryPolicy
 from tracelet.exceptions import ConfigurationError, PermanentBackendError, RejectedBatchError
+from tracelet.forks import fork_safe
 from tracelet.plugins import BackendPlugin
 from tracelet.records import Batch, DeliveryPhase, DeliveryState, RunInfo, RunStatus
 from tracelet.redaction import redact_uri
@@ -36,7 +37,7 @@ START_ALONE_WAIT = 10.0
 """Seconds a backend waits for another one's start to end before it starts all the same
 (a tool starts in 1-3 s here; one that takes longer waits on something else, such as an
 unreachable server, and holds no other backend back for longer)."""
-_STARTING = threading.Lock()
+_STARTING = fork_safe(threading.Lock())
 """Held while a backend starts: backends start one at a time. Their tools import many
 modules then, and ClearML's import hook (it wraps ``builtins.__import__``) makes imports
 racing in two threads fail now and then: measured with MLflow, W&B, ClearML and Aim started

@@ -38,6 +38,7 @@ from tracelet.core.process import status_for
 from tracelet.core.registry import PluginRegistry, how_to_install, registry_for
 from tracelet.core.session import RunSession
 from tracelet.distributed import RankInfo, SamplePublisher, current_rank
+from tracelet.forks import fork_safe
 from tracelet.gradients import selected_stats
 from tracelet.histograms import bin_values, check_bins_given
 from tracelet.media import PendingImage
@@ -171,7 +172,7 @@ class Experiment:
         """On a rank other than zero (without ``log_all_ranks``): every call is a no-op."""
         self._publisher: CollectorRunner | None = None
         """On a silent rank: the system collector, its samples sent to rank zero."""
-        self._stop_lock = threading.Lock()
+        self._stop_lock = fork_safe(threading.Lock())  # a forked child may stop it
         self._on_stop: list[Callable[[Experiment], object]] = []
         self._append: Callable[[Any], None] = self._not_running
         self._append_metric: Callable[[Any], None] = self._not_running

@@ -115,6 +115,8 @@ def _disown_in_child() -> None:
     for run in list(running):
         run._disown()
     running.clear()
+    stopping.clear()  # (a parent thread was in a stop: a SIGTERM here must not wait for it)
+    _terminate_after_stop.clear()
 
 
 def _remember_unhandled(kind: type[BaseException], error: BaseException, tb: Any) -> None:

@@ -24,6 +24,7 @@ from tracelet.exceptions import (
     PermanentBackendError,
     RejectedBatchError,
 )
+from tracelet.forks import fork_safe
 from tracelet.gradients import layer_selected
 from tracelet.hookspecs import hookimpl
 from tracelet.plugins.interfaces import (
@@ -83,6 +84,7 @@ __all__ = [
     "RunStatus",
     "Text",
     "TextFile",
+    "fork_safe",
     "hookimpl",
     "layer_selected",
     "report_once",
