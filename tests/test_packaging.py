@@ -3,10 +3,15 @@ installed from that folder into clean virtual environments, used from outside th
 
 - Every distribution builds an sdist and, from that sdist, a wheel: its own version, the
   MIT license file, its README as the description, ``py.typed`` and its entry point.
+  tracelet-core's wheel is this platform's, with ``log_metric``'s hot path compiled (its C
+  source in the sdist only); the others are pure Python.
 - ``pip install --find-links <dist> "tracelet-core[mlflow,wandb,clearml,aim,torch]"`` into
   a fresh venv, then a script run from a folder outside the checkout logs one run to the
   local store, MLflow (SQLite), W&B (offline), ClearML (offline) and Aim (a local
-  repository), with a torch tensor as a metric value, and reads each tool back.
+  repository), with a torch tensor as a metric value, and reads each tool back; the
+  installed ``log_metric`` is the compiled one.
+- Built where no C compiler works, tracelet-core's wheel has no compiled module, and the
+  installed ``log_metric`` is the pure-Python one.
 - ``pip install --find-links <dist> "tracelet-core[mlflow]"`` alone (``mlflow-skinny``,
   the README's command) refuses a SQLite tracking URI at start, naming the extra.
 
@@ -25,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tomllib
 import zipfile
@@ -49,7 +55,7 @@ TORCH = "2.13.0"
 
 
 def version_of(distribution: str) -> str:
-    """``__version__`` as the package's ``__init__`` writes it (hatch reads it there)."""
+    """``__version__`` as the package's ``__init__`` writes it (the build reads it there)."""
     init = ROOT / distribution / "src" / PACKAGES[distribution] / "__init__.py"
     return re.search(r'^__version__ = "([^"]+)"', init.read_text("utf-8"), re.M).group(1)
 
@@ -129,7 +135,8 @@ def test_every_distribution_has_its_sdist_and_wheel(dist):
         version = version_of(distribution)
         name = distribution.replace("-", "_")
         project = tomllib.loads((ROOT / distribution / "pyproject.toml").read_text("utf-8"))
-        with zipfile.ZipFile(dist / f"{name}-{version}-py3-none-any.whl") as wheel:
+        (wheel_file,) = dist.glob(f"{name}-{version}-*.whl")
+        with zipfile.ZipFile(wheel_file) as wheel:
             files = set(wheel.namelist())
             info = f"{name}-{version}.dist-info"
             metadata = email.message_from_bytes(wheel.read(f"{info}/METADATA"))
@@ -151,12 +158,23 @@ def test_every_distribution_has_its_sdist_and_wheel(dist):
             assert "tracelet = tracelet.cli:main" in entry_points
             extras = set(metadata.get_all("Provides-Extra"))
             assert {"mlflow", "wandb", "clearml", "aim", "torch"} <= extras
+            python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+            platform = re.sub(r"[-.]", "_", sysconfig.get_platform())
+            assert wheel_file.name.endswith(f"-{python}-{python}-{platform}.whl"), wheel_file.name
+            assert sorted(f for f in files if f.startswith("tracelet/core/_hotpath.")) == [
+                f"tracelet/core/_hotpath{sysconfig.get_config_var('EXT_SUFFIX')}",
+                "tracelet/core/_hotpath.pyi",  # its types, for a checker
+            ]
+            assert "ui/static/app.js" in {f.removeprefix("tracelet/") for f in files}
         else:
+            assert wheel_file.name.endswith("-py3-none-any.whl"), wheel_file.name
             assert f"= {package}.plugin" in entry_points, distribution
         with tarfile.open(dist / f"{name}-{version}.tar.gz") as sdist:
             members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
         for needed in ("LICENSE", "README.md", "pyproject.toml", f"src/{package}/py.typed"):
             assert needed in members, f"{distribution} sdist lacks {needed}"
+        if distribution == "tracelet-core":
+            assert {"setup.py", "src/tracelet/core/_hotpath.c"} <= members
 
 
 SMOKE = r'''
@@ -178,6 +196,9 @@ sites = [Path(p).resolve() for p in site.getsitepackages()]
 assert any(here.is_relative_to(p) for p in sites), f"tracelet from {here}, not {sites}"
 assert not here.is_relative_to(Path(sys.argv[2]).resolve()), here
 assert torch.version.cuda is None, f"a CUDA build of torch: {torch.__version__}"
+from tracelet.core._hotpath import HotPath
+
+assert tracelet.Experiment.log_metric is HotPath.log_metric, "not the compiled hot path"
 
 uri = f"sqlite:///{root / 'mlflow.db'}"
 config = {
@@ -321,3 +342,37 @@ def test_mlflow_skinny_refuses_a_sqlite_uri_at_start_naming_the_extra(venvs, tmp
     assert "unknown backend 'wandb'" in wandb
     assert "pip install ./tracelet-wandb" in wandb
     assert "pip install tracelet-wandb --find-links dist" in wandb
+
+
+WITHOUT_C = r"""
+import sys
+import tracelet
+from tracelet.core.experiment import Experiment, HotPath
+from tracelet.storage import LocalStore
+
+assert tracelet.__file__.startswith(sys.argv[2]), tracelet.__file__
+assert HotPath is object and Experiment.log_metric is Experiment._log_metric_checked
+config = {"store_path": sys.argv[1], "track_git": False, "track_system": False}
+with tracelet.start_logging("no-c", config=config) as exp:
+    for step in range(100):
+        exp.log_metric("loss", 1.0 / (step + 1), step)
+print(len(LocalStore(sys.argv[1]).metrics(exp.id)))
+"""
+
+
+def test_tracelet_core_installs_without_a_c_compiler_and_logs_in_pure_python(tmp_path):
+    """No working C compiler (``CC=false``): the build goes on, its wheel has no compiled
+    module, and ``log_metric`` is the pure-Python one."""
+    dist = tmp_path / "dist"
+    command = [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT / "tracelet-core")]
+    run(command, env=clean_env(CC="false"))
+    (wheel_file,) = dist.glob("tracelet_core-*.whl")
+    with zipfile.ZipFile(wheel_file) as wheel:
+        compiled = [f for f in wheel.namelist() if f.startswith("tracelet/core/_hotpath.")]
+    assert compiled == ["tracelet/core/_hotpath.pyi"]
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target)]
+    run([*pip, str(wheel_file)], env=clean_env())
+    env = clean_env(PYTHONPATH=str(target), HOME=str(tmp_path / "home"))
+    script = [sys.executable, "-c", WITHOUT_C, str(tmp_path / "store"), str(target)]
+    assert run(script, env=env, cwd=tmp_path).stdout.strip() == "100"

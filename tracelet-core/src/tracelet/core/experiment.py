@@ -6,7 +6,8 @@ The public face of a run. Configuration is resolved once, in the constructor
 the collectors and the framework integrations. Logging calls check their input at the call
 (so a mistake raises where it was made), then append one record to the orchestrator's
 buffer and return. ``log_metric`` is the hot path: a handful of class checks, one tuple,
-one append.
+one append, compiled where tracelet-core was built with a C compiler (``_hotpath.c``, the
+class's base), else in Python (``Experiment._log_metric_checked``, the same checks).
 
 This module is longer than our usual 400 lines for one reason: ``Experiment`` is a run's
 whole public surface as the spec lists it (some forty methods and properties). Each is a
@@ -69,10 +70,15 @@ from tracelet.values import (
     to_metric_value,
 )
 
+try:  # log_metric's fast path, compiled (optional: built where a C compiler was found)
+    from tracelet.core._hotpath import HotPath
+except ImportError:  # the pure-Python log_metric below does the same
+    HotPath = object
+
 if TYPE_CHECKING:
     from tracelet.artifacts import ArtifactResult, ArtifactType, TraceletArtifact
 
-_time = time.time
+_time = time.time  # (the compiled log_metric reads the same clock itself)
 _INLINE_STEP_MAX = 2**30 - 1
 """The largest step checked inline: the largest one-digit int (CPython's ints have 30-bit
 digits), as only a comparison of two one-digit ints is specialised by CPython 3.11 (against
@@ -82,7 +88,7 @@ MAX_CHECKED_NAMES = 10_000
 """Metric names remembered as checked (a set lookup on the hot path); then forgotten."""
 
 
-class Experiment:
+class Experiment(HotPath):
     """One tracked run: create it, ``start()`` it (or use ``with``), log, ``stop()``.
 
     ``config`` (an :class:`ExperimentConfig`), ``automagic``, ``artifacts`` and
@@ -219,7 +225,8 @@ class Experiment:
         assert session.store is not None
         assert session.orchestrator is not None
         orchestrator = session.orchestrator
-        self._buffer, self._capacity = orchestrator.buffer, orchestrator.capacity
+        self._buffer = orchestrator.buffer
+        self._capacity = min(orchestrator.capacity, sys.maxsize)  # (a C Py_ssize_t)
         # Metric points: the hot path checks capacity, then appends a point, or queues a step
         # as one record (put_step; else its points at once). Other records are also counted
         # in bytes. Without async writes, each call journals before it returns.
@@ -428,6 +435,12 @@ class Experiment:
         append = self._append_metric  # (as self._append_metric(...), a call of an instance
         # attribute, its lookup is not specialised: 10-15 ns)
         append((name, value, iteration, _time()))
+
+    _log_metric_checked = log_metric
+    """``log_metric`` in Python: all of it where the compiled hot path is not built, else
+    every call that path does not take (a new name, a tensor, a bad step, a full buffer)."""
+    if HotPath is not object:
+        log_metric = HotPath.log_metric  # the same fast path in C: half the cost a call
 
     def _checked_metric(self, name: Any, value: Any) -> tuple[str, float | PendingValue]:
         """Check a metric's value (converted to a float, or a framework's pending value)
@@ -854,6 +867,14 @@ class Experiment:
         if self._reader is None:
             self._reader = LocalStore(self.settings.store_path)
         return self._reader
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """An experiment is a live run: not copied, not pickled (its id is what to pass)."""
+        raise TypeError(
+            f"an Experiment cannot be copied or pickled: it is a live run (threads, a "
+            f"journal); pass its id ({getattr(self, '_id', None)!r}) and reopen it with "
+            "tracelet.Experiment(run_id=...), or read it with tracelet.storage.LocalStore"
+        )
 
     def __repr__(self) -> str:
         state = self._status.value if self._status else "not started"
