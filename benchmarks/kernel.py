@@ -16,6 +16,11 @@ working directory (collectors on, live anomaly detection on, the 200,000-record 
    context, the floor's paced calls again beside a process that keeps a core busy (more
    than the journal writer does): the calls over 1 ms the machine's own scheduling makes.
 
+``log_metric`` is the compiled hot path tracelet-core builds (``_hotpath.c``). Each row
+also runs, for context, the pure-Python ``log_metric`` a user gets where tracelet-core
+was installed without a C compiler (``Experiment._log_metric_checked``), in a run of its
+own, its points read back too.
+
 Every call is timed on its own (``perf_counter_ns`` around it), Tracelet's and the floor's
 alike; the median, p99 and longest call are shown. The ratio compares the calls
 themselves: the timing's own cost (the same two clock reads with nothing between) is taken
@@ -40,12 +45,14 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
+from types import MethodType
 from typing import Any
 
 import attrs
 from bench_common import percentile, print_table
 
 import tracelet
+from tracelet.core.experiment import Experiment
 from tracelet.storage import LocalStore
 
 CALLS = 1_000_000
@@ -215,6 +222,31 @@ def read_back(store_path: str, run_id: str, plan: Plan) -> None:
             raise Failure(f"point #{index}: read back {point!r}, logged {expected!r}")
 
 
+def hot_path() -> str:
+    """Which ``log_metric`` a default run calls."""
+    if Experiment.log_metric is Experiment._log_metric_checked:
+        return "in pure Python (tracelet-core built without a C compiler)"
+    return "compiled"
+
+
+def tracelet_calls(
+    plan: Plan, rate: float | None, compiled: bool
+) -> tuple[array, float, float, str]:
+    """``plan`` logged in a default run, through the compiled ``log_metric`` or the
+    pure-Python one; each call's ns, the loop's and stop's seconds, and a read-back error."""
+    with default_run() as (exp, tmp):
+        log = exp.log_metric if compiled else MethodType(Experiment._log_metric_checked, exp)
+        took, loop_s = timed_calls(log, plan, rate)
+        stop_began = time.perf_counter()
+        tracelet.stop_logging()
+        stop_s = time.perf_counter() - stop_began
+        try:
+            read_back(tmp, exp.id, plan)
+        except Failure as failure:
+            return took, loop_s, stop_s, str(failure)
+    return took, loop_s, stop_s, ""
+
+
 def measure(plan: Plan, rate: float | None = None) -> dict[str, Any]:
     """The floor, the timer, and Tracelet on ``plan``; Tracelet's points read back."""
     floor = FloorLogger()
@@ -228,29 +260,23 @@ def measure(plan: Plan, rate: float | None = None) -> dict[str, Any]:
     del stamped
     gc.collect()
     neighboured_took = floor_beside_a_busy_process(plan, rate) if rate else None
-    with default_run() as (exp, tmp):
-        took, loop_s = timed_calls(exp.log_metric, plan, rate)
-        stop_began = time.perf_counter()
-        tracelet.stop_logging()
-        stop_s = time.perf_counter() - stop_began
-        error = ""
-        try:
-            read_back(tmp, exp.id, plan)
-        except Failure as failure:
-            error = str(failure)
+    took, loop_s, stop_s, error = tracelet_calls(plan, rate, compiled=True)
+    gc.collect()
+    python_took, _, _, python_error = tracelet_calls(plan, rate, compiled=False)
     result = {
         "neighboured": summary(neighboured_took) if neighboured_took else None,
         "floor": summary(floor_took),
         "stamped": summary(stamped_took),
         "timer": summary(timer_took),
         "ours": summary(took),
+        "python": summary(python_took),
     }
     timer = result["timer"]["median"]  # in both: compare the calls themselves
     ratio = (result["ours"]["median"] - timer) / (result["floor"]["median"] - timer)
     stamped_ratio = (result["ours"]["median"] - timer) / (result["stamped"]["median"] - timer)
-    result.update(
-        ratio=ratio, stamped_ratio=stamped_ratio, loop_s=loop_s, stop_s=stop_s, error=error
-    )
+    python_ratio = (result["python"]["median"] - timer) / (result["floor"]["median"] - timer)
+    result.update(ratio=ratio, stamped_ratio=stamped_ratio, python_ratio=python_ratio)
+    result.update(loop_s=loop_s, stop_s=stop_s, error=error or python_error)
     result["rate"] = len(plan) / (loop_s + stop_s)
     return result
 
@@ -320,6 +346,8 @@ def call_rows(title: str, result: dict[str, Any], paced: bool) -> list[tuple[str
         ("  call over the floor's (timing taken off)", f"{result['ratio']:.1f}x", "-", "-"),
         ("  for context: floor with a timestamp", fmt(result["stamped"]), "-", "-"),
         ("  call over that one's (timing taken off)", f"{result['stamped_ratio']:.1f}x", "-", "-"),
+        ("  for context: pure-Python log_metric", fmt(result["python"]), "-", "-"),
+        ("  its call over the floor's", f"{result['python_ratio']:.1f}x", "-", "-"),
     ]
     if paced:
         waits = ours["waits"]
@@ -411,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python {platform.python_version()} ({platform.python_implementation()}), "
         f"{platform.system()} {platform.machine()}, cpu_count {cpus} ({usable} usable); "
-        f"default settings; total {time.perf_counter() - began:.0f} s"
+        f"default settings; log_metric {hot_path()}; total {time.perf_counter() - began:.0f} s"
     )
     sys.stdout.flush()
     for failure in failures:

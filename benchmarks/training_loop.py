@@ -32,9 +32,13 @@ Each variant runs ``--rounds`` times (default: 3 for the CNN, 9 for each MLP, wh
 short and noisier), in turns, after one untimed warm-up of the model. A round's overhead is
 its loop time over the baseline's run in the same round (paired, so that a machine slowing
 down between rounds counts against no variant); the table shows the median of the rounds'
-overheads and their middle half (quartiles; the floor's row, which does almost nothing,
-shows what the machine's noise alone reads). The loop column is the median loop time, not
-paired, so it need not match the overhead exactly. The time each tool takes to
+overheads and a 95 % interval of that median (distribution-free: the order statistics a sign
+test gives; the floor's row, which does almost nothing, shows what the machine's noise alone
+reads; fewer than 6 rounds give a lower confidence, printed beside it). Tracelet's verdict
+is PASS when the whole interval is within the 1 % target, MISS when all of it is over, and
+UNSETTLED when the noise leaves both possible or the confidence is under 95 % (more
+``--rounds`` narrow it). The loop column is the median
+loop time, not paired, so it need not match the overhead exactly. The time each tool takes to
 finish (``finish``/``end_run``) is shown apart. Exits 1 only when Tracelet's points read back
 from its store differ from what was logged. See README.md.
 """
@@ -47,6 +51,7 @@ import functools
 import importlib.util
 import io
 import logging
+import math
 import os
 import pickle
 import platform
@@ -283,12 +288,40 @@ VARIANTS: dict[str, tuple[Callable[[str], dict[str, float]], str | None]] = {
 # -- the table -----------------------------------------------------------------------------
 
 
-HEADER = ("variant", "loop (median)", "overhead", "middle half", "finish", "target", "verdict")
+HEADER = ("variant", "loop (median)", "overhead", "its interval", "finish", "target", "verdict")
+LEVEL = 0.95
+"""The confidence the interval of a median overhead is given at."""
+
+
+def median_interval(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """The distribution-free interval of the median of ``values`` (a sign test): the order
+    statistics ``x(a)`` and ``x(n + 1 - a)`` for the largest ``a`` whose interval holds the
+    median with at least ``level`` confidence, and that confidence. Too few values for
+    ``level`` (fewer than 6 for 95 %) give their smallest to largest, at the lower
+    confidence they have."""
+    ordered, n = sorted(values), len(values)
+
+    def confidence(a: int) -> float:  # 1 - 2 P(Bin(n, 1/2) < a)
+        return 1.0 - 2.0 * sum(math.comb(n, k) for k in range(a)) / 2**n
+
+    a = max((a for a in range(1, (n + 1) // 2 + 1) if confidence(a) >= level), default=1)
+    return ordered[a - 1], ordered[n - a], confidence(a)
+
+
+def verdict(low: float, high: float, confidence: float) -> str:
+    """PASS when the whole interval is within the target, MISS when all of it is over, and
+    UNSETTLED when the machine's noise leaves both possible (or the rounds are too few
+    for the interval to have :data:`LEVEL` confidence)."""
+    if confidence < LEVEL:
+        return "UNSETTLED"
+    if high <= TARGET_PERCENT:
+        return "PASS"
+    return "MISS" if low > TARGET_PERCENT else "UNSETTLED"
 
 
 def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One row per variant that ran: median loop time, and the median of the rounds'
-    overheads over the baseline run in the same round."""
+    """One row per variant that ran: median loop time, the median of the rounds' overheads
+    over the baseline run in the same round with its interval, and Tracelet's verdict."""
     bases = {r["round"]: r["loop_s"] for r in results["no logging (baseline)"]}
     rows = []
     for name, runs in results.items():
@@ -301,21 +334,17 @@ def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
         overhead = statistics.median(overheads)
         is_ours = name.startswith("tracelet")
         is_base = name.startswith("no logging")
-        low, _, high = (
-            statistics.quantiles(overheads, n=4, method="inclusive")
-            if len(overheads) > 1
-            else overheads * 3
-        )
-        middle = f"{low:+.1f} to {high:+.1f} %"
+        low, high, confidence = median_interval(overheads)
+        interval = f"{low:+.1f} to {high:+.1f} % ({confidence:.0%})"
         rows.append(
             (
                 f"{model}: {name}",
                 f"{loop:.2f} s ({STEPS / loop:,.0f} steps/s)",
                 "-" if is_base else f"{overhead:+.1f} %",
-                "-" if is_base else middle,
+                "-" if is_base else interval,
                 f"{finish:.2f} s",
                 f"<= {TARGET_PERCENT:g} %" if is_ours else "-",
-                ("PASS" if overhead <= TARGET_PERCENT else "MISS") if is_ours else "-",
+                verdict(low, high, confidence) if is_ours else "-",
             )
         )
     return rows
