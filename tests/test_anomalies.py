@@ -596,3 +596,54 @@ def test_muting_gradient_explosions_still_watches_for_vanishing_gradients(caplog
     ]
     assert "3 gradient_explosion anomalies on grad_norm" in caplog.text
     assert "vanishing_gradient anomalies on" not in caplog.text
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_journal_writer_watches_only_what_can_change_a_finding(seed):
+    """Live detection in the journal writer is fed, of a step logged together, only the
+    values of watched metrics and the non-finite ones (``WatchedPoints``); it finds and
+    mutes exactly what it does fed every point. Steps of every shape: a spiking loss, NaN
+    and infinities on watched and unwatched metrics and runs of them, exploding gradients,
+    memory climbing, storms that mute a check, names coming and going."""
+    from tracelet.analysis.detector import RuleStream
+    from tracelet.core.journal_writer import WatchedPoints
+    from tracelet.core.points import expanded
+
+    rng = random.Random(seed)
+    names = ("loss", "val_loss", "grad_norm", "acc", "lr", "memory_percent", "tokens")
+    weird = (math.nan, math.inf, -math.inf)
+
+    def value(name: str, step: int) -> float:
+        if rng.random() < 0.02:
+            return rng.choice(weird)
+        if name.endswith("loss"):
+            return 2.0 * math.exp(-step / 400) * rng.choice([1.0] * 30 + [40.0])
+        if name == "grad_norm":
+            return rng.choice([1.0, 1.1, 0.9, 1e4, 1e-9])
+        if name == "memory_percent":
+            return min(99.0, 50.0 + step / 20)
+        return rng.random()
+
+    chunks, step = [], 0
+    for _ in range(120):
+        chunk = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.2:  # a point logged on its own
+                name = rng.choice(names)
+                chunk.append((name, value(name, step), step, float(step)))
+            else:
+                logged = rng.sample(names, rng.randint(4, len(names)))
+                chunk.append([{n: value(n, step) for n in logged}, step, float(step)])
+            step += 1
+        chunks.append(tuple(chunk))
+
+    every = RuleStream("r", DetectorConfig(), limit=3)
+    watched = RuleStream("r", DetectorConfig(), limit=3)
+    pick = WatchedPoints(watched)
+    fed = 0
+    for chunk in chunks:
+        points = pick(chunk)
+        fed += len(points)
+        assert watched.feed(points) == every.feed(list(expanded(chunk)))
+        assert watched.muted == every.muted
+    assert fed < sum(len(list(expanded(chunk))) for chunk in chunks) / 2

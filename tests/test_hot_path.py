@@ -114,6 +114,7 @@ def test_chunked_points_read_as_one_sequence():
     assert points != flat[:2]
     assert points != "abc"
     assert repr(points) == "ChunkedPoints(6 points in 2 chunks)"
+    assert list(points.fields()) == [field for point in flat for field in point]
 
 
 def test_nothing_queued_but_an_empty_slot_is_false():

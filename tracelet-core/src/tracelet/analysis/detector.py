@@ -176,6 +176,20 @@ class RuleStream:
         """Whether ``kind`` is muted on ``metric`` while its rule still watches it."""
         return kind in self._silenced.get(metric, ())
 
+    def watches(self, name: str) -> bool:
+        """Whether a finite value of ``name`` can change what the stream finds: a rule
+        watches the metric, or its last value was NaN or infinite. (A non-finite value of
+        any metric can.)"""
+        rules = self._rules.get(name)
+        if rules is None:
+            rules = self._rules[name] = self._rules_for(name)
+        return bool(rules) or name in self._nonfinite
+
+    @property
+    def any_nonfinite(self) -> bool:
+        """Whether some metric's last value was NaN or infinite."""
+        return bool(self._nonfinite)
+
     def _rules_for(self, name: str) -> tuple[Rule, ...]:
         return tuple(
             RULES[part](name, getattr(self.config, part))

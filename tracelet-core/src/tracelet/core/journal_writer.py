@@ -9,8 +9,9 @@ same :class:`JournalWriter` also runs inside the training process, called direct
 
 Messages are tuples whose first item names them. To the writer:
 
-- ``("points", chunk)``: metric points of the batch being built, and step records (made
-  into points here: :mod:`tracelet.core.points`);
+- ``("points", chunk)``: metric points of the batch being built, and step records (kept
+  as they are: their points' fields are written straight from them, and only the points
+  live detection needs are made, :class:`WatchedPoints`);
 - ``("batch", token, params, tags, texts, images, artifacts, histograms)``: the batch
   ends; journal it
   as the run's next batch (``token`` counts the batches sent, from 1);
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -42,7 +44,16 @@ from typing import Any, BinaryIO
 from tracelet.analysis.detector import RuleStream
 from tracelet.core.framing import read_frame, write_frame
 from tracelet.core.journaling import write_batch
-from tracelet.core.points import ChunkedPoints, chunks_of, expanded, has_records
+from tracelet.core.points import (
+    STEP_RECORD,
+    Chunk,
+    ChunkedPoints,
+    chunk_size,
+    chunks_of,
+    has_records,
+    plain_names,
+    step_points,
+)
 from tracelet.records import Batch, CheckpointRequest, MetricPoint, RunInfo
 from tracelet.reporting import logger, report_once
 from tracelet.storage import LocalStore
@@ -67,10 +78,14 @@ class JournalWriter:
         self.run = run
         self.reply = reply
         self.give_up = give_up
-        self.chunks: list[tuple[MetricPoint, ...]] = []
-        """The points of the batch being built, as the chunks they came in."""
+        self.chunks: list[Chunk] = []
+        """The points of the batch being built, as the chunks they came in (step records
+        as they are: a step's points are made into tuples only for what watches them)."""
+        self.sizes: list[int] = []
+        """The points of each chunk."""
         self.cursors: tuple[str, ...] = ()
         self.stream: RuleStream | None = None
+        self.watched: WatchedPoints | None = None
         self._last_seq: int | None = None
         self._window_start: int | None = None
         """The first metric row of the next checkpoint (read before the first write)."""
@@ -80,10 +95,8 @@ class JournalWriter:
         """Act on one message (see the module's docstring)."""
         kind = message[0]
         if kind == "points":
-            chunk = message[1]
-            if has_records(chunk):  # made into points once: journaled, then watched
-                chunk = expanded(chunk)
-            self.chunks.append(tuple(chunk))
+            self.chunks.append(message[1])
+            self.sizes.append(chunk_size(message[1]))
         elif kind == "batch":
             self._journal(*message[1:])
         elif kind == "checkpoint":
@@ -114,8 +127,8 @@ class JournalWriter:
             self._check_store()
         except Exception as error:  # (a full disk) the file in use still takes the batch
             report_once("tracelet journal", f"could not start a new local store ({error!r})")
-        metrics = ChunkedPoints(self.chunks, map(len, self.chunks))  # (all points now)
-        self.chunks = []
+        metrics = ChunkedPoints(self.chunks, self.sizes)
+        self.chunks, self.sizes = [], []
         if self._last_seq is None:
             self._last_seq = self.store.last_seq(self.run.id)
             self._window_start = self.store.last_metric_id()
@@ -152,6 +165,7 @@ class JournalWriter:
 
     def _start_detection(self, config: Any, limit: int | None) -> None:
         self.stream = RuleStream(self.run.id, config, limit=limit)
+        self.watched = WatchedPoints(self.stream)
         last = self.store.last_seq(self.run.id)
         recent = self.store.read_batches(
             self.run.id, max(0, last - PRIMING_BATCHES), last, limit=PRIMING_BATCHES
@@ -162,10 +176,11 @@ class JournalWriter:
         """Watch a journaled batch's points; store and announce what is found. A chunk that
         detection fails on is skipped (reported once), not what the others found."""
         assert self.stream is not None
+        assert self.watched is not None
         found, muted = [], []
         for chunk in chunks_of(metrics):  # (never one list of the whole batch)
             try:
-                found += self.stream.feed(chunk)
+                found += self.stream.feed(self.watched(chunk))
             except Exception as error:
                 report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
             finally:
@@ -202,6 +217,51 @@ class JournalWriter:
             report_once("tracelet checkpoints", f"could not write a checkpoint ({error!r})")
             return
         self._first_step = request.step + 1
+
+
+class WatchedPoints:
+    """The points of a chunk that live detection needs: every non-finite value, the values
+    of the metrics a rule watches (:meth:`RuleStream.watches`), and those of a metric that
+    was non-finite before them (they end its run of non-finite values). The other metrics
+    of a step record, most of a step's as a rule, are never made into points."""
+
+    def __init__(self, stream: RuleStream) -> None:
+        self.stream = stream
+        self._by_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """The watched names among each set of names a step was logged with."""
+
+    def __call__(self, chunk: Chunk) -> Sequence[MetricPoint]:
+        """``chunk``'s points that can change what the stream finds, in logged order."""
+        if not has_records(chunk):
+            return chunk  # point tuples, as they are
+        stream = self.stream
+        if stream.muted:  # (by the last feed) a rule may have stopped watching a metric
+            self._by_names.clear()
+        points: list[MetricPoint] = []
+        nonfinite: set[str] = set()  # names with a non-finite value earlier in the chunk
+        for item in chunk:
+            if item.__class__ is not STEP_RECORD:
+                points.append(item)
+                if not math.isfinite(item[1]):
+                    nonfinite.add(item[0])
+                continue
+            values, step, timestamp = item
+            values = plain_names(values)
+            if nonfinite or stream.any_nonfinite or not math.isfinite(sum(values.values())):
+                for point in step_points(values, step, timestamp):
+                    name, value = point[0], point[1]
+                    if not math.isfinite(value):
+                        nonfinite.add(name)
+                    elif name not in nonfinite and not stream.watches(name):
+                        continue
+                    points.append(point)
+                continue
+            names = tuple(values)
+            watched = self._by_names.get(names)
+            if watched is None:
+                watched = self._by_names[names] = tuple(filter(stream.watches, names))
+            points += [(name, values[name], step, timestamp) for name in watched]
+        return points
 
 
 # -- the writer process ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from itertools import chain, islice
 from pathlib import Path
@@ -497,11 +497,17 @@ def _insert_metrics(con: sqlite3.Connection, pk: int, metrics: Sequence[MetricPo
     measured 145 rows/s. One statement per 1,024 rows releases it once per statement.
     """
     most = min(ROWS_PER_STATEMENT, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4)
-    points = iter(metrics)
+    fields = _fields(metrics)
     for rows in _statement_sizes(len(metrics), most):
-        part = islice(points, rows)
-        con.execute(_metric_insert_sql(pk, rows), list(chain.from_iterable(part)))
+        con.execute(_metric_insert_sql(pk, rows), list(islice(fields, 4 * rows)))
     return con.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+
+def _fields(metrics: Sequence[MetricPoint]) -> Iterator[Any]:
+    """Every point's name, value, step and timestamp, one after another. The journal writer's
+    points (a ``ChunkedPoints``) make them without a tuple for each point of a step."""
+    fields = getattr(metrics, "fields", None)
+    return fields() if fields is not None else chain.from_iterable(metrics)
 
 
 def _statement_sizes(count: int, most: int) -> list[int]:
