@@ -38,7 +38,15 @@ reads; fewer than 6 rounds give a lower confidence, printed beside it). Tracelet
 is PASS when the whole interval is within the 1 % target, MISS when all of it is over, and
 UNSETTLED when the noise leaves both possible or the confidence is under 95 % (more
 ``--rounds`` narrow it). The loop column is the median
-loop time, not paired, so it need not match the overhead exactly. The time each tool takes to
+loop time, not paired, so it need not match the overhead exactly.
+
+The CPU column is what the machine's noise does not blur: the CPU each variant's logging
+used during the loop (medians over the rounds), where it ran: the time of its calls on the
+training thread, the CPU of the threads it started in the training process, and that of its
+child processes (W&B's service, Tracelet's journal writer), read from Linux's per-thread
+schedstat; then their total against the baseline's median loop. Where the loop fills every
+core (``mlp``), all of it delays the loop; with a core free (``mlp1``), the calls do, and
+other work mostly runs beside it. The time each tool takes to
 finish (``finish``/``end_run``) is shown apart. Exits 1 only when Tracelet's points read back
 from its store differ from what was logged. See README.md.
 """
@@ -135,15 +143,18 @@ def use_threads(kind: str) -> None:
 
 def train(
     log: Logger | None, model_kind: str, steps: int = STEPS
-) -> tuple[float, list[dict[str, float]]]:
+) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Train for ``steps``, computing 20 metrics a step; return the loop's seconds and the
-    metrics (for checking what was logged)."""
+    logging's CPU (:func:`cpu_used`), and the metrics (for checking what was logged)."""
     import torch
 
     model, optimizer, inputs, targets = make_model(model_kind)
     loss_fn = torch.nn.CrossEntropyLoss()
     logged: list[dict[str, float]] = []
-    started = time.perf_counter()
+    calls_s = 0.0
+    clock = time.perf_counter
+    before = background_cpu()
+    started = clock()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         outputs = model(inputs)
@@ -154,9 +165,49 @@ def train(
         metrics = {"loss": value}
         metrics.update({f"metric_{i:02d}": value * i + step for i in range(1, METRICS)})
         if log is not None:
+            called = clock()
             log(metrics, step)
+            calls_s += clock() - called
         logged.append(metrics)
-    return time.perf_counter() - started, logged
+    loop_s = clock() - started
+    return {"loop_s": loop_s, **cpu_used(before, background_cpu(), calls_s)}, logged
+
+
+# -- what logging costs in CPU -------------------------------------------------------------
+
+
+def background_cpu() -> dict[tuple[int, int], int]:
+    """CPU nanoseconds so far of each thread this process's Python code started (not the
+    main thread, nor PyTorch's intra-op threads) and of each thread of its child processes
+    (W&B's service, Tracelet's journal writer), by ``(pid, tid)``, from Linux's schedstat
+    (nanoseconds, where ``/proc/<pid>/stat`` counts 10 ms ticks); empty elsewhere."""
+    import psutil
+
+    me, main_thread = os.getpid(), threading.main_thread().native_id
+    tasks = [(me, t.native_id) for t in threading.enumerate() if t.native_id != main_thread]
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(OSError):
+            tasks += [(child.pid, int(tid)) for tid in os.listdir(f"/proc/{child.pid}/task")]
+    used = {}
+    for pid, tid in tasks:
+        with (
+            contextlib.suppress(OSError, ValueError, TypeError),
+            open(f"/proc/{pid}/task/{tid}/schedstat") as stat,
+        ):
+            used[pid, tid] = int(stat.read().split()[0])
+    return used
+
+
+def cpu_used(
+    before: dict[tuple[int, int], int], after: dict[tuple[int, int], int], calls_s: float
+) -> dict[str, float]:
+    """Seconds of CPU a loop's logging used: in its calls on the training thread (their
+    time), on this process's other threads, and in child processes."""
+    me = os.getpid()
+    spent = {pid_tid: ns - before.get(pid_tid, 0) for pid_tid, ns in after.items()}
+    threads = sum(ns for (pid, _), ns in spent.items() if pid == me) / 1e9
+    processes = sum(ns for (pid, _), ns in spent.items() if pid != me) / 1e9
+    return {"calls_s": calls_s, "threads_s": threads, "processes_s": processes}
 
 
 # -- the variants --------------------------------------------------------------------------
@@ -174,8 +225,8 @@ def in_folder() -> Iterator[str]:
 
 
 def run_baseline(model: str) -> dict[str, float]:
-    loop_s, _ = train(None, model)
-    return {"loop_s": loop_s, "finish_s": 0.0}
+    loop, _ = train(None, model)
+    return {**loop, "finish_s": 0.0}
 
 
 def floor_logger(queued: deque[tuple[str, float, int, float]]) -> Logger:
@@ -191,8 +242,8 @@ def floor_logger(queued: deque[tuple[str, float, int, float]]) -> Logger:
 
 def run_floor(model: str) -> dict[str, float]:
     """The floor: the step's 20 points appended to a deque (:func:`floor_logger`)."""
-    loop_s, _ = train(floor_logger(deque()), model)
-    return {"loop_s": loop_s, "finish_s": 0.0}
+    loop, _ = train(floor_logger(deque()), model)
+    return {**loop, "finish_s": 0.0}
 
 
 def run_floor_thread(model: str) -> dict[str, float]:
@@ -207,11 +258,11 @@ def run_floor_thread(model: str) -> dict[str, float]:
     thread = threading.Thread(target=serialize, daemon=True)
     thread.start()
     try:
-        loop_s, _ = train(floor_logger(queued), model)
+        loop, _ = train(floor_logger(queued), model)
     finally:
         stop.set()
         thread.join()
-    return {"loop_s": loop_s, "finish_s": 0.0}
+    return {**loop, "finish_s": 0.0}
 
 
 def run_tracelet(model: str) -> dict[str, float]:
@@ -220,7 +271,7 @@ def run_tracelet(model: str) -> dict[str, float]:
 
     with in_folder() as tmp:
         exp = tracelet.init(project="bench")
-        loop_s, logged = train(lambda metrics, step: tracelet.log(metrics, step), model)
+        loop, logged = train(lambda metrics, step: tracelet.log(metrics, step), model)
         began = time.perf_counter()
         tracelet.finish()
         finish_s = time.perf_counter() - began
@@ -232,7 +283,7 @@ def run_tracelet(model: str) -> dict[str, float]:
     expected = [(n, v, step) for step, metrics in enumerate(logged) for n, v in metrics.items()]
     if got != expected:
         raise Failure(f"Tracelet's store holds {len(got):,} points, {len(expected):,} logged")
-    return {"loop_s": loop_s, "finish_s": finish_s}
+    return {**loop, "finish_s": finish_s}
 
 
 def run_wandb(model: str) -> dict[str, float]:
@@ -240,10 +291,10 @@ def run_wandb(model: str) -> dict[str, float]:
 
     with in_folder() as tmp:
         run = wandb.init(project="bench", mode="offline", dir=tmp, settings=wandb.Settings())
-        loop_s, _ = train(lambda metrics, step: run.log(metrics, step=step), model)
+        loop, _ = train(lambda metrics, step: run.log(metrics, step=step), model)
         began = time.perf_counter()
         run.finish()
-        return {"loop_s": loop_s, "finish_s": time.perf_counter() - began}
+        return {**loop, "finish_s": time.perf_counter() - began}
 
 
 def run_mlflow(model: str) -> dict[str, float]:
@@ -254,12 +305,12 @@ def run_mlflow(model: str) -> dict[str, float]:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
         mlflow.set_experiment("bench")
         with mlflow.start_run():
-            loop_s, _ = train(
+            loop, _ = train(
                 lambda metrics, step: mlflow.log_metrics(metrics, step=step, synchronous=False),
                 model,
             )
             began = time.perf_counter()
-        return {"loop_s": loop_s, "finish_s": time.perf_counter() - began}
+        return {**loop, "finish_s": time.perf_counter() - began}
 
 
 def run_trackio(model: str) -> dict[str, float]:
@@ -268,10 +319,10 @@ def run_trackio(model: str) -> dict[str, float]:
         import trackio
 
         trackio.init(project="bench")
-        loop_s, _ = train(lambda metrics, step: trackio.log(metrics, step=step), model)
+        loop, _ = train(lambda metrics, step: trackio.log(metrics, step=step), model)
         began = time.perf_counter()
         trackio.finish()
-        return {"loop_s": loop_s, "finish_s": time.perf_counter() - began}
+        return {**loop, "finish_s": time.perf_counter() - began}
 
 
 VARIANTS: dict[str, tuple[Callable[[str], dict[str, float]], str | None]] = {
@@ -288,7 +339,16 @@ VARIANTS: dict[str, tuple[Callable[[str], dict[str, float]], str | None]] = {
 # -- the table -----------------------------------------------------------------------------
 
 
-HEADER = ("variant", "loop (median)", "overhead", "its interval", "finish", "target", "verdict")
+HEADER = (
+    "variant",
+    "loop (median)",
+    "overhead",
+    "its interval",
+    "CPU: calls + threads + processes",
+    "finish",
+    "target",
+    "verdict",
+)
 LEVEL = 0.95
 """The confidence the interval of a median overhead is given at."""
 
@@ -323,6 +383,7 @@ def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
     """One row per variant that ran: median loop time, the median of the rounds' overheads
     over the baseline run in the same round with its interval, and Tracelet's verdict."""
     bases = {r["round"]: r["loop_s"] for r in results["no logging (baseline)"]}
+    base_loop = statistics.median(bases.values())
     rows = []
     for name, runs in results.items():
         if not runs:
@@ -342,12 +403,26 @@ def table_rows(model: str, results: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{loop:.2f} s ({STEPS / loop:,.0f} steps/s)",
                 "-" if is_base else f"{overhead:+.1f} %",
                 "-" if is_base else interval,
+                "-" if is_base else cpu_cell(runs, base_loop),
                 f"{finish:.2f} s",
                 f"<= {TARGET_PERCENT:g} %" if is_ours else "-",
                 verdict(low, high, confidence) if is_ours else "-",
             )
         )
     return rows
+
+
+def cpu_cell(runs: list[dict[str, Any]], base_loop: float) -> str:
+    """The median CPU of a variant's logging, in ms by where it ran, its total, and that
+    total against the baseline's median loop."""
+    parts = [1e3 * statistics.median(r[key] for r in runs) for key in CPU_PARTS]
+    total = sum(parts)
+    spent = " + ".join(f"{part:.0f}" for part in parts)
+    return f"{spent} = {total:.0f} ms ({100 * total / (1e3 * base_loop):.1f} %)"
+
+
+CPU_PARTS = ("calls_s", "threads_s", "processes_s")
+"""Where a loop's logging ran: in its calls, on other threads, in other processes."""
 
 
 def main(argv: list[str] | None = None) -> int:
