@@ -41,13 +41,14 @@ UNSETTLED when the noise leaves both possible or the confidence is under 95 % (m
 loop time, not paired, so it need not match the overhead exactly.
 
 The CPU column is what the machine's noise does not blur: the CPU each variant's logging
-used during the loop (medians over the rounds), where it ran: the time of its calls on the
-training thread, the CPU of the threads it started in the training process, and that of its
-child processes (W&B's service, Tracelet's journal writer), read from Linux's per-thread
-schedstat; then their total against the baseline's median loop. Where the loop fills every
-core (``mlp``), all of it delays the loop; with a core free (``mlp1``), the calls do, and
-other work mostly runs beside it. The time each tool takes to
-finish (``finish``/``end_run``) is shown apart. Exits 1 only when Tracelet's points read back
+used during the loop (medians over the rounds), where it ran: in its calls on the training
+thread (``time.thread_time``), on the threads it started in the training process, and in
+its child processes (W&B's service, Tracelet's journal writer), read from Linux's
+per-thread schedstat (threads another variant left running are not counted); then their
+total against the baseline's median loop. Where the loop fills every core (``mlp``), all
+of it delays the loop; with a core free (``mlp1``), the calls do, and other work mostly
+runs beside it. The time each tool takes to finish (``finish``/``end_run``) is shown apart:
+work a tool leaves for then is not in the CPU column. Exits 1 only when Tracelet's points read back
 from its store differ from what was logged. See README.md.
 """
 
@@ -151,8 +152,8 @@ def train(
     model, optimizer, inputs, targets = make_model(model_kind)
     loss_fn = torch.nn.CrossEntropyLoss()
     logged: list[dict[str, float]] = []
-    calls_s = 0.0
-    clock = time.perf_counter
+    calls_ns = 0
+    clock, cpu_clock = time.perf_counter, time.thread_time_ns
     before = background_cpu()
     started = clock()
     for step in range(steps):
@@ -165,22 +166,29 @@ def train(
         metrics = {"loss": value}
         metrics.update({f"metric_{i:02d}": value * i + step for i in range(1, METRICS)})
         if log is not None:
-            called = clock()
+            called = cpu_clock()
             log(metrics, step)
-            calls_s += clock() - called
+            calls_ns += cpu_clock() - called
         logged.append(metrics)
     loop_s = clock() - started
-    return {"loop_s": loop_s, **cpu_used(before, background_cpu(), calls_s)}, logged
+    return {"loop_s": loop_s, **cpu_used(before, background_cpu(), calls_ns / 1e9)}, logged
 
 
 # -- what logging costs in CPU -------------------------------------------------------------
+
+
+OTHERS: set[tuple[int, int]] = set()
+"""The threads and processes' threads, by ``(pid, tid)``, that the variants other than the
+one running started and left running (W&B's service lives as long as this process):
+:func:`background_cpu` leaves them out."""
 
 
 def background_cpu() -> dict[tuple[int, int], int]:
     """CPU nanoseconds so far of each thread this process's Python code started (not the
     main thread, nor PyTorch's intra-op threads) and of each thread of its child processes
     (W&B's service, Tracelet's journal writer), by ``(pid, tid)``, from Linux's schedstat
-    (nanoseconds, where ``/proc/<pid>/stat`` counts 10 ms ticks); empty elsewhere."""
+    (nanoseconds, where ``/proc/<pid>/stat`` counts 10 ms ticks), those of
+    :data:`OTHERS` left out; empty elsewhere."""
     import psutil
 
     me, main_thread = os.getpid(), threading.main_thread().native_id
@@ -190,6 +198,8 @@ def background_cpu() -> dict[tuple[int, int], int]:
             tasks += [(child.pid, int(tid)) for tid in os.listdir(f"/proc/{child.pid}/task")]
     used = {}
     for pid, tid in tasks:
+        if (pid, tid) in OTHERS:
+            continue
         with (
             contextlib.suppress(OSError, ValueError, TypeError),
             open(f"/proc/{pid}/task/{tid}/schedstat") as stat,
@@ -201,8 +211,8 @@ def background_cpu() -> dict[tuple[int, int], int]:
 def cpu_used(
     before: dict[tuple[int, int], int], after: dict[tuple[int, int], int], calls_s: float
 ) -> dict[str, float]:
-    """Seconds of CPU a loop's logging used: in its calls on the training thread (their
-    time), on this process's other threads, and in child processes."""
+    """Seconds of CPU a loop's logging used: in its calls on the training thread, on this
+    process's other threads, and in child processes."""
     me = os.getpid()
     spent = {pid_tid: ns - before.get(pid_tid, 0) for pid_tid, ns in after.items()}
     threads = sum(ns for (pid, _), ns in spent.items() if pid == me) / 1e9
@@ -461,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = {model: args.rounds or DEFAULT_ROUNDS[model] for model in args.models}
     rows: list[tuple[str, ...]] = []
     failures: list[str] = []
+    owners: dict[tuple[int, int], str] = {}  # which variant started each thread left running
     for model in args.models:
         train(None, model, steps=200)  # warm-up: first allocations, kernels, lazy imports
         results: dict[str, Any] = {name: [] for name in variants}
@@ -468,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, run in variants.items():
                 if results[name] is None:
                     continue
+                OTHERS.clear()
+                OTHERS.update(task for task, owner in owners.items() if owner != name)
+                running_before = set(background_cpu())
                 try:
                     with contextlib.redirect_stdout(io.StringIO()):  # peers' banners
                         results[name].append({**run(model), "round": round_})
@@ -476,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as error:  # a peer that breaks is a note, not a crash
                     notes.append(f"{model}, {name}: failed ({error!r})")
                     results[name] = None
+                finally:  # what it left running is its own
+                    owners.update(dict.fromkeys(set(background_cpu()) - running_before, name))
         rows += table_rows(model, results)
     print_table(rows, HEADER)
     for note in notes:

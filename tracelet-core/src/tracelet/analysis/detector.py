@@ -62,6 +62,8 @@ class RuleStream:
         self.muted: list[tuple[str, str]] = []
         """``(metric, kind)`` pairs muted by the last :meth:`feed`."""
         self._counts: dict[tuple[str, str], int] = {}
+        self.checks_muted = 0
+        """Checks muted so far (each one may leave a metric no longer watched)."""
         on = {part for part in parts if getattr(config, part).enabled}
         self._nan_pattern = re.compile(config.nan_inf.pattern) if "nan_inf" in on else None
         self._patterns = [(p, re.compile(getattr(config, p).pattern)) for p in RULES if p in on]
@@ -80,7 +82,9 @@ class RuleStream:
         self.muted = []
         points = points if isinstance(points, list) else list(points)
         names = dict.fromkeys(map(itemgetter(0), points))  # in logged order: so is `muted`
-        finite = math.isfinite(sum(map(itemgetter(1), points)))
+        finite = math.isfinite(sum(map(itemgetter(1), points))) or all(
+            map(math.isfinite, map(itemgetter(1), points))
+        )  # (finite values whose sum overflows: tested one by one)
         if finite and self._nonfinite.isdisjoint(names):
             return self._feed_finite(points, names)
         return self._feed_each(points)
@@ -160,6 +164,7 @@ class RuleStream:
         if count != self.limit:
             return False
         self.muted.append(key)
+        self.checks_muted += 1
         if kind == "nan_or_inf":
             self._nan_watched[metric] = False
             return True
@@ -185,10 +190,9 @@ class RuleStream:
             rules = self._rules[name] = self._rules_for(name)
         return bool(rules) or name in self._nonfinite
 
-    @property
-    def any_nonfinite(self) -> bool:
-        """Whether some metric's last value was NaN or infinite."""
-        return bool(self._nonfinite)
+    def any_nonfinite(self, names: Iterable[str]) -> bool:
+        """Whether the last value of one of ``names`` was NaN or infinite."""
+        return not self._nonfinite.isdisjoint(names)
 
     def _rules_for(self, name: str) -> tuple[Rule, ...]:
         return tuple(

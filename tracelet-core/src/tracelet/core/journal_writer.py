@@ -66,6 +66,8 @@ MESSAGES_HELD = 16
 """Messages the writer process reads ahead; then the pipe fills and the dispatcher waits."""
 PRIMING_BATCHES = 64
 """Batches of a resumed run's history that prime live detection."""
+NAME_SETS_KEPT = 1024
+"""Sets of names logged together whose watched names :class:`WatchedPoints` remembers."""
 
 
 class JournalWriter:
@@ -185,6 +187,7 @@ class JournalWriter:
                 report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
             finally:
                 muted += self.stream.muted  # (what it muted before failing, too)
+                self.stream.muted = []  # taken: a chunk failing before its feed adds none
         if found:
             try:
                 self.store.add_anomalies(found)
@@ -228,15 +231,18 @@ class WatchedPoints:
     def __init__(self, stream: RuleStream) -> None:
         self.stream = stream
         self._by_names: dict[tuple[str, ...], tuple[str, ...]] = {}
-        """The watched names among each set of names a step was logged with."""
+        """The watched names among each set of names a step was logged with (while no check
+        is muted: a muted check may leave a metric unwatched)."""
+        self._checks_muted = stream.checks_muted
 
     def __call__(self, chunk: Chunk) -> Sequence[MetricPoint]:
         """``chunk``'s points that can change what the stream finds, in logged order."""
         if not has_records(chunk):
             return chunk  # point tuples, as they are
         stream = self.stream
-        if stream.muted:  # (by the last feed) a rule may have stopped watching a metric
+        if self._checks_muted != stream.checks_muted or len(self._by_names) >= NAME_SETS_KEPT:
             self._by_names.clear()
+            self._checks_muted = stream.checks_muted
         points: list[MetricPoint] = []
         nonfinite: set[str] = set()  # names with a non-finite value earlier in the chunk
         for item in chunk:
@@ -247,7 +253,11 @@ class WatchedPoints:
                 continue
             values, step, timestamp = item
             values = plain_names(values)
-            if nonfinite or stream.any_nonfinite or not math.isfinite(sum(values.values())):
+            if (
+                not math.isfinite(sum(values.values()))
+                or stream.any_nonfinite(values)
+                or not nonfinite.isdisjoint(values)
+            ):
                 for point in step_points(values, step, timestamp):
                     name, value = point[0], point[1]
                     if not math.isfinite(value):
