@@ -9,12 +9,15 @@ import sqlite3
 import threading
 from collections import Counter, defaultdict
 
+import fakes
 import pytest
 from fakes import built, recording_backend
 
 import tracelet
 from tracelet import RunStatus, TraceletSettings
 from tracelet.core import delivery
+from tracelet.core.registry import default_registry
+from tracelet.plugins import BackendRegistration
 from tracelet.records import MetricPoint
 
 
@@ -248,3 +251,45 @@ def test_journal_write_failures_are_retried_without_loss(read_store, monkeypatch
     monkeypatch.undo()
     assert len(read_store().metrics(exp.id)) == 1_000
     assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1
+
+
+class ForgetfulBackend(fakes.RecordingBackend):
+    """Holds nothing of a run it reopens, as W&B's service killed with its training
+    process before it wrote what it had been sent."""
+
+    def held_batches(self) -> int | None:
+        return 0 if self.resumed else None
+
+
+class _Forgetful:
+    @tracelet.hookimpl
+    def tracelet_register_backends(self) -> list[BackendRegistration]:
+        return [BackendRegistration("forgetful", ForgetfulBackend, options=fakes.OPTIONS)]
+
+
+def test_a_backend_that_lost_batches_it_accepted_is_sent_them_again(caplog):
+    """Its cursor says every batch was delivered; reopened, the tool says it holds none
+    (``held_batches``): delivery goes on from there, and says so once."""
+    registry = default_registry()
+    registry.register(_Forgetful(), name="test-forgetful")
+    try:
+        first = tracelet.start_logging("forgetful", backend=["forgetful"], run_id="lost-1")
+        for step in range(3):
+            first.log_metric("loss", 1.0 / (step + 1), step)
+            first.flush()
+        first.stop()
+        (before,) = ForgetfulBackend.instances[-1:]
+        assert [p[2] for p in before.points()] == [0, 1, 2]
+        with caplog.at_level(logging.WARNING, logger="tracelet"):
+            again = tracelet.start_logging("forgetful", backend=["forgetful"], run_id="lost-1")
+            again.log_metric("loss", 0.25, 3)
+            again.stop()
+        after = ForgetfulBackend.instances[-1]
+        assert after is not before
+        assert after.resumed
+        assert [p[2] for p in after.points()] == [0, 1, 2, 3], "sent again, then the new one"
+        said = [r.getMessage() for r in caplog.records if "delivering them again" in r.message]
+        assert len(said) == 1, said
+        assert "holds batches of run lost-1 up to 0, not 3" in said[0]
+    finally:
+        registry.manager.unregister(name="test-forgetful")

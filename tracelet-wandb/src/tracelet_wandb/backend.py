@@ -210,6 +210,12 @@ class WandbBackend(BackendPlugin):
             given = [tag.strip() for tag in given.split(",")]
         return {legal_tag(str(t)): str(t) for t in given or () if legal_tag(str(t)) != str(t)}
 
+    def held_batches(self) -> int | None:
+        """The last batch W&B holds of the run: the ``tracelet/seq`` of its summary, as the
+        live run or the earlier sessions' run files hold it (a service killed with its
+        training process may not have written what it was sent). None when disabled."""
+        return self._delivered if self._mode in ("online", "offline") else None
+
     def log_batch(self, batch: Batch) -> None:
         """Deliver ``batch``: history rows, config, tags, artifacts, then the batch's seq."""
         if batch.seq <= self._delivered:

@@ -191,6 +191,7 @@ class Delivery:
         ):
             return False
         self._update(delivered=delivered[0])
+        held: list[int | None] = []
 
         def start() -> None:
             alone = self._wait_to_start_alone()
@@ -199,14 +200,31 @@ class Delivery:
                     self.backend.start()
                 self.backend.start_run(self.run, resumed)
                 process.exit_before_tools()  # a tool's own exit handler runs after ours
+                held[:] = [self.backend.held_batches()]
             finally:
                 if alone:
                     _STARTING.release()
 
         if not self._attempt("start", start):
             return False
-        self._update(phase=DeliveryPhase.DELIVERING)
+        self._update(phase=DeliveryPhase.DELIVERING, **self._rewound(held[0]))
         return True
+
+    def _rewound(self, held: int | None) -> dict[str, int]:
+        """The cursor moved back to the last batch the tool says it holds, if it is behind
+        (said once); else no change."""
+        if held is None or held >= self._state.delivered:
+            return {}
+        logger.warning(
+            "tracelet backend %r holds batches of run %s up to %d, not %d as its cursor says "
+            "(it lost some it had accepted): delivering them again from batch %d",
+            self.name,
+            self.run.id,
+            held,
+            self._state.delivered,
+            held + 1,
+        )
+        return {"delivered": max(held, 0)}
 
     def note_journaled(self, seq: int) -> None:
         """The journal now holds batches up to ``seq`` (from any thread)."""

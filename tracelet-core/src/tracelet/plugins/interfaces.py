@@ -145,6 +145,14 @@ class BackendPlugin(PluginInterface):
     def finish_run(self, status: RunStatus) -> None:
         """Record the run's final status in the tool."""
 
+    def held_batches(self) -> int | None:
+        """The last batch (its ``seq``) the tool itself holds of the run :meth:`start_run`
+        just opened, where the tool can tell; None (the default) where it cannot. Behind
+        the delivery's cursor, delivery goes on after it: a tool that lost batches it had
+        accepted (W&B's service, killed with its training process before it wrote them)
+        is sent them again."""
+        return None
+
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
         """Where the tool files ``artifact_path`` (no I/O: called on the training thread)."""
         return f"{self.name}://{run.project}/{run.id}/{artifact_path}"
