@@ -211,10 +211,11 @@ class WandbBackend(BackendPlugin):
         return {legal_tag(str(t)): str(t) for t in given or () if legal_tag(str(t)) != str(t)}
 
     def held_batches(self) -> int | None:
-        """The last batch W&B holds of the run: the ``tracelet/seq`` of its summary, as the
-        live run or the earlier sessions' run files hold it (a service killed with its
-        training process may not have written what it was sent). None when disabled."""
-        return self._delivered if self._mode in ("online", "offline") else None
+        """Offline, the last batch the earlier sessions' run files hold: the
+        ``tracelet/seq`` of their summary, which W&B writes after the batch's rows (a
+        service killed with its training process may not have written what it was sent).
+        Online, None: the server's summary may lag its history, so the cursor decides."""
+        return self._delivered if self._mode == "offline" else None
 
     def log_batch(self, batch: Batch) -> None:
         """Deliver ``batch``: history rows, config, tags, artifacts, then the batch's seq."""
