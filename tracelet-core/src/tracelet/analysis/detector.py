@@ -94,9 +94,7 @@ class RuleStream:
         too), one metric at a time."""
         found: list[tuple[int, Anomaly]] = []
         for name in names:
-            rules = self._rules.get(name)
-            if rules is None:
-                rules = self._rules[name] = self._rules_for(name)
+            rules = self._rules_of(name)
             if not rules:
                 continue
             if len(names) == 1:
@@ -185,14 +183,19 @@ class RuleStream:
         """Whether a finite value of ``name`` can change what the stream finds: a rule
         watches the metric, or its last value was NaN or infinite. (A non-finite value of
         any metric can.)"""
-        rules = self._rules.get(name)
-        if rules is None:
-            rules = self._rules[name] = self._rules_for(name)
-        return bool(rules) or name in self._nonfinite
+        return bool(self._rules_of(name)) or name in self._nonfinite
 
     def any_nonfinite(self, names: Iterable[str]) -> bool:
         """Whether the last value of one of ``names`` was NaN or infinite."""
         return not self._nonfinite.isdisjoint(names)
+
+    def _rules_of(self, name: str) -> tuple[Rule, ...]:
+        """The rules watching ``name``, decided at its first sight (``_feed_each`` inlines
+        this in its loop over points)."""
+        rules = self._rules.get(name)
+        if rules is None:
+            rules = self._rules[name] = self._rules_for(name)
+        return rules
 
     def _rules_for(self, name: str) -> tuple[Rule, ...]:
         return tuple(
