@@ -268,6 +268,46 @@ def test_an_artifact_uri_is_one_mlflow_downloads(any_tracking_uri, tmp_path):
     assert download(uri, any_tracking_uri, tmp_path / "d") == b"weights"
 
 
+def test_a_second_version_of_an_artifact_path_keeps_the_first(
+    any_tracking_uri, tmp_path, read_store
+):
+    model = tmp_path / "model.pt"
+    options = {"tracking_uri": any_tracking_uri, "experiment_name": f"versions-{tmp_path.name}"}
+    with tracelet.start_logging("v", backend="mlflow", config={"mlflow": options, **QUIET}) as e:
+        e.log_metric("m", 1.0, 0)
+        assert e.flush(timeout=30)  # the MLflow run exists
+        uris = []
+        for weights in (b"epoch 1", b"epoch 2", b"epoch 3"):
+            model.write_bytes(weights)
+            uris.append(e.log_artifact(model, "checkpoints/model.pt")["mlflow"].uri)
+        (tmp_path / "other").mkdir()  # another path's second version, in the same batch
+        (tmp_path / "other" / "model.pt").write_bytes(b"other 1")
+        e.log_artifact(tmp_path / "other" / "model.pt", "other/model.pt")
+        (tmp_path / "other" / "model.pt").write_bytes(b"other 2")
+        e.log_artifact(tmp_path / "other" / "model.pt", "other/model.pt")
+    client, run = mlflow_run(any_tracking_uri, e.id)
+    mlflow_id = run.info.run_id
+    assert uris == [
+        f"runs:/{mlflow_id}/checkpoints/model.pt",
+        f"runs:/{mlflow_id}/checkpoints/model.pt (v2)",
+        f"runs:/{mlflow_id}/checkpoints/model.pt (v3)",
+    ]
+    got = [download(uri, any_tracking_uri, tmp_path / f"d{i}") for i, uri in enumerate(uris)]
+    assert got == [b"epoch 1", b"epoch 2", b"epoch 3"]
+    listed = sorted(f.path for f in client.list_artifacts(mlflow_id, "checkpoints"))
+    assert listed == [
+        "checkpoints/model.pt",
+        "checkpoints/model.pt (v2)",
+        "checkpoints/model.pt (v3)",
+    ]
+    other = f"runs:/{mlflow_id}/other/model.pt"
+    assert download(other, any_tracking_uri, tmp_path / "o1") == b"other 1"
+    assert download(f"{other} (v2)", any_tracking_uri, tmp_path / "o2") == b"other 2"
+    stored = {(a.artifact_path, a.version): a.path for a in read_store().artifacts(e.id)}
+    journal = [Path(stored["checkpoints/model.pt", v]).read_bytes() for v in (1, 2, 3)]
+    assert journal == [b"epoch 1", b"epoch 2", b"epoch 3"]  # the links changed no copy
+
+
 def test_an_artifact_logged_before_the_mlflow_run_exists_resolves_later(
     sqlite_uri, tmp_path, monkeypatch
 ):

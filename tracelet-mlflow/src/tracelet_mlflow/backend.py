@@ -19,7 +19,9 @@
 - Texts, images, histograms and files land as artifacts:
   ``tracelet/texts/<name>/step_<step>.txt``, ``tracelet/images/<name>/step_<step>.png``,
   ``tracelet/histograms/<name>/step_<step>.json`` (``counts``, ``edges``, ``nonfinite``;
-  MLflow has no histogram type), and each artifact at its own path.
+  MLflow has no histogram type), and each artifact at its own path; MLflow keys files by
+  path, so a later version of a path gets its own name (``model.pt (v2)``, as
+  :func:`~tracelet.plugins.versioned_name` says) and never replaces the first.
 
 Everything runs on a delivery worker (and the backend's own threads for requests in
 flight, each bounded like the worker's); ``MlflowClient`` is used with an explicit
@@ -42,12 +44,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tracelet.plugins import (
+    Artifact,
     BackendPlugin,
     Batch,
     PermanentBackendError,
     RejectedBatchError,
     RunInfo,
     RunStatus,
+    versioned_name,
 )
 from tracelet_mlflow.http import bounded
 from tracelet_mlflow.names import (
@@ -300,9 +304,19 @@ class MlflowBackend(BackendPlugin):
                 self.client.log_artifact(
                     self.run_id, str(local), f"tracelet/images/{_path_part(image.name)}"
                 )
-        for artifact in batch.artifacts:
-            folder = str(Path(artifact.artifact_path).parent)
-            self.client.log_artifact(self.run_id, artifact.path, None if folder == "." else folder)
+            for index, artifact in enumerate(batch.artifacts):
+                self._log_artifact(artifact, Path(folder, "artifacts", str(index)))
+
+    def _log_artifact(self, artifact: Artifact, scratch: Path) -> None:
+        """One artifact file at its versioned path; MLflow names the file after the local
+        one, so a later version is logged from a link (else a copy) named for it in
+        ``scratch``, a new folder."""
+        target = Path(versioned_name(artifact.artifact_path, artifact.version))
+        local = Path(artifact.path)
+        if local.name != target.name:
+            local = _linked(local, scratch / target.name)
+        folder = str(target.parent)
+        self.client.log_artifact(self.run_id, str(local), None if folder == "." else folder)
 
     @_remote
     def finish_run(self, status: RunStatus) -> None:
@@ -317,9 +331,20 @@ class MlflowBackend(BackendPlugin):
     def artifact_uri(self, run: RunInfo, artifact_path: str, version: int) -> str:
         """``runs:/<MLflow run id>/<artifact path>`` once the MLflow run exists, else the
         placeholder :func:`~tracelet_mlflow.uris.resolve_artifact_uri` resolves later."""
+        path = versioned_name(artifact_path, version)
         if self.run_id is None:
-            return pending_artifact_uri(self._experiment_name(run), run.id, artifact_path)
-        return f"runs:/{self.run_id}/{artifact_path}"
+            return pending_artifact_uri(self._experiment_name(run), run.id, path)
+        return f"runs:/{self.run_id}/{path}"
+
+
+def _linked(source: Path, link: Path) -> Path:
+    """``link``, made a symbolic link to ``source`` (a copy where links are not allowed)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(source.resolve())
+    except OSError:
+        shutil.copyfile(source, link)
+    return link
 
 
 def _parts(items: list[Any], size: int) -> list[list[Any]]:
