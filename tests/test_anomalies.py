@@ -576,6 +576,36 @@ def test_detection_failing_on_one_chunk_keeps_what_the_others_found(
     assert "a rule broke" in caplog.text
 
 
+def test_the_journal_writer_announces_a_finding_as_its_chunk_arrives(tmp_path):
+    """A batch may stay open for several flush intervals; live detection does not wait for
+    it: a chunk's findings are stored and announced before its batch is journaled."""
+    import time
+    import uuid
+
+    from tracelet.analysis.detector import LIVE_LIMIT, DetectorConfig
+    from tracelet.core.journal_writer import JournalWriter
+    from tracelet.records import RunInfo
+    from tracelet.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    run = RunInfo(id=uuid.uuid4().hex, name="r", project="p", created_at=time.time())
+    store.create_run(run)
+    replies: list[tuple] = []
+    writer = JournalWriter(store, run, replies.append, lambda: False)
+    writer.handle(("detect", DetectorConfig(), LIVE_LIMIT))
+    step = [{"loss": math.nan, "acc": 0.5, "lr": 0.1, "gn": 1.0}, 3, time.time()]
+    writer.handle(("points", (("loss", 1.0, 2, time.time()), step)))
+    (found,) = replies
+    assert found[0] == "found"
+    assert [(a["kind"], a["step"], a["metric"]) for a in found[1]] == [("nan_or_inf", 3, "loss")]
+    assert store.last_seq(run.id) == 0  # not journaled yet
+    assert [a["step"] for a in store.anomalies(run.id)] == [3]
+    writer.handle(("batch", 1, {}, {}, (), (), (), ()))
+    assert replies[-1] == ("journaled", 1, 1)
+    assert len(store.metrics(run.id)) == 5
+    store.close()
+
+
 @pytest.mark.parametrize("path", ["block", "point by point"])
 def test_muting_gradient_explosions_still_watches_for_vanishing_gradients(caplog, path):
     """The gradient rule finds two kinds: a storm of one mutes that kind only, on both of

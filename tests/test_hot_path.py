@@ -306,3 +306,29 @@ def test_a_callback_logging_on_the_dispatcher_never_waits_for_itself(read_store)
     threading.Thread(target=lambda: (tracelet.stop_logging(), done.set()), daemon=True).start()
     assert done.wait(30), "the dispatcher waited for room only it could make"
     assert len(read_store().texts(exp.id)) == 50 + 5
+
+
+def test_under_sustained_logging_a_batch_spans_several_flush_intervals(read_store):
+    """Each batch costs a commit, a reply and every backend a call, so while logging goes
+    on one spans BATCH_SPAN intervals; each cycle still sends its points to the writer, and
+    a flush journals them at once."""
+    from tracelet.core.orchestrator import BATCH_SPAN
+
+    interval = 0.05
+    exp = tracelet.start_logging("span", config={"flush_interval": interval})
+    began = time.monotonic()
+    step = 0
+    while time.monotonic() - began < 1.5:
+        exp.log_metrics({"loss": 1.0 / (step + 1), "acc": 0.5}, step)
+        step += 1
+        time.sleep(0.002)
+    exp.log_metric("last", 1.0, step)
+    exp.flush()
+    elapsed = time.monotonic() - began
+    store = read_store()
+    assert store.metrics(exp.id)[-1][0] == "last"  # the flush ended the open batch
+    batches = store.last_seq(exp.id)
+    # a batch ends at least BATCH_SPAN - 0.5 intervals after it began, or at the flush
+    assert batches <= elapsed / ((BATCH_SPAN - 0.5) * interval) + 2, batches
+    tracelet.stop_logging()
+    assert len(read_store().metrics(exp.id)) == 2 * step + 1

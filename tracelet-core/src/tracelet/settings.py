@@ -52,7 +52,10 @@ class TraceletSettings:
     watch_filesystem: bool = setting(False, Bool(), "Watch folders for new artifacts.")
     artifact_watch_dirs: list[str] = setting([], Names(), "Folders to watch.")
     flush_interval: float = setting(
-        0.5, Number(float, 0.001), "Seconds between journal commits (the most a crash loses)."
+        0.5,
+        Number(float, 0.001),
+        "Seconds between drains of the buffer to the journal writer (the most a killed "
+        "training process loses); while logging goes on, a batch is committed every 4.",
     )
     flush_timeout: float = setting(
         30.0, Number(float, 0.0), "Seconds `stop` waits for backends before leaving the rest."

@@ -11,7 +11,8 @@ Messages are tuples whose first item names them. To the writer:
 
 - ``("points", chunk)``: metric points of the batch being built, and step records (kept
   as they are: their points' fields are written straight from them, and only the points
-  live detection needs are made, :class:`WatchedPoints`);
+  live detection needs are made, :class:`WatchedPoints`); live detection watches them as
+  they arrive, before their batch is journaled;
 - ``("batch", token, params, tags, texts, images, artifacts, histograms)``: the batch
   ends; journal it
   as the run's next batch (``token`` counts the batches sent, from 1);
@@ -49,7 +50,6 @@ from tracelet.core.points import (
     Chunk,
     ChunkedPoints,
     chunk_size,
-    chunks_of,
     has_records,
     plain_names,
     step_points,
@@ -97,8 +97,11 @@ class JournalWriter:
         """Act on one message (see the module's docstring)."""
         kind = message[0]
         if kind == "points":
-            self.chunks.append(message[1])
-            self.sizes.append(chunk_size(message[1]))
+            chunk = message[1]
+            self.chunks.append(chunk)
+            self.sizes.append(chunk_size(chunk))
+            if self.stream is not None:
+                self._detect(chunk)  # as it arrives: its batch may be journaled seconds later
         elif kind == "batch":
             self._journal(*message[1:])
         elif kind == "checkpoint":
@@ -141,8 +144,6 @@ class JournalWriter:
             self.reply(("lost", token, len(batch)))
             return
         self._last_seq = written.seq
-        if self.stream is not None and written.metrics:
-            self._detect(written.metrics)  # before the reply: a flush sees what it found
         self.reply(("journaled", token, written.seq))
 
     def _check_store(self) -> None:
@@ -174,20 +175,20 @@ class JournalWriter:
         )
         self.stream.feed(point for batch in recent for point in batch.metrics)
 
-    def _detect(self, metrics: Sequence[MetricPoint]) -> None:
-        """Watch a journaled batch's points; store and announce what is found. A chunk that
-        detection fails on is skipped (reported once), not what the others found."""
+    def _detect(self, chunk: Chunk) -> None:
+        """Watch a chunk's points; store and announce what is found, before the batch it
+        belongs to is journaled (so a flush, which waits for that, sees it). A chunk that
+        detection fails on is skipped (reported once)."""
         assert self.stream is not None
         assert self.watched is not None
-        found, muted = [], []
-        for chunk in chunks_of(metrics):  # (never one list of the whole batch)
-            try:
-                found += self.stream.feed(self.watched(chunk))
-            except Exception as error:
-                report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
-            finally:
-                muted += self.stream.muted  # (what it muted before failing, too)
-                self.stream.muted = []  # taken: a chunk failing before its feed adds none
+        found: list[Any] = []
+        try:
+            found = self.stream.feed(self.watched(chunk))
+        except Exception as error:
+            report_once("tracelet anomaly detection", f"failed ({error!r}); training goes on")
+        finally:
+            muted = self.stream.muted  # (what it muted before failing, too)
+            self.stream.muted = []  # taken: a chunk failing before its feed adds none
         if found:
             try:
                 self.store.add_anomalies(found)

@@ -8,7 +8,8 @@ order). The metrics of a step logged together go in as one record
 points (:mod:`tracelet.core.points`). One dispatcher thread wakes every ``flush_interval``
 seconds, or sooner when the buffer is full, takes it in chunks and sends them to the run's
 journal writer (a process of its own by default: :mod:`tracelet.core.journal_link`), which
-journals each batch in one transaction. Each batch the writer confirms is offered to every
+journals each batch in one transaction. While logging goes on, a batch spans
+:data:`BATCH_SPAN` cycles. Each batch the writer confirms is offered to every
 :class:`~tracelet.core.sink.BackendSink`. When the buffer is full the caller waits
 (back-pressure): nothing is ever dropped.
 """
@@ -68,6 +69,14 @@ from tracelet.values import check_name, check_step, to_metric_value
 
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
+BATCH_SPAN = 4
+"""Flush intervals a batch stays open while logging goes on (it ends sooner for a flush, a
+stop, a checkpoint or :data:`MAX_BATCH` records). Each cycle still sends what it drained to
+the journal writer, which journals it even if the training process dies, and live detection
+sees it then; only its commit, and delivery to backends, wait. Every batch costs a commit,
+a reply, and each backend a call and a cursor write: about 2.3 ms of CPU in all, measured
+in a loop logging 13,000 points a second (the journal path's CPU, both processes, fell from
+153 to 126 ms per 8 s against a batch each interval)."""
 JOURNAL_READ_TRIES = 3
 """Reads of the journal's newest batch, a moment apart, when a lost writer is replaced."""
 WRITER_START_WAIT = 10.0
@@ -139,6 +148,9 @@ class Orchestrator:
         self.payload_bytes = 0
         """Bytes of payload queued and not journaled yet."""
         self.flush_interval = flush_interval
+        self._batch_span = (BATCH_SPAN - 0.5) * flush_interval
+        """How long after the cycle that began it a batch ends, when a cycle empties the
+        buffer (half an interval early: a cycle may wake a moment before its interval)."""
         self.retry = retry or RetryPolicy()
         self.sinks: dict[str, BackendSink] = {}
         self.workers = DeliveryWorkers(max_workers)
@@ -157,6 +169,8 @@ class Orchestrator:
         self._open_chunks: list[Chunk] = []
         self._open_sizes: list[int] = []
         self._open_events: list[Any] = []
+        self._batch_began: float | None = None
+        """When the cycle that began the open batch began (``time.monotonic()``)."""
         """The batch being built: the chunks of points sent of it (and the points of each),
         and its other records."""
         self._sent = 0
@@ -181,6 +195,8 @@ class Orchestrator:
         self._cycles = 0
         self._waiting = 0
         """Callers waiting for the cycles to journal what they queued (a flush)."""
+        self._wanting_room = 0
+        """Callers waiting for payload room, which the open batch frees when it ends."""
         self._stopping = False
         self._abandoned = False
         self._in_flight = 0
@@ -259,11 +275,15 @@ class Orchestrator:
     def _reserve(self, size: int) -> None:
         draining = self._draining_here()  # never wait for itself
         with self._room:
-            while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
-                if draining or not self.running:
-                    break
-                self._wake.set()
-                self._room.wait(0.5)
+            self._wanting_room += 1  # the open batch holds the payload: the cycle ends it
+            try:
+                while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
+                    if draining or not self.running:
+                        break
+                    self._wake.set()
+                    self._room.wait(0.5)
+            finally:
+                self._wanting_room -= 1
             self.payload_bytes += size
 
     def _release(self, record: Any) -> None:
@@ -492,11 +512,13 @@ class Orchestrator:
     def _drain(self, close: bool = False) -> None:
         """Send what the buffer holds now to the writer, :data:`CHUNK` slots at a time.
         What is logged meanwhile waits for the next cycle (begun at once), so a cycle always
-        ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, and at the end
-        of a cycle that emptied the buffer or that ``close``, a flush or stop waits for
-        (under sustained logging, batches stay large: each costs every backend a call).
-        The dispatcher pauses after each chunk that leaves the buffer not empty, while it
-        keeps up and nobody waits for the drain (:data:`HANDOFF`)."""
+        ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, at the end of
+        a cycle that ``close``, a flush, stop or a caller wanting payload room waits for,
+        and at the end of a cycle that emptied the buffer once it is :data:`BATCH_SPAN`
+        intervals old (under sustained logging, batches stay large: each costs a commit,
+        and every backend a call). The dispatcher pauses after each chunk that leaves the
+        buffer not empty, while it keeps up and nobody waits for the drain (:data:`HANDOFF`)."""
+        began = time.monotonic()
         buffer = self.buffer
         popleft = buffer.popleft
         on_dispatcher = threading.current_thread() is self._thread  # (not a caller's)
@@ -513,10 +535,14 @@ class Orchestrator:
                 time.sleep(HANDOFF)  # a training thread waiting for the GIL takes it now
             if sum(self._open_sizes) + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()
-        if close or not buffer or self._waiting or self._stopping:
+        if self._batch_began is None and (self._open_chunks or self._open_events):
+            self._batch_began = began
+        if close or self._waiting or self._stopping or self._wanting_room:
             self._close_batch()
-        else:
-            self._wake.set()
+        elif buffer:
+            self._wake.set()  # logged meanwhile: another cycle at once
+        elif self._batch_began is not None and began - self._batch_began >= self._batch_span:
+            self._close_batch()
 
     def _keeping_up(self) -> bool:
         """Whether the buffer is under a quarter full and no flush or stop waits."""
@@ -568,6 +594,7 @@ class Orchestrator:
         events = self._open_events
         self._open_chunks, self._open_sizes = [], []
         self._open_events = []
+        self._batch_began = None
         token = self._sent + 1
         self._in_flight = len(metrics) + len(events)
         try:
