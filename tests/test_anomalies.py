@@ -407,6 +407,22 @@ def test_live_detector_warns_once_per_kind_and_metric(caplog):
     )
 
 
+def test_an_anomaly_found_again_by_a_replacement_writer_is_announced_once(caplog):
+    """A writer that replaces one that died watches again the chunks its predecessor had
+    watched and not journaled: what it finds again is not announced twice."""
+    seen: list[dict] = []
+    live = LiveDetector("r1", on_anomaly=seen.append, limit=2)
+    values = [math.nan, 1.0, math.nan, 1.0]  # each NaN after a finite value: an anomaly
+    first = live.prime([("loss", v, step, 0.0) for step, v in enumerate(values)])
+    assert [a["step"] for a in first] == [0, 2]  # (found by rules running elsewhere)
+    with caplog.at_level(logging.WARNING, logger="tracelet"):
+        live.announce(first, [("loss", "nan_or_inf")])
+        live.announce([*first, dict(first[0], step=9)], [("loss", "nan_or_inf")])
+    assert [a["step"] for a in seen] == [0, 2, 9]
+    muted = [r for r in caplog.records if "is muted" in r.getMessage()]
+    assert len(muted) == 1
+
+
 def test_the_callback_gets_every_anomaly_and_its_errors_are_logged(caplog):
     seen = []
     live = LiveDetector("r1", on_anomaly=seen.append)

@@ -308,6 +308,34 @@ def test_a_second_version_of_an_artifact_path_keeps_the_first(
     assert journal == [b"epoch 1", b"epoch 2", b"epoch 3"]  # the links changed no copy
 
 
+def test_a_bundles_second_version_is_its_own_folder(any_tracking_uri, tmp_path):
+    from tracelet import TraceletArtifact
+
+    options = {"tracking_uri": any_tracking_uri, "experiment_name": f"bundles-{tmp_path.name}"}
+    weights = tmp_path / "weights.bin"
+    with tracelet.start_logging("b", backend="mlflow", config={"mlflow": options, **QUIET}) as e:
+        e.log_metric("m", 1.0, 0)
+        assert e.flush(timeout=30)  # the MLflow run exists
+        uris = []
+        for content in (b"one", b"two"):
+            weights.write_bytes(content)
+            bundle = TraceletArtifact("model", "model").add_file(str(weights), "w/weights.bin")
+            uris.append(e.log_artifact(bundle)["mlflow"].uri)
+    _, run = mlflow_run(any_tracking_uri, e.id)
+    assert uris == [f"runs:/{run.info.run_id}/model", f"runs:/{run.info.run_id}/model (v2)"]
+    for uri, content in zip(uris, (b"one", b"two"), strict=True):
+        folder = Path(download_folder(uri, any_tracking_uri, tmp_path / f"d{content.decode()}"))
+        assert (folder / "w" / "weights.bin").read_bytes() == content
+        assert (folder / "tracelet-artifact.json").exists()
+
+
+def download_folder(uri: str, tracking_uri: str, folder: Path) -> str:
+    """The artifact folder at ``uri``, fetched by MLflow itself."""
+    from mlflow.artifacts import download_artifacts
+
+    return download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=tracking_uri)
+
+
 def test_an_artifact_logged_before_the_mlflow_run_exists_resolves_later(
     sqlite_uri, tmp_path, monkeypatch
 ):

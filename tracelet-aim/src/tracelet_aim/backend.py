@@ -38,6 +38,7 @@ from tracelet.plugins import (
     RunInfo,
     RunStatus,
     versioned_name,
+    versioned_path,
 )
 from tracelet_aim import remote
 from tracelet_aim.names import REPEAT, SUBSET, has_equal_width, sequence_of, tag_name, tag_of
@@ -308,7 +309,7 @@ class AimBackend(BackendPlugin):
         """Copy the file to ``artifacts_uri``/<run id>/<name> and record it on the run."""
         from aim.sdk.objects.artifact import Artifact as AimArtifact
 
-        name = versioned_name(artifact.artifact_path, artifact.version)
+        name = versioned_path(artifact)
         base = f"{self.config['artifacts_uri']}/{self._run_id}"
         if self._local_artifacts:
             self._local_artifacts = False

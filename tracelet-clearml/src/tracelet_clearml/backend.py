@@ -35,6 +35,7 @@ from tracelet.plugins import (
     RunInfo,
     RunStatus,
     versioned_name,
+    versioned_path,
 )
 from tracelet_clearml import sessions
 from tracelet_clearml.names import PARAM_SECTION, bin_labels, finite, text_block, title_series
@@ -268,7 +269,7 @@ class ClearmlBackend(BackendPlugin):
 
     def _upload(self, artifact: Any) -> None:
         """One artifact file; a later version of a path gets its own name."""
-        name = versioned_name(artifact.artifact_path, artifact.version)
+        name = versioned_path(artifact)
         if not self.task.upload_artifact(name, artifact_object=artifact.path, wait_on_upload=True):
             raise BackendError(f"ClearML did not upload artifact {name!r}; retrying")
 

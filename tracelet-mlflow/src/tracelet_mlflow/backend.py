@@ -20,8 +20,9 @@
   ``tracelet/texts/<name>/step_<step>.txt``, ``tracelet/images/<name>/step_<step>.png``,
   ``tracelet/histograms/<name>/step_<step>.json`` (``counts``, ``edges``, ``nonfinite``;
   MLflow has no histogram type), and each artifact at its own path; MLflow keys files by
-  path, so a later version of a path gets its own name (``model.pt (v2)``, as
-  :func:`~tracelet.plugins.versioned_name` says) and never replaces the first.
+  path, so a later version gets its own path (``model.pt (v2)``, a bundle's files in
+  ``<name> (v2)/``, as :func:`~tracelet.plugins.versioned_path` says) and never replaces
+  the first.
 
 Everything runs on a delivery worker (and the backend's own threads for requests in
 flight, each bounded like the worker's); ``MlflowClient`` is used with an explicit
@@ -52,6 +53,7 @@ from tracelet.plugins import (
     RunInfo,
     RunStatus,
     versioned_name,
+    versioned_path,
 )
 from tracelet_mlflow.http import bounded
 from tracelet_mlflow.names import (
@@ -311,7 +313,7 @@ class MlflowBackend(BackendPlugin):
         """One artifact file at its versioned path; MLflow names the file after the local
         one, so a later version is logged from a link (else a copy) named for it in
         ``scratch``, a new folder."""
-        target = Path(versioned_name(artifact.artifact_path, artifact.version))
+        target = Path(versioned_path(artifact))
         local = Path(artifact.path)
         if local.name != target.name:
             local = _linked(local, scratch / target.name)

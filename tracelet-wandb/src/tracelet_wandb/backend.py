@@ -41,6 +41,7 @@ from tracelet.plugins import (
     PermanentBackendError,
     RunInfo,
     RunStatus,
+    bundle_name,
 )
 from tracelet_wandb import sessions
 from tracelet_wandb.names import (
@@ -353,8 +354,7 @@ def _artifact_groups(
     the bundle; a single file's artifact is named after its artifact path."""
     groups: dict[tuple[str, int, str], list[tuple[str, str]]] = {}
     for record in artifacts:
-        bundle = record.artifact_path.startswith(f"{record.name}/")
-        name = legal_artifact_name(record.name if bundle else record.artifact_path)
+        name = legal_artifact_name(bundle_name(record) or record.artifact_path)
         groups.setdefault((name, record.version, record.kind), []).append(
             (str(Path(record.path)), record.artifact_path)
         )

@@ -1,4 +1,5 @@
-"""Anomaly detection: live, as batches are journaled, and offline, over a stored run.
+"""Anomaly detection: live, as the journal writer receives points, and offline, over a
+stored run.
 
 Both stream metric points through the same rules (:mod:`tracelet.analysis.rules`), so on
 the same points they report the same anomalies. An anomaly is a plain dict with the keys
@@ -264,6 +265,9 @@ class LiveDetector:
         """Anomalies of one kind on one metric after which that check is muted."""
         self._stream = RuleStream(run_id, self.config, limit=limit)
         self._warned: set[tuple[str, str]] = set()
+        self._announced: set[tuple[str, str, int]] = set()
+        """``(kind, metric, step)`` of every anomaly announced (at most ``limit`` a check)."""
+        self._muted: set[tuple[str, str]] = set()
 
     def observe(self, points: Iterable[MetricPoint]) -> list[Anomaly]:
         """Take points ``(name, value, step, timestamp)`` in logged order; return new anomalies.
@@ -277,10 +281,17 @@ class LiveDetector:
     def announce(self, found: Iterable[Anomaly], muted: Iterable[tuple[str, str]] = ()) -> None:
         """Warn about and call back with anomalies found by this detector's rules running
         elsewhere (the journal writer); ``muted`` are the ``(metric, kind)`` checks the last
-        points muted."""
+        points muted. Each is announced once: a writer that replaces one that died watches
+        again the points its predecessor had watched and not journaled."""
         for anomaly in found:
-            self._report(anomaly)
+            key = (anomaly["kind"], anomaly["metric"], anomaly["step"])
+            if key not in self._announced:
+                self._announced.add(key)
+                self._report(anomaly)
         for metric, kind in muted:
+            if (metric, kind) in self._muted:
+                continue
+            self._muted.add((metric, kind))
             logger.warning(
                 "tracelet: %d %s anomalies on %s in run %s; live detection of them is muted "
                 "for this run (`tracelet anomalies RUN --auto` finds them all afterwards)",

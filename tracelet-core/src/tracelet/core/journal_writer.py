@@ -128,10 +128,7 @@ class JournalWriter:
         artifacts: Sequence[Any],
         histograms: Sequence[Any],
     ) -> None:
-        try:
-            self._check_store()
-        except Exception as error:  # (a full disk) the file in use still takes the batch
-            report_once("tracelet journal", f"could not start a new local store ({error!r})")
+        self._check_store()
         metrics = ChunkedPoints(self.chunks, self.sizes)
         self.chunks, self.sizes = [], []
         if self._last_seq is None:
@@ -147,7 +144,15 @@ class JournalWriter:
         self.reply(("journaled", token, written.seq))
 
     def _check_store(self) -> None:
-        """Notice a journal deleted or replaced under the run, and start a new one."""
+        """Notice a journal deleted or replaced under the run, and start a new one (on a
+        failure, a full disk, the file in use still takes what is written)."""
+        try:
+            self._replace_lost_store()
+        except Exception as error:
+            report_once("tracelet journal", f"could not start a new local store ({error!r})")
+
+    def _replace_lost_store(self) -> None:
+        """Start a new journal if the run's was deleted or replaced (reported once)."""
         store = self.store
         if store.file_identity() == store.identity:
             return
@@ -190,6 +195,7 @@ class JournalWriter:
             muted = self.stream.muted  # (what it muted before failing, too)
             self.stream.muted = []  # taken: a chunk failing before its feed adds none
         if found:
+            self._check_store()  # (its batch, journaled later, checks too late for these)
             try:
                 self.store.add_anomalies(found)
             except Exception as error:  # announced all the same

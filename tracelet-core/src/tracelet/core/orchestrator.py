@@ -70,13 +70,14 @@ from tracelet.values import check_name, check_step, to_metric_value
 MAX_BATCH = 50_000
 """Most records journaled in one transaction."""
 BATCH_SPAN = 4
-"""Flush intervals a batch stays open while logging goes on (it ends sooner for a flush, a
-stop, a checkpoint or :data:`MAX_BATCH` records). Each cycle still sends what it drained to
-the journal writer, which journals it even if the training process dies, and live detection
-sees it then; only its commit, and delivery to backends, wait. Every batch costs a commit,
-a reply, and each backend a call and a cursor write: about 2.3 ms of CPU in all, measured
-in a loop logging 13,000 points a second (the journal path's CPU, both processes, fell from
-153 to 126 ms per 8 s against a batch each interval)."""
+"""Flush intervals a batch of metric points stays open while logging goes on (it ends
+sooner for a flush, a stop, a checkpoint, other records, or :data:`MAX_BATCH` records).
+Each cycle still sends the points it drained to the journal writer, which journals them
+even if the training process dies, and live detection watches them then; only their commit
+(what readers see), and delivery to backends, wait. Every batch costs a commit, a reply,
+and each backend a call and a cursor write: about 2.3 ms of CPU in all, measured in a loop
+logging 13,000 points a second (the journal path's CPU, both processes, fell from 153 to
+126 ms per 8 s against a batch each interval)."""
 JOURNAL_READ_TRIES = 3
 """Reads of the journal's newest batch, a moment apart, when a lost writer is replaced."""
 WRITER_START_WAIT = 10.0
@@ -195,8 +196,6 @@ class Orchestrator:
         self._cycles = 0
         self._waiting = 0
         """Callers waiting for the cycles to journal what they queued (a flush)."""
-        self._wanting_room = 0
-        """Callers waiting for payload room, which the open batch frees when it ends."""
         self._stopping = False
         self._abandoned = False
         self._in_flight = 0
@@ -275,15 +274,11 @@ class Orchestrator:
     def _reserve(self, size: int) -> None:
         draining = self._draining_here()  # never wait for itself
         with self._room:
-            self._wanting_room += 1  # the open batch holds the payload: the cycle ends it
-            try:
-                while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
-                    if draining or not self.running:
-                        break
-                    self._wake.set()
-                    self._room.wait(0.5)
-            finally:
-                self._wanting_room -= 1
+            while self.payload_bytes and self.payload_bytes + size > self.payload_capacity:
+                if draining or not self.running:
+                    break
+                self._wake.set()
+                self._room.wait(0.5)
             self.payload_bytes += size
 
     def _release(self, record: Any) -> None:
@@ -512,12 +507,11 @@ class Orchestrator:
     def _drain(self, close: bool = False) -> None:
         """Send what the buffer holds now to the writer, :data:`CHUNK` slots at a time.
         What is logged meanwhile waits for the next cycle (begun at once), so a cycle always
-        ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, at the end of
-        a cycle that ``close``, a flush, stop or a caller wanting payload room waits for,
-        and at the end of a cycle that emptied the buffer once it is :data:`BATCH_SPAN`
-        intervals old (under sustained logging, batches stay large: each costs a commit,
-        and every backend a call). The dispatcher pauses after each chunk that leaves the
-        buffer not empty, while it keeps up and nobody waits for the drain (:data:`HANDOFF`)."""
+        ends. A batch ends at :data:`MAX_BATCH` records, before a checkpoint, and at the end
+        of a cycle that :meth:`_batch_ends` says ends it (under sustained logging, batches
+        stay large: each costs a commit, and every backend a call). The dispatcher pauses
+        after each chunk that leaves the buffer not empty, while it keeps up and nobody
+        waits for the drain (:data:`HANDOFF`)."""
         began = time.monotonic()
         buffer = self.buffer
         popleft = buffer.popleft
@@ -535,14 +529,20 @@ class Orchestrator:
                 time.sleep(HANDOFF)  # a training thread waiting for the GIL takes it now
             if sum(self._open_sizes) + len(self._open_events) >= MAX_BATCH:
                 self._close_batch()
-        if self._batch_began is None and (self._open_chunks or self._open_events):
+        if self._batch_began is None and self._open_chunks:
             self._batch_began = began
-        if close or self._waiting or self._stopping or self._wanting_room:
+        if self._batch_ends(close, began):
             self._close_batch()
-        elif buffer:
+        if buffer:
             self._wake.set()  # logged meanwhile: another cycle at once
-        elif self._batch_began is not None and began - self._batch_began >= self._batch_span:
-            self._close_batch()
+
+    def _batch_ends(self, close: bool, began: float) -> bool:
+        """Whether the cycle that began at ``began`` ends the open batch: asked to, holding
+        records other than points (they stay in this process until the batch ends, and
+        hold the payload room callers may wait for), or :data:`BATCH_SPAN` intervals old."""
+        if close or self._open_events or self._waiting or self._stopping:
+            return True
+        return self._batch_began is not None and began - self._batch_began >= self._batch_span
 
     def _keeping_up(self) -> bool:
         """Whether the buffer is under a quarter full and no flush or stop waits."""

@@ -37,7 +37,13 @@ from tracelet.plugins.interfaces import (
     PluginType,
     TextFile,
 )
-from tracelet.plugins.names import NameMap, versioned_name, with_suffix
+from tracelet.plugins.names import (
+    NameMap,
+    bundle_name,
+    versioned_name,
+    versioned_path,
+    with_suffix,
+)
 from tracelet.plugins.options import Option
 from tracelet.plugins.registrations import (
     BackendRegistration,
@@ -84,10 +90,12 @@ __all__ = [
     "RunStatus",
     "Text",
     "TextFile",
+    "bundle_name",
     "fork_safe",
     "hookimpl",
     "layer_selected",
     "report_once",
     "versioned_name",
+    "versioned_path",
     "with_suffix",
 ]

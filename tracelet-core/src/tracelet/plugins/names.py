@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 
+from tracelet.records import Artifact
+
 
 def with_suffix(legal: str, original: str, limit: int | None = None) -> str:
     """``legal`` with a short hash of ``original`` appended, cut to fit in ``limit``."""
@@ -26,6 +28,23 @@ def versioned_name(artifact_path: str, version: int) -> str:
     ``" (v<version>)"`` from the second version on, so a new version never replaces the
     first (``model.bin``, ``model.bin (v2)``)."""
     return artifact_path if version == 1 else f"{artifact_path} (v{version})"
+
+
+def bundle_name(artifact: Artifact) -> str | None:
+    """The name of the bundle (a ``TraceletArtifact``) whose file ``artifact`` is, or None
+    for a file logged alone: a bundle's files are filed under ``<its name>/``."""
+    return artifact.name if artifact.artifact_path.startswith(f"{artifact.name}/") else None
+
+
+def versioned_path(artifact: Artifact) -> str:
+    """Where a tool that keys files by path files this version of ``artifact``, so that a
+    new version never replaces the first: a file logged alone under its
+    :func:`versioned_name` (``model.bin (v2)``), a bundle's files in its versioned folder
+    (``dataset (v2)/train.csv``), which the URI of the bundle's version names."""
+    bundle = bundle_name(artifact)
+    if bundle is None:
+        return versioned_name(artifact.artifact_path, artifact.version)
+    return versioned_name(bundle, artifact.version) + artifact.artifact_path[len(bundle) :]
 
 
 def _same(name: str) -> str:
