@@ -150,8 +150,8 @@ class Orchestrator:
         """Bytes of payload queued and not journaled yet."""
         self.flush_interval = flush_interval
         self._batch_span = (BATCH_SPAN - 0.5) * flush_interval
-        """How long after the cycle that began it a batch ends, when a cycle empties the
-        buffer (half an interval early: a cycle may wake a moment before its interval)."""
+        """How long after the cycle that began it a batch of points ends (half an interval
+        early: a cycle may wake a moment before its interval)."""
         self.retry = retry or RetryPolicy()
         self.sinks: dict[str, BackendSink] = {}
         self.workers = DeliveryWorkers(max_workers)
@@ -170,10 +170,10 @@ class Orchestrator:
         self._open_chunks: list[Chunk] = []
         self._open_sizes: list[int] = []
         self._open_events: list[Any] = []
-        self._batch_began: float | None = None
-        """When the cycle that began the open batch began (``time.monotonic()``)."""
         """The batch being built: the chunks of points sent of it (and the points of each),
         and its other records."""
+        self._batch_began: float | None = None
+        """When the cycle that began the open batch began (``time.monotonic()``)."""
         self._sent = 0
         """Batches sent to the writer (each one's token: 1, 2, ...); the writer numbers them."""
         self._answered = 0
