@@ -115,6 +115,10 @@ def test_chunked_points_read_as_one_sequence():
     assert points != "abc"
     assert repr(points) == "ChunkedPoints(6 points in 2 chunks)"
     assert list(points.fields()) == [field for point in flat for field in point]
+    mixed = (record, record, ("a", 1.0, 0, 1.0), record, ("b", 2.0, 0, 1.0), ("c", 3.0, 1, 2.0))
+    for chunk in (mixed, (record,) * 3, mixed[2:]):
+        fields = [field for point in ChunkedPoints([chunk]) for field in point]
+        assert list(ChunkedPoints([chunk]).fields()) == fields
 
 
 def test_nothing_queued_but_an_empty_slot_is_false():

@@ -190,6 +190,11 @@ class RuleStream:
         """Whether the last value of one of ``names`` was NaN or infinite."""
         return not self._nonfinite.isdisjoint(names)
 
+    @property
+    def in_nonfinite_run(self) -> bool:
+        """Whether the last value of some metric was NaN or infinite."""
+        return bool(self._nonfinite)
+
     def _rules_of(self, name: str) -> tuple[Rule, ...]:
         """The rules watching ``name``, decided at its first sight (``_feed_each`` inlines
         this in its loop over points)."""

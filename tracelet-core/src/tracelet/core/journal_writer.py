@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, BinaryIO
 
 from tracelet.analysis.detector import RuleStream
@@ -50,7 +51,6 @@ from tracelet.core.points import (
     Chunk,
     ChunkedPoints,
     chunk_size,
-    has_records,
     plain_names,
     step_points,
 )
@@ -237,19 +237,23 @@ class WatchedPoints:
 
     def __init__(self, stream: RuleStream) -> None:
         self.stream = stream
-        self._by_names: dict[tuple[str, ...], tuple[str, ...]] = {}
-        """The watched names among each set of names a step was logged with (while no check
-        is muted: a muted check may leave a metric unwatched)."""
+        self._by_names: dict[tuple[Any, ...], tuple[tuple[Any, str], ...]] = {}
+        """The watched metrics among each set of names a step was logged with, as pairs (the
+        name as the step's values hold it, the plain ``str`` name), while no check is muted
+        (a muted check may leave a metric unwatched)."""
         self._checks_muted = stream.checks_muted
 
     def __call__(self, chunk: Chunk) -> Sequence[MetricPoint]:
         """``chunk``'s points that can change what the stream finds, in logged order."""
-        if not has_records(chunk):
+        kinds = set(map(type, chunk))
+        if STEP_RECORD not in kinds:
             return chunk  # point tuples, as they are
         stream = self.stream
         if self._checks_muted != stream.checks_muted or len(self._by_names) >= NAME_SETS_KEPT:
             self._by_names.clear()
             self._checks_muted = stream.checks_muted
+        if len(kinds) == 1 and not stream.in_nonfinite_run and _all_finite(chunk):
+            return self._finite_steps(chunk)
         points: list[MetricPoint] = []
         nonfinite: set[str] = set()  # names with a non-finite value earlier in the chunk
         for item in chunk:
@@ -273,12 +277,39 @@ class WatchedPoints:
                         continue
                     points.append(point)
                 continue
-            names = tuple(values)
-            watched = self._by_names.get(names)
-            if watched is None:
-                watched = self._by_names[names] = tuple(filter(stream.watches, names))
-            points += [(name, values[name], step, timestamp) for name in watched]
+            watched = self._watched_keys(values)  # (a plain name is its own key)
+            points += [(name, values[key], step, timestamp) for key, name in watched]
         return points
+
+    def _finite_steps(self, records: Chunk) -> list[MetricPoint]:
+        """The points of watched metrics of step records whose values are all finite, while
+        every metric's last value was finite (the usual chunk: one pass, no tests a point)."""
+        points: list[MetricPoint] = []
+        by_names = self._by_names
+        for values, step, timestamp in records:
+            watched = by_names.get(tuple(values))
+            if watched is None:
+                watched = self._watched_keys(values)
+            for key, name in watched:
+                points.append((name, values[key], step, timestamp))
+        return points
+
+    def _watched_keys(self, values: Mapping[Any, float]) -> tuple[tuple[Any, str], ...]:
+        """The watched metrics among ``values``', as (the name as ``values`` holds it, the
+        plain ``str`` name): decided once for each set of names."""
+        names = tuple(values)
+        watched = self._by_names.get(names)
+        if watched is None:
+            plain = zip(names, plain_names(dict.fromkeys(names)), strict=True)
+            watched = tuple((key, name) for key, name in plain if self.stream.watches(name))
+            self._by_names[names] = watched
+        return watched
+
+
+def _all_finite(records: Chunk) -> bool:
+    """Whether every value of step records ``records`` is finite (a sum of finite values
+    that overflows says no: the caller then tests them one by one)."""
+    return math.isfinite(sum(map(sum, map(dict.values, map(itemgetter(0), records)))))
 
 
 # -- the writer process ----------------------------------------------------------------------
