@@ -256,7 +256,8 @@ def test_a_step_logged_together_keeps_its_values_order_and_moment(read_store):
     assert all(len(m) == 1 for m in moments.values()), "one timestamp a step"
 
 
-def test_a_str_enum_name_equal_to_a_checked_one_is_stored_as_its_value(read_store):
+@pytest.mark.parametrize("journal_process", [True, False], ids=["process", "thread"])
+def test_a_str_enum_name_equal_to_a_checked_one_is_stored_as_its_value(read_store, journal_process):
     class Metric(enum.StrEnum):
         LOSS = "loss"
 
@@ -264,7 +265,7 @@ def test_a_str_enum_name_equal_to_a_checked_one_is_stored_as_its_value(read_stor
         LOSS = "loss"
 
     others = {"acc": 0.5, "lr": 0.1, "grad_norm": 2.0}
-    exp = tracelet.start_logging("str enums")
+    exp = tracelet.start_logging("str enums", config={"journal_process": journal_process})
     exp.log_metrics({"loss": 1.0, **others}, step=0)  # names checked: the fast path now
     exp.log_metrics({Metric.LOSS: 2.0, **others}, step=1)  # one record a step
     exp.log_metrics({Named.LOSS: 3.0}, step=2)  # a small step: point tuples

@@ -51,6 +51,7 @@ from tracelet.core.points import (
     Chunk,
     ChunkedPoints,
     chunk_size,
+    plain_name,
     plain_names,
     step_points,
 )
@@ -295,12 +296,12 @@ class WatchedPoints:
         return points
 
     def _watched_keys(self, values: Mapping[Any, float]) -> tuple[tuple[Any, str], ...]:
-        """The watched metrics among ``values``', as (the name as ``values`` holds it, the
+        """The watched metrics among ``values``, as (the name as ``values`` holds it, the
         plain ``str`` name): decided once for each set of names."""
         names = tuple(values)
         watched = self._by_names.get(names)
         if watched is None:
-            plain = zip(names, plain_names(dict.fromkeys(names)), strict=True)
+            plain = ((key, plain_name(key)) for key in names)
             watched = tuple((key, name) for key, name in plain if self.stream.watches(name))
             self._by_names[names] = watched
         return watched

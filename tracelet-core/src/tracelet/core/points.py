@@ -37,10 +37,12 @@ def plain_names(values: Mapping[Any, Any]) -> Mapping[Any, Any]:
     journal's pipe takes only plain types. Names of other types stay as they are."""
     if _PLAIN_STR.issuperset(map(type, values)):
         return values
-    return {
-        str.__str__(name) if isinstance(name, str) else name: value
-        for name, value in values.items()
-    }
+    return {plain_name(name): value for name, value in values.items()}
+
+
+def plain_name(name: Any) -> Any:
+    """``name`` as a plain ``str`` if it is a ``str`` (see :func:`plain_names`)."""
+    return str.__str__(name) if isinstance(name, str) else name
 
 
 def with_plain_names(chunk: Chunk) -> Chunk:
@@ -48,7 +50,7 @@ def with_plain_names(chunk: Chunk) -> Chunk:
     return tuple(
         [plain_names(item[0]), *item[1:]]
         if item.__class__ is STEP_RECORD
-        else (str.__str__(item[0]), *item[1:])
+        else (plain_name(item[0]), *item[1:])
         for item in chunk
     )
 
@@ -76,6 +78,7 @@ def point_fields(chunk: Chunk) -> Iterator[Any]:
         return chain.from_iterable(chunk)
     if len(kinds) == 1:
         return _record_fields(chunk)
+    # (chain reads each run to its end before groupby moves on, which ends the run)
     return chain.from_iterable(_run_fields(kind, run) for kind, run in groupby(chunk, type))
 
 
@@ -88,9 +91,8 @@ def _record_fields(records: Sequence[Any]) -> Iterator[Any]:
     """The fields of the points of step records ``records``, in a row, made in C: no Python
     runs per record (a third less time than a function call a record)."""
     values = list(map(itemgetter(0), records))
-    counts = list(map(len, values))
-    steps = map(repeat, map(itemgetter(1), records), counts)
-    stamps = map(repeat, map(itemgetter(2), records), counts)
+    steps = map(repeat, map(itemgetter(1), records))  # (zip ends with the step's names)
+    stamps = map(repeat, map(itemgetter(2), records))
     points = map(zip, values, map(dict.values, values), steps, stamps)
     return chain.from_iterable(chain.from_iterable(points))
 
