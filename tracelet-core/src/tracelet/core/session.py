@@ -15,7 +15,7 @@ from tracelet.core.collecting import CollectorRunner
 from tracelet.core.orchestrator import Orchestrator
 from tracelet.core.registry import PluginRegistry
 from tracelet.exceptions import ConfigurationError, StoreError
-from tracelet.plugins import BackendPlugin, FrameworkPlugin
+from tracelet.plugins import BackendPlugin, FrameworkPlugin, bundle_name
 from tracelet.records import DeliveryState, RunInfo, RunStatus
 from tracelet.redaction import redact
 from tracelet.reporting import report_once
@@ -128,8 +128,7 @@ class RunSession:
             return info, Resumed()
         versions: dict[str, int] = {}
         for artifact in store.artifacts(info.id):
-            path = artifact.artifact_path
-            key = artifact.name if path.startswith(f"{artifact.name}/") else path
+            key = bundle_name(artifact) or artifact.artifact_path
             versions[key] = max(versions.get(key, 0), artifact.version)
         steps = store.last_step(info.id) + 1 if store.metric_names(info.id) else 0
         return info, Resumed(steps, versions, frozenset(store.cursors(info.id)))
