@@ -21,6 +21,7 @@ import tracelet
 from tracelet.artifacts import TraceletArtifact
 from tracelet.core.framing import encode, read_frame
 from tracelet.core.orchestrator import JOURNAL_READ_TRIES
+from tracelet.core.points import packed, unpacked
 from tracelet.records import Text
 from tracelet.storage import LocalStore
 
@@ -334,6 +335,7 @@ def test_points_are_marshalled_and_come_back_exactly():
     points = ("points", [("loss", 0.1, 3, 1.5), ("acc", float("inf"), 2**63 - 1, 2.0)])
     frame = encode(points)
     assert frame[4] == 1, "plain data takes the fast codec (marshal)"
+    assert encode(("points", packed(points[1]))) == frame, "a chunk packed before is sent so"
     back = read_frame(frames(points))
     assert back == points
     assert [tuple(map(type, p)) for p in back[1]] == [(str, float, int, float)] * 2
@@ -348,6 +350,7 @@ def test_a_chunk_naming_a_metric_with_a_str_enum_is_marshalled_with_plain_names(
     assert type(back[1][0][0]) is str
     assert {type(name) for name in back[1][1][0]} == {str}
     assert type(next(iter(record[0]))) is Metric, "the chunk itself is left as it was"
+    assert unpacked(packed(chunk[1])) == back[1]
 
 
 def test_every_other_message_is_pickled_and_keeps_its_types():

@@ -1,37 +1,34 @@
 """Messages over a pipe: each one behind its length (4 bytes, little-endian) and its codec
 (1 byte). A chunk of a batch's points (``("points", chunk)``: point tuples and step records,
-built of exact ``str``, ``float`` and ``int`` by the checks at the call) is marshalled,
-which encodes it 2.5x faster than pickle and so holds the training process's GIL for less.
-A step record may name a metric with a ``str`` subclass (a ``str`` enum member equal to a
-checked name): marshal refuses it, and the chunk is sent with its names made plain. Every
-other message is pickled: marshal would turn an object that has the buffer protocol (a
-NumPy scalar among a batch's parameters) into ``bytes`` without a word."""
+built of exact ``str``, ``float`` and ``int`` by the checks at the call) travels
+:func:`~tracelet.core.points.packed` (marshalled, which encodes it 2.5x faster than pickle
+and so holds the training process's GIL for less); the dispatcher packs it itself, since
+the batch keeps it packed. Every other message is pickled: marshal would turn an object
+that has the buffer protocol (a NumPy scalar among a batch's parameters) into ``bytes``
+without a word."""
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import pickle
 import struct
 from typing import Any, BinaryIO
 
-from tracelet.core.points import with_plain_names
+from tracelet.core.points import packed
 
 _HEAD = struct.Struct("<IB")
 _PICKLE = 0
-_MARSHAL = 1
+_POINTS = 1
+"""The codec of a packed chunk of points, the body of ``("points", chunk)``."""
 
 
 def encode(message: tuple[Any, ...]) -> bytes:
-    """``message`` as one frame."""
+    """``message`` as one frame (a chunk of points packed here unless it came packed)."""
     if message[0] == "points":
-        try:
-            return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
-        except ValueError:  # a name of a str subclass (else pickle keeps what it is): rare,
-            # so the common chunk is never checked, and this one is encoded twice
-            message = ("points", with_plain_names(message[1]))
-            with contextlib.suppress(ValueError):
-                return _frame(marshal.dumps(message, marshal.version), _MARSHAL)
+        chunk = message[1]
+        body = chunk if chunk.__class__ is bytes else packed(chunk)
+        if body.__class__ is bytes:
+            return _frame(body, _POINTS)
     return _frame(pickle.dumps(message, pickle.HIGHEST_PROTOCOL), _PICKLE)
 
 
@@ -55,8 +52,8 @@ def read_frame(stream: BinaryIO) -> Any:
     body = _read_exactly(stream, size)
     if body is None:
         return None
-    if codec == _MARSHAL:
-        return marshal.loads(body)
+    if codec == _POINTS:
+        return ("points", marshal.loads(body))
     if codec == _PICKLE:
         return pickle.loads(body)
     raise ValueError(f"unknown codec {codec} in a journal frame (a writer of another version?)")

@@ -49,6 +49,9 @@ class JournalLink(Protocol):
 
     pid: int | None
     """The writer process's id (None: the writer runs in the training process)."""
+    packs: bool
+    """Whether chunks of points are sent :func:`~tracelet.core.points.packed` (encoded for
+    the pipe), as the batch that sent them then holds them."""
 
     def send(self, message: tuple[Any, ...], give_up: Callable[[], bool]) -> None:
         """Send one message; raise :class:`LinkTimeout` once ``give_up()`` while waiting for
@@ -69,6 +72,7 @@ class ThreadLink:
     """The writer in the training process, called on the sender's thread."""
 
     pid = None
+    packs = False
 
     def __init__(self, writer: JournalWriter) -> None:
         self.writer = writer
@@ -109,6 +113,8 @@ class ProcessLink:
     ``on_end(link, expected)`` is called once the replies end: ``expected`` is False when
     the process did not end cleanly after :meth:`close` (it died, or was killed).
     """
+
+    packs = True
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ from tracelet.core.points import (
     plain_name,
     plain_names,
     step_points,
+    unpacked,
 )
 from tracelet.records import Batch, CheckpointRequest, MetricPoint, RunInfo
 from tracelet.reporting import logger, report_once
@@ -98,7 +99,7 @@ class JournalWriter:
         """Act on one message (see the module's docstring)."""
         kind = message[0]
         if kind == "points":
-            chunk = message[1]
+            chunk = unpacked(message[1])  # (packed only if sent for a pipe, then resent here)
             self.chunks.append(chunk)
             self.sizes.append(chunk_size(chunk))
             if self.stream is not None:

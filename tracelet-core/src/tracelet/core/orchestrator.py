@@ -39,10 +39,11 @@ from tracelet.core.journal_link import (
 from tracelet.core.journal_writer import JournalWriter
 from tracelet.core.points import (
     STEP_RECORD,
-    Chunk,
     ChunkedPoints,
+    HeldChunk,
     chunk_size,
     chunks_of,
+    packed,
 )
 from tracelet.core.retry import RetryPolicy
 from tracelet.core.sink import BackendSink
@@ -167,7 +168,7 @@ class Orchestrator:
         self._link: JournalLink = self._thread_link()
         self._link_lost = False
         self._send_lock = threading.RLock()
-        self._open_chunks: list[Chunk] = []
+        self._open_chunks: list[HeldChunk] = []
         self._open_sizes: list[int] = []
         self._open_events: list[Any] = []
         """The batch being built: the chunks of points sent of it (and the points of each),
@@ -577,14 +578,17 @@ class Orchestrator:
         self._send_points(items, any_records)
 
     def _send_points(self, items: list[Any], any_records: bool) -> None:
-        """Send points and step records (``any_records``: some) on as a chunk of the batch."""
+        """Send points and step records (``any_records``: some) on as a chunk of the batch,
+        packed when the writer is a process (the points' objects are freed here, a chunk at
+        a time, not a whole batch at once on whichever thread lets the batch go)."""
         if not items:
             return
         chunk = tuple(items)
         size = chunk_size(chunk) if any_records else len(chunk)
-        self._open_chunks.append(chunk)
+        held = packed(chunk) if self._link.packs else chunk
+        self._open_chunks.append(held)
         self._open_sizes.append(size)
-        self._send(("points", chunk))
+        self._send(("points", held))
 
     def _close_batch(self) -> None:
         """End the batch being built: number it and have the writer journal it."""
@@ -698,7 +702,7 @@ class Orchestrator:
                 self._link_lost = True  # retried whole, by a new writer, next time
                 raise
 
-    def _resend_points(self, chunks: Iterable[Chunk]) -> None:
+    def _resend_points(self, chunks: Iterable[HeldChunk]) -> None:
         for chunk in chunks:
             self._link.send(("points", chunk), self._give_up)
 
