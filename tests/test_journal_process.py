@@ -334,7 +334,7 @@ def test_records_of_local_subclasses_reach_the_store_as_plain_values(read_store,
 def test_points_are_marshalled_and_come_back_exactly():
     points = ("points", [("loss", 0.1, 3, 1.5), ("acc", float("inf"), 2**63 - 1, 2.0)])
     frame = encode(points)
-    assert frame[4] == 1, "plain data takes the fast codec (marshal)"
+    assert frame[4] == 2, "plain data takes the fast codec (marshal)"
     assert encode(("points", packed(points[1]))) == frame, "a chunk packed before is sent so"
     back = read_frame(frames(points))
     assert back == points
@@ -344,7 +344,7 @@ def test_points_are_marshalled_and_come_back_exactly():
 def test_a_chunk_naming_a_metric_with_a_str_enum_is_marshalled_with_plain_names():
     record = [{Metric.LOSS: 0.5, "acc": 0.9, "lr": 0.1, "wd": 0.0}, 4, 2.0]
     chunk = ("points", ((Metric.LOSS, 0.1, 3, 1.5), record))
-    assert encode(chunk)[4] == 1, "marshal, once the names are made plain"
+    assert encode(chunk)[4] == 2, "marshal, once the names are made plain"
     back = read_frame(frames(chunk))
     assert back == ("points", (("loss", 0.1, 3, 1.5), [{"loss": 0.5, **record[0]}, 4, 2.0]))
     assert type(back[1][0][0]) is str
@@ -382,7 +382,7 @@ def test_a_frame_cut_short_ends_the_stream():
 
 def test_a_frame_that_cannot_be_decoded_leaves_the_stream_in_step():
     good = encode(("end",))
-    bad = good[:4] + bytes([1]) + b"\xff" * (len(good) - 5)  # marshal cannot read this
+    bad = good[:4] + bytes([2]) + b"\xff" * (len(good) - 5)  # marshal cannot read this
     stream = io.BytesIO(bad + good)
     with pytest.raises((ValueError, EOFError)):
         read_frame(stream)

@@ -3,9 +3,9 @@
 built of exact ``str``, ``float`` and ``int`` by the checks at the call) travels
 :func:`~tracelet.core.points.packed` (marshalled, which encodes it 2.5x faster than pickle
 and so holds the training process's GIL for less); the dispatcher packs it itself, since
-the batch keeps it packed. Every other message is pickled: marshal would turn an object
-that has the buffer protocol (a NumPy scalar among a batch's parameters) into ``bytes``
-without a word."""
+the batch keeps it packed (one marshal refuses is pickled). Every other message is
+pickled: marshal would turn an object that has the buffer protocol (a NumPy scalar among a
+batch's parameters) into ``bytes`` without a word."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tracelet.core.points import packed
 
 _HEAD = struct.Struct("<IB")
 _PICKLE = 0
-_POINTS = 1
+_POINTS = 2
 """The codec of a packed chunk of points, the body of ``("points", chunk)``."""
 
 

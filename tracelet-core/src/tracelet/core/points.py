@@ -60,19 +60,20 @@ def with_plain_names(chunk: Chunk) -> Chunk:
 
 def packed(chunk: Chunk) -> HeldChunk:
     """``chunk`` marshalled, its names made plain if they must be (see :func:`plain_names`);
-    ``chunk`` itself if marshal refuses it even then.
+    the chunk with plain names, unpacked, if marshal refuses it even then.
 
     A batch holds the points it sent a writer process packed: that encoding is what the pipe
-    carries anyway, it takes a fifth of the memory (about 30 bytes a point tuple, 14 a point
+    carries anyway, it takes a fifth of the memory (about 30 bytes a point tuple, 15 a point
     of a step of 20), and it holds no objects: freeing a batch of 50,000 point tuples would
     hold the GIL for about 3 ms, on a delivery thread, while the training thread waits."""
     try:
         return marshal.dumps(chunk, marshal.version)
     except ValueError:  # a name of a str subclass: rare, so the common chunk is never checked
+        plain = with_plain_names(chunk)
         try:
-            return marshal.dumps(with_plain_names(chunk), marshal.version)
+            return marshal.dumps(plain, marshal.version)
         except ValueError:
-            return chunk
+            return plain
 
 
 def unpacked(chunk: HeldChunk) -> Chunk:
